@@ -1,0 +1,3 @@
+"""Qubix: share a GPU with a compute marketplace."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,3 @@
+from qubix_cli.cli import main
+
+main()

@@ -1,0 +1,69 @@
+"""The `qubix` command: Typer adapters over the core, one group per concept."""
+
+from __future__ import annotations
+
+import sys
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from qubix_cli import __version__
+from qubix_cli.cli import jobs, serve
+from qubix_cli.errors import QubixError
+
+err_console = Console(stderr=True)
+
+app = typer.Typer(
+    name="qubix",
+    help="Share a GPU with a compute marketplace: coordinator, worker agent and installers.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+app.command("serve")(serve.serve)
+app.add_typer(jobs.app, name="jobs")
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"qubix {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_version, is_eager=True, help="Print the version."),
+    ] = False,
+) -> None:
+    """Qubix: share a GPU with a compute marketplace."""
+
+
+def main() -> None:
+    """Entry point of the `qubix` console script: one red line per error, never a traceback."""
+    try:
+        app(standalone_mode=False)
+    except QubixError as exc:
+        err_console.print(f"[red]error:[/red] {exc}", highlight=False)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        err_console.print("interrupted")
+        sys.exit(130)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except typer.Abort:
+        err_console.print("aborted")
+        sys.exit(1)
+    except Exception as exc:  # click's usage errors
+        _click_error(exc)
+
+
+def _click_error(exc: Exception) -> None:
+    import click
+
+    if isinstance(exc, click.ClickException):
+        exc.show()
+        sys.exit(exc.exit_code)
+    raise exc

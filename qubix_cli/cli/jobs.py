@@ -1,0 +1,175 @@
+"""`qubix jobs`: submit, list, show and cancel jobs on a coordinator."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from qubix_cli.client import DEFAULT_SERVER, Client
+
+app = typer.Typer(help="Submit, list, show and cancel jobs (needs the server's API key).")
+console = Console(highlight=False)
+
+ServerOpt = Annotated[str, typer.Option(envvar="QUBIX_SERVER", help="The coordinator's URL.")]
+ApiKeyOpt = Annotated[
+    str | None,
+    typer.Option(envvar="QUBIX_API_KEY", help="The server's API key.", show_default=False),
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+
+
+def _client(server: str, api_key: str | None) -> Client:
+    return Client(server, api_key)
+
+
+def _payload(kind: str, seconds: float | None, argv: list[str] | None) -> dict[str, Any]:
+    if kind == "command":
+        if not argv:
+            raise typer.BadParameter("a command job needs --argv (repeat it per argument)")
+        return {"argv": argv}
+    if argv:
+        raise typer.BadParameter("--argv is only for --type command")
+    if kind == "sleep" and seconds is None:
+        raise typer.BadParameter("a sleep job needs --seconds")
+    return {} if seconds is None else {"seconds": seconds}
+
+
+@app.command()
+def submit(
+    type_: Annotated[
+        str,
+        typer.Option("--type", help="Job type: sleep, benchmark or command."),
+    ],
+    seconds: Annotated[
+        float | None, typer.Option(help="sleep: how long; benchmark: how long to measure.")
+    ] = None,
+    argv: Annotated[
+        list[str] | None,
+        typer.Option(help="command: one argument each time (--argv python --argv -V)."),
+    ] = None,
+    min_vram_mb: Annotated[int | None, typer.Option(help="Least VRAM of one GPU, in MB.")] = None,
+    provider: Annotated[str | None, typer.Option(help="Run only on this worker id.")] = None,
+    wait: Annotated[bool, typer.Option("--wait", help="Wait until the job ends.")] = False,
+    server: ServerOpt = DEFAULT_SERVER,
+    api_key: ApiKeyOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Submit a job; print its id (or, with --wait, its outcome)."""
+    body: dict[str, Any] = {"type": type_, "payload": _payload(type_, seconds, argv)}
+    if min_vram_mb is not None:
+        body["requirements"] = {"minVramMb": min_vram_mb}
+    if provider:
+        body["providerId"] = provider
+    with _client(server, api_key) as client:
+        job = client.submit_job(body)
+        if not as_json:
+            console.print(f"Submitted {job['id']} ({job['type']}), status {job['status']}")
+        if wait:
+            job = _wait(client, job["id"], as_json)
+    _show(job, as_json)
+    _exit_for(job, wait)
+
+
+@app.command("list")
+def list_(
+    status: Annotated[str | None, typer.Option(help="Only jobs in this state.")] = None,
+    provider: Annotated[str | None, typer.Option(help="Only jobs of this worker id.")] = None,
+    limit: Annotated[int, typer.Option(min=1, max=500, help="How many, newest first.")] = 50,
+    server: ServerOpt = DEFAULT_SERVER,
+    api_key: ApiKeyOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """List jobs, newest first."""
+    with _client(server, api_key) as client:
+        answer = client.list_jobs(status=status, providerId=provider, limit=limit)
+    if as_json:
+        typer.echo(json.dumps(answer, indent=2))
+        return
+    table = Table("id", "type", "status", "attempt", "worker", "created")
+    for job in answer["jobs"]:
+        table.add_row(
+            job["id"],
+            job["type"],
+            _status(job["status"]),
+            str(job["attempt"]),
+            job["workerId"] or "-",
+            _time(job["createdAt"]),
+        )
+    console.print(table)
+    console.print(f"{len(answer['jobs'])} of {answer['total']} jobs")
+
+
+@app.command()
+def show(
+    job_id: Annotated[str, typer.Argument(help="The job's id.")],
+    wait: Annotated[bool, typer.Option("--wait", help="Wait until the job ends.")] = False,
+    server: ServerOpt = DEFAULT_SERVER,
+    api_key: ApiKeyOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Show one job with its history; --wait follows it until it ends."""
+    with _client(server, api_key) as client:
+        job = _wait(client, job_id, as_json) if wait else client.get_job(job_id)
+    _show(job, as_json)
+    _exit_for(job, wait)
+
+
+@app.command()
+def cancel(
+    job_id: Annotated[str, typer.Argument(help="The job's id.")],
+    server: ServerOpt = DEFAULT_SERVER,
+    api_key: ApiKeyOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Cancel a queued or running job (its worker stops it at its next heartbeat)."""
+    with _client(server, api_key) as client:
+        job = client.cancel_job(job_id)
+    _show(job, as_json)
+
+
+def _wait(client: Client, job_id: str, quiet: bool) -> dict[str, Any]:
+    if quiet:
+        return client.wait_job(job_id)
+    with console.status(f"Waiting for {job_id} to finish..."):
+        return client.wait_job(job_id)
+
+
+def _exit_for(job: dict[str, Any], waited: bool) -> None:
+    if waited and job["status"] != "completed":
+        raise typer.Exit(1)
+
+
+def _show(job: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        typer.echo(json.dumps(job, indent=2))
+        return
+    table = Table(show_header=False, title=f"job {job['id']}")
+    for key in ("type", "status", "attempt", "workerId", "payload", "result", "metrics"):
+        value = job.get(key)
+        text = _status(str(value)) if key == "status" else _text(value)
+        table.add_row(key, text)
+    for entry in job["history"]:
+        detail = ", ".join(f"{k}={v}" for k, v in entry.items() if k not in ("event", "at"))
+        table.add_row(_time(entry["at"]), f"{entry['event']} {detail}")
+    console.print(table)
+
+
+def _status(status: str) -> str:
+    colour = {"completed": "green", "failed": "red", "cancelled": "yellow"}.get(status, "cyan")
+    return f"[{colour}]{status}[/{colour}]"
+
+
+def _text(value: Any) -> str:
+    if value is None:
+        return "-"
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def _time(at: float) -> str:
+    import datetime
+
+    return datetime.datetime.fromtimestamp(at).strftime("%Y-%m-%d %H:%M:%S")

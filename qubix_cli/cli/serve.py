@@ -1,0 +1,61 @@
+"""`qubix serve`: run the coordinator."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+import uvicorn
+from rich.console import Console
+
+from qubix_cli.server.app import create_app
+from qubix_cli.server.settings import (
+    API_KEY_FILE,
+    Settings,
+    default_data_dir,
+    load_or_create_api_key,
+)
+
+console = Console(stderr=True, highlight=False)
+
+
+def serve(
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=0, max=65535, help="Port to listen on.")] = 8000,
+    data_dir: Annotated[
+        Path | None,
+        typer.Option(
+            envvar="QUBIX_DATA_DIR",
+            help="Where the database, journal and API key live "
+            "[default: the platform's user data dir, ~/.local/share/qubix on Linux].",
+            show_default=False,
+        ),
+    ] = None,
+    heartbeat_interval: Annotated[
+        float,
+        typer.Option(
+            min=0.2, max=3600, help="Seconds between worker heartbeats; offline after 3 missed."
+        ),
+    ] = 30.0,
+    api_key: Annotated[
+        str | None,
+        typer.Option(
+            envvar="QUBIX_API_KEY",
+            help="API key for job endpoints [default: created in the data dir on first start].",
+            show_default=False,
+        ),
+    ] = None,
+) -> None:
+    """Run the coordinator: provider registry, job queue and events over HTTP."""
+    data_dir = (data_dir or default_data_dir()).expanduser().resolve()
+    if api_key is None:
+        api_key, created = load_or_create_api_key(data_dir)
+        if created:
+            console.print(f"Created the API key (shown once): [bold]{api_key}[/bold]")
+        console.print(f"API key file: {data_dir / API_KEY_FILE}")
+    settings = Settings(data_dir=data_dir, heartbeat_interval_s=heartbeat_interval, api_key=api_key)
+    app = create_app(settings)
+    console.print(f"Data directory: {data_dir}")
+    console.print(f"Qubix coordinator on http://{host}:{port} (Ctrl+C to stop)")
+    uvicorn.run(app, host=host, port=port, log_level="info", timeout_graceful_shutdown=5)

@@ -1,0 +1,75 @@
+"""A small HTTP client for the coordinator's API, used by the CLI commands."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import httpx
+
+from qubix_cli.errors import ServerError
+
+DEFAULT_SERVER = "http://127.0.0.1:8000"
+TERMINAL_STATES = ("completed", "failed", "cancelled")
+
+
+class Client:
+    """Calls one server; every failure becomes a `ServerError` with a sentence to act on."""
+
+    def __init__(self, server: str, api_key: str | None = None, timeout_s: float = 10.0) -> None:
+        self.server = server.rstrip("/")
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self._http = httpx.Client(base_url=self.server, headers=headers, timeout=timeout_s)
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._http.close()
+
+    def call(self, method: str, path: str, **kwargs: Any) -> Any:
+        try:
+            response = self._http.request(method, path, **kwargs)
+        except httpx.HTTPError as exc:
+            raise ServerError(
+                f"cannot reach the Qubix server at {self.server} ({exc.__class__.__name__}); "
+                "is it running, and is --server / QUBIX_SERVER right?"
+            ) from exc
+        if response.status_code >= 400:
+            raise ServerError(_error_sentence(response))
+        return response.json() if response.content else None
+
+    def submit_job(self, body: dict[str, Any]) -> dict[str, Any]:
+        job: dict[str, Any] = self.call("POST", "/api/jobs", json=body)["job"]
+        return job
+
+    def get_job(self, job_id: str) -> dict[str, Any]:
+        job: dict[str, Any] = self.call("GET", f"/api/jobs/{job_id}")["job"]
+        return job
+
+    def list_jobs(self, **params: Any) -> dict[str, Any]:
+        params = {k: v for k, v in params.items() if v is not None}
+        answer: dict[str, Any] = self.call("GET", "/api/jobs", params=params)
+        return answer
+
+    def cancel_job(self, job_id: str) -> dict[str, Any]:
+        job: dict[str, Any] = self.call("POST", f"/api/jobs/{job_id}/cancel")["job"]
+        return job
+
+    def wait_job(self, job_id: str, poll_s: float = 0.5) -> dict[str, Any]:
+        """Poll a job until it reaches a final state."""
+        while (job := self.get_job(job_id))["status"] not in TERMINAL_STATES:
+            time.sleep(poll_s)
+        return job
+
+
+def _error_sentence(response: httpx.Response) -> str:
+    try:
+        body = response.json()
+        message = body["message"]
+    except (ValueError, KeyError, TypeError):
+        message = response.text[:200] or response.reason_phrase
+    hint = ""
+    if response.status_code == 401:
+        hint = " (give the server's API key with --api-key or QUBIX_API_KEY)"
+    return f"the server answered {response.status_code}: {message}{hint}"

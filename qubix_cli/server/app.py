@@ -1,0 +1,110 @@
+"""The coordinator's app factory: `create_app(settings)` is what `qubix serve` and tests run."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from qubix_cli.errors import StorageError
+from qubix_cli.server.events import EventBus
+from qubix_cli.server.http import ApiError
+from qubix_cli.server.jobs import JobQueue
+from qubix_cli.server.openapi import openapi_document
+from qubix_cli.server.providers import Registry
+from qubix_cli.server.routes import ROUTES
+from qubix_cli.server.settings import Settings, load_or_create_api_key
+from qubix_cli.server.store import JournalStore
+
+log = logging.getLogger("qubix.server")
+LIVENESS_SAVE_S = 5.0
+
+
+async def _api_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ApiError)
+    return exc.response()
+
+
+async def _storage_error(request: Request, exc: Exception) -> Response:
+    log.error("storage: %s", exc)
+    return ApiError(503, "storage_unavailable", str(exc)).response()
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+    message = f"{request.method} {request.url.path}: {exc.detail}"
+    return ApiError(exc.status_code, code, message).response()
+
+
+async def _unexpected(request: Request, exc: Exception) -> Response:
+    log.exception("unexpected error in %s %s", request.method, request.url.path)
+    body = {"error": "internal", "message": "the server failed; the error is in its log"}
+    return JSONResponse(body, status_code=500)
+
+
+async def _housekeeping(app: Starlette, tick_s: float) -> None:
+    """Offline providers, expired leases, and liveness saved now and then."""
+    registry: Registry = app.state.registry
+    jobs: JobQueue = app.state.jobs
+    loop = asyncio.get_running_loop()
+    next_save = loop.time() + LIVENESS_SAVE_S
+    while True:
+        await asyncio.sleep(tick_s)
+        try:
+            registry.sweep()
+            jobs.expire_leases()
+            await app.state.store.sync()
+            if loop.time() >= next_save:
+                next_save = loop.time() + LIVENESS_SAVE_S
+                await asyncio.to_thread(registry.save_liveness)
+        except (StorageError, OSError) as exc:
+            log.error("housekeeping: %s", exc)
+
+
+def create_app(settings: Settings) -> Starlette:
+    """Build the coordinator on the data directory in `settings`."""
+    store = JournalStore(settings.data_dir)
+    events = EventBus()
+    registry = Registry(store, events, settings)
+    api_key = settings.api_key or load_or_create_api_key(settings.data_dir)[0]
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        tick_s = min(1.0, settings.heartbeat_interval_s / 4)
+        task = asyncio.create_task(_housekeeping(app, tick_s))
+        try:
+            yield
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            registry.save_liveness()
+            store.close()
+
+    async def openapi(request: Request) -> Response:
+        return JSONResponse(openapi_document())
+
+    app = Starlette(
+        routes=[*ROUTES, Route("/openapi.json", openapi)],
+        lifespan=lifespan,
+        exception_handlers={
+            ApiError: _api_error,
+            StorageError: _storage_error,
+            HTTPException: _http_error,
+            Exception: _unexpected,
+        },
+    )
+    app.state.settings = settings
+    app.state.store = store
+    app.state.registry = registry
+    app.state.jobs = JobQueue(store, events, registry)
+    app.state.api_key = api_key
+    return app

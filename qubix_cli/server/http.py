@@ -1,0 +1,116 @@
+"""HTTP plumbing shared by every route: JSON errors, bounded bodies, validation, tokens."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+from collections.abc import Mapping
+from typing import Any, TypeVar
+
+import pydantic
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+BODY_LIMIT_BYTES = 1024 * 1024
+
+M = TypeVar("M", bound=pydantic.BaseModel)
+
+
+class ApiError(Exception):
+    """An error answer: `{"error": code, "message": ..., "details": ...}` with a status."""
+
+    def __init__(self, status: int, code: str, message: str, details: Any = None) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message, self.details = status, code, message, details
+
+    def response(self) -> JSONResponse:
+        body: dict[str, Any] = {"error": self.code, "message": self.message}
+        if self.details is not None:
+            body["details"] = self.details
+        headers = {"WWW-Authenticate": "Bearer"} if self.status == 401 else None
+        return JSONResponse(body, status_code=self.status, headers=headers)
+
+
+def not_found(what: str) -> ApiError:
+    return ApiError(404, "not_found", f"{what} does not exist")
+
+
+async def read_body(request: Request, limit: int = BODY_LIMIT_BYTES) -> bytes:
+    """Read the body, refusing it with 413 as soon as it passes `limit` bytes."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise _too_large(limit)
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise _too_large(limit)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _too_large(limit: int) -> ApiError:
+    return ApiError(413, "body_too_large", f"the request body is over {limit // 1024} KiB")
+
+
+async def read_json(request: Request, model: type[M], limit: int = BODY_LIMIT_BYTES) -> M:
+    """Parse and validate a JSON body: 400 if it is not JSON, 422 naming each bad field."""
+    raw = await read_body(request, limit)
+    try:
+        data = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ApiError(400, "malformed_json", f"the body is not valid JSON: {exc}") from exc
+    return validate(model, data, "body")
+
+
+def read_query(request: Request, model: type[M]) -> M:
+    return validate(model, dict(request.query_params), "query")
+
+
+def validate(model: type[M], data: Any, where: str) -> M:
+    try:
+        return model.model_validate(data)
+    except pydantic.ValidationError as exc:
+        raise invalid(exc, where) from exc
+
+
+def invalid(exc: pydantic.ValidationError, where: str) -> ApiError:
+    details = [
+        {"field": ".".join([where, *map(str, e["loc"])]), "message": _message(e["msg"])}
+        for e in exc.errors(include_url=False, include_input=False)
+    ]
+    first = details[0]
+    more = f" (and {len(details) - 1} more)" if len(details) > 1 else ""
+    message = f"{first['field']}: {first['message']}{more}"
+    return ApiError(422, "invalid_fields", message, details)
+
+
+def bearer_token(headers: Mapping[str, str]) -> str | None:
+    scheme, _, token = headers.get("authorization", "").partition(" ")
+    token = token.strip()
+    return token if scheme.lower() == "bearer" and token else None
+
+
+def require_token(request: Request) -> str:
+    token = bearer_token(request.headers)
+    if token is None:
+        raise ApiError(401, "unauthorized", "send the token as 'Authorization: Bearer <token>'")
+    return token
+
+
+def token_hash(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def token_matches(token: str | None, stored_hash: str) -> bool:
+    """Constant-time comparison of a presented token with a stored hash."""
+    return token is not None and hmac.compare_digest(token_hash(token), stored_hash)
+
+
+def json_response(body: Any, status: int = 200) -> Response:
+    return JSONResponse(body, status_code=status)
+
+
+def _message(text: str) -> str:
+    return text.removeprefix("Value error, ")
