@@ -76,8 +76,8 @@ class JobQueue:
         self._queued[job["id"]] = None
         await self.store.sync()
         self.events.publish("JOB_QUEUED", job)
-        self._dispatch(job)
-        return self.view(job)
+        self._dispatch(job["id"])
+        return self.view(self._job(job["id"]))
 
     async def cancel(self, job_id: str) -> Doc:
         job = self._job(job_id)
@@ -144,8 +144,11 @@ class JobQueue:
                 return self._lease(job, provider["workerId"])
         return None
 
-    def _dispatch(self, job: Doc) -> None:
+    def _dispatch(self, job_id: str) -> None:
         """Hand a queued job straight to the first waiting worker that can run it."""
+        job = self._job(job_id)
+        if job["status"] != "queued":
+            return  # a polling worker took it while the submission was being saved
         for worker_id, future in list(self._waiters.items()):
             provider = self.store.get("providers", worker_id)
             if future.done() or provider is None or not self.registry.is_online(worker_id):
@@ -220,7 +223,7 @@ class JobQueue:
             sorted(self._queued.items(), key=lambda kv: self._job(kv[0])["createdAt"])
         )
         self.events.publish("JOB_REQUEUED", job)
-        self._dispatch(job)
+        self._dispatch(job["id"])
 
     # -- state -----------------------------------------------------------------------
 

@@ -186,14 +186,13 @@ class JournalStore:
 
     def put(self, table: str, doc: Doc) -> None:
         key = doc[TABLES[table]]
-        self._append({"t": table, "k": key, "d": doc})
-        self._apply(table, key, doc)
+        self._write({"t": table, "k": key, "d": doc})
 
     def delete(self, table: str, key: str) -> None:
-        self._append({"t": table, "k": key})
-        self._apply(table, key, None)
+        self._write({"t": table, "k": key})
 
-    def _append(self, entry: Doc) -> None:
+    def _write(self, entry: Doc) -> None:
+        """Append to the journal, then apply in memory: a failed append changes nothing."""
         line = json.dumps(entry, separators=(",", ":")).encode() + b"\n"
         with self._lock:
             try:
@@ -205,6 +204,7 @@ class JournalStore:
                 raise _disk_error(exc) from exc
             self._journal_bytes += len(line)
             self._appended += 1
+            self._apply(entry["t"], entry["k"], entry.get("d"))
         self._maybe_compact()
 
     async def sync(self) -> None:

@@ -1,0 +1,96 @@
+"""Shared test helpers: addresses, registration bodies and a real `qubix serve` process."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from qubix_cli.qubic import identity_from_public_key
+
+ADDRESS = identity_from_public_key(bytes(32))
+OTHER_ADDRESS = identity_from_public_key(bytes(range(32)))
+API_KEY = "test-api-key"
+
+
+def register_body(worker_id: str = "worker-1", **overrides: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "type": "native",
+        "workerId": worker_id,
+        "qubicAddress": ADDRESS,
+        "name": "test box",
+        "cpu": {"model": "AMD Ryzen 9 7950X 16-Core Processor", "cores": 16, "threads": 32},
+        "ramMb": 65536,
+        "gpus": [
+            {"vendor": "nvidia", "model": "NVIDIA GeForce RTX 4090", "vramMb": 24564},
+        ],
+        "capabilities": ["benchmark", "sleep"],
+        "agentVersion": "0.1.0",
+    }
+    body.update(overrides)
+    return body
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_until_responds(url: str, timeout_s: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url, timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.05)
+    raise TimeoutError(f"{url} did not respond within {timeout_s} s")
+
+
+class ServerProcess:
+    """A real `qubix serve` subprocess on a free loopback port."""
+
+    def __init__(self, data_dir: Path, heartbeat_interval_s: float = 30.0) -> None:
+        self.data_dir = data_dir
+        self.heartbeat_interval_s = heartbeat_interval_s
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen[str] | None = None
+        self.log = data_dir.parent / f"{data_dir.name}-server.log"
+
+    def start(self) -> ServerProcess:
+        env = {**os.environ, "QUBIX_API_KEY": API_KEY}
+        argv = [sys.executable, "-m", "qubix_cli", "serve", "--port", str(self.port)]
+        argv += ["--data-dir", str(self.data_dir)]
+        argv += ["--heartbeat-interval", str(self.heartbeat_interval_s)]
+        with open(self.log, "a") as log:
+            self.proc = subprocess.Popen(argv, stdout=log, stderr=log, text=True, env=env)
+        wait_until_responds(self.url + "/healthz")
+        return self
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait()
+
+    def stop(self) -> int:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        return self.proc.returncode
+
+    def output(self) -> str:
+        return self.log.read_text()

@@ -1,0 +1,300 @@
+"""The job queue through the HTTP API: leases, dispatch, matching, exactly-once reports."""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from starlette.testclient import TestClient
+
+from tests.conftest import auth, register
+from tests.helpers import API_KEY
+
+KEY = auth(API_KEY)
+
+
+def submit(client: TestClient, **body: Any) -> dict[str, Any]:
+    body.setdefault("type", "sleep")
+    body.setdefault("payload", {"seconds": 0.1} if body["type"] == "sleep" else {})
+    response = client.post("/api/jobs", json=body, headers=KEY)
+    assert response.status_code == 201, response.text
+    job: dict[str, Any] = response.json()["job"]
+    return job
+
+
+def lease(client: TestClient, worker: str, token: str, wait: float = 0) -> dict[str, Any] | None:
+    response = client.get(f"/api/jobs/pending/{worker}?wait={wait}", headers=auth(token))
+    if response.status_code == 204:
+        return None
+    assert response.status_code == 200, response.text
+    answer: dict[str, Any] = response.json()
+    return answer
+
+
+def report(client: TestClient, job_id: str, token: str, attempt: int, **body: Any) -> Any:
+    body = {"attempt": attempt, "status": "completed", "result": {"ok": True}, **body}
+    return client.post(f"/api/jobs/{job_id}/complete", json=body, headers=auth(token))
+
+
+@contextlib.contextmanager
+def keep_alive(client: TestClient, worker: str, token: str) -> Iterator[None]:
+    """Heartbeat for a worker from a thread, as the real agent does."""
+    stop = threading.Event()
+
+    def beat() -> None:
+        while not stop.wait(0.05):
+            url = f"/api/providers/{worker}/heartbeat"
+            client.post(url, json={"status": "online"}, headers=auth(token))
+
+    thread = threading.Thread(target=beat)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+
+
+def test_submit_lease_complete_once(client: TestClient) -> None:
+    token = register(client)
+    job = submit(client)
+    assert job["status"] == "queued" and job["attempt"] == 0
+    leased = lease(client, "worker-1", token)
+    assert leased is not None
+    assert leased["job"]["id"] == job["id"] and leased["attempt"] == 1
+    assert leased["leaseExpiresAt"] > time.time()
+    assert lease(client, "worker-1", token) is None
+    first = report(client, job["id"], token, 1, metrics={"durationS": 0.1})
+    assert first.status_code == 200 and first.json()["job"]["status"] == "completed"
+    again = report(client, job["id"], token, 1, metrics={"durationS": 0.1})
+    assert again.status_code == 200
+    history = client.get(f"/api/jobs/{job['id']}", headers=KEY).json()["job"]["history"]
+    assert [h["event"] for h in history] == ["created", "leased", "reported"]
+    assert report(client, job["id"], token, 1, status="failed").status_code == 409
+    assert report(client, job["id"], token, 2).status_code == 409
+
+
+def test_job_endpoints_need_the_api_key(client: TestClient) -> None:
+    token = register(client)
+    job = submit(client)
+    for method, url in [
+        ("POST", "/api/jobs"),
+        ("GET", "/api/jobs"),
+        ("GET", f"/api/jobs/{job['id']}"),
+        ("POST", f"/api/jobs/{job['id']}/cancel"),
+    ]:
+        for headers in ({}, auth(token), auth("wrong")):
+            response = client.request(method, url, json={"type": "benchmark"}, headers=headers)
+            assert response.status_code == 401, (method, url, headers)
+    # worker endpoints refuse the API key
+    assert lease(client, "worker-1", token) is not None
+    assert client.get("/api/jobs/pending/worker-1", headers=KEY).status_code == 403
+    assert report(client, job["id"], API_KEY, 1).status_code == 401
+    assert client.get(f"/api/jobs/{job['id']}", headers=KEY).json()["job"]["status"] == "assigned"
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"type": "mine-bitcoin"}, "body.type"),
+        ({"type": "sleep", "payload": {}}, "body.payload.seconds"),
+        ({"type": "sleep", "payload": {"seconds": -1}}, "body.payload.seconds"),
+        ({"type": "sleep", "payload": {"seconds": "5"}}, "body.payload.seconds"),
+        ({"type": "command", "payload": {"argv": "rm -rf /"}}, "body.payload.argv"),
+        ({"type": "command", "payload": {"argv": []}}, "body.payload.argv"),
+        ({"type": "command", "payload": {"argv": ["ls"], "env": {"A B": "1"}}}, "body.payload.env"),
+        ({"type": "benchmark", "payload": {"shell": "x"}}, "body.payload.shell"),
+        ({"type": "benchmark", "maxAttempts": 0}, "body.maxAttempts"),
+        ({"type": "benchmark", "timeoutS": 0}, "body.timeoutS"),
+        ({"type": "benchmark", "providerId": "a b"}, "body.providerId"),
+        ({"type": "benchmark", "requirements": {"minVramMb": -1}}, "body.requirements.minVramMb"),
+    ],
+)
+def test_invalid_jobs_are_422(client: TestClient, body: dict[str, Any], field: str) -> None:
+    response = client.post("/api/jobs", json=body, headers=KEY)
+    assert response.status_code == 422, response.text
+    assert any(d["field"].startswith(field) for d in response.json()["details"])
+    assert client.get("/api/jobs", headers=KEY).json()["total"] == 0
+
+
+def test_a_long_polling_worker_is_woken_by_the_submission(client: TestClient) -> None:
+    token = register(client)
+    got: dict[str, Any] = {}
+
+    def poll() -> None:
+        got["answer"] = lease(client, "worker-1", token, wait=10)
+        got["at"] = time.monotonic()
+
+    thread = threading.Thread(target=poll)
+    thread.start()
+    time.sleep(0.3)
+    submitted = time.monotonic()
+    job = submit(client)
+    thread.join(15)
+    assert got["answer"]["job"]["id"] == job["id"]
+    assert got["at"] - submitted < 0.5
+
+
+def test_pending_wait_is_bounded(client: TestClient) -> None:
+    token = register(client)
+    assert client.get("/api/jobs/pending/worker-1?wait=61", headers=auth(token)).status_code == 422
+    started = time.monotonic()
+    assert lease(client, "worker-1", token, wait=0.3) is None
+    assert time.monotonic() - started >= 0.3
+
+
+def test_matching_vram_vendor_capabilities_and_pin(client: TestClient) -> None:
+    big = register(client, "big")  # RTX 4090, 24564 MB, capabilities benchmark + sleep
+    amd_gpu = [{"vendor": "amd", "model": "Radeon RX 6600", "vramMb": 8176}]
+    small = register(client, "small", gpus=amd_gpu, capabilities=["sleep", "command"])
+    vram = submit(client, requirements={"minVramMb": 16000})
+    vendor = submit(client, requirements={"gpuVendor": "amd"})
+    command = submit(client, type="command", payload={"argv": ["true"]})
+    pinned = submit(client, type="benchmark", providerId="big")
+    leased_small = [lease(client, "small", small), lease(client, "small", small)]
+    assert [x["job"]["id"] for x in leased_small if x] == [vendor["id"], command["id"]]
+    assert lease(client, "small", small) is None  # neither the vram job nor the pinned one
+    leased_big = [lease(client, "big", big), lease(client, "big", big)]
+    assert [x["job"]["id"] for x in leased_big if x] == [vram["id"], pinned["id"]]
+    assert lease(client, "big", big) is None
+
+
+def test_a_command_job_never_goes_to_a_worker_without_that_capability(client: TestClient) -> None:
+    token = register(client)
+    submit(client, type="command", payload={"argv": ["id"]})
+    assert lease(client, "worker-1", token) is None
+    assert client.get("/api/jobs?status=queued", headers=KEY).json()["total"] == 1
+
+
+def test_an_offline_worker_is_not_handed_jobs(make_client: Any) -> None:
+    client = make_client(heartbeat_interval_s=0.2)
+    token = register(client)
+    deadline = time.monotonic() + 5
+    while client.get("/api/providers/worker-1").json()["provider"]["status"] != "offline":
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    result: dict[str, Any] = {}
+    thread = threading.Thread(target=lambda: result.update(a=lease(client, "worker-1", token, 1)))
+    thread.start()
+    time.sleep(0.2)
+    submit(client)
+    thread.join(5)
+    assert result["a"] is None
+
+
+def test_cancel_queued_and_assigned_jobs(client: TestClient) -> None:
+    token = register(client)
+    queued = submit(client)
+    cancelled = client.post(f"/api/jobs/{queued['id']}/cancel", headers=KEY).json()["job"]
+    assert cancelled["status"] == "cancelled"
+    assert lease(client, "worker-1", token) is None
+    running = submit(client)
+    assert lease(client, "worker-1", token) is not None
+    client.post(f"/api/jobs/{running['id']}/cancel", headers=KEY)
+    beat = {"status": "busy", "currentJobId": running["id"]}
+    url = "/api/providers/worker-1/heartbeat"
+    answer = client.post(url, json=beat, headers=auth(token)).json()
+    assert answer["cancelJobIds"] == [running["id"]]
+    # repeated while the worker still names it, then no more
+    assert client.post(url, json=beat, headers=auth(token)).json()["cancelJobIds"] == [
+        running["id"]
+    ]
+    idle = client.post(url, json={"status": "online"}, headers=auth(token)).json()
+    assert idle["cancelJobIds"] == [running["id"]]
+    assert (
+        client.post(url, json={"status": "online"}, headers=auth(token)).json()["cancelJobIds"]
+        == []
+    )
+    assert report(client, running["id"], token, 1, status="failed").status_code == 409
+    again = client.post(f"/api/jobs/{running['id']}/cancel", headers=KEY)
+    assert again.status_code == 409
+    assert client.post("/api/jobs/job_nope/cancel", headers=KEY).status_code == 404
+
+
+def test_lease_expiry_requeues_then_fails_after_max_attempts(make_client: Any) -> None:
+    client = make_client(heartbeat_interval_s=0.2)
+    lost = register(client, "lost")
+    job = submit(client, maxAttempts=2)
+    first = lease(client, "lost", lost)
+    assert first is not None and first["attempt"] == 1
+    other = register(client, "other")
+    with keep_alive(client, "other", other):
+        second = lease(client, "other", other, wait=5)  # waits for the first lease to expire
+    assert second is not None and second["job"]["id"] == job["id"] and second["attempt"] == 2
+    late = report(client, job["id"], lost, 1)
+    assert late.status_code == 409
+    deadline = time.monotonic() + 5
+    while (state := client.get(f"/api/jobs/{job['id']}", headers=KEY).json()["job"])[
+        "status"
+    ] != "failed":
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    events = [(h["event"], h.get("reason")) for h in state["history"]]
+    assert events == [
+        ("created", None),
+        ("leased", None),
+        ("lease_expired", "agent lost"),
+        ("leased", None),
+        ("lease_expired", "agent lost"),
+    ]
+    assert report(client, job["id"], other, 2).status_code == 409
+
+
+def test_heartbeats_naming_the_job_renew_its_lease(make_client: Any) -> None:
+    client = make_client(heartbeat_interval_s=0.2)
+    token = register(client)
+    job = submit(client)
+    leased = lease(client, "worker-1", token)
+    assert leased is not None
+    for _ in range(15):  # 1.5 s: well past the 0.6 s lease
+        beat = {"status": "busy", "currentJobId": job["id"]}
+        client.post("/api/providers/worker-1/heartbeat", json=beat, headers=auth(token))
+        time.sleep(0.1)
+    assert report(client, job["id"], token, 1).status_code == 200
+
+
+def test_a_result_over_1_mib_is_413(client: TestClient) -> None:
+    token = register(client)
+    job = submit(client)
+    lease(client, "worker-1", token)
+    big = report(client, job["id"], token, 1, result="x" * (1024 * 1024 + 1))
+    assert big.status_code == 413 and "1 MiB" in big.json()["message"]
+    assert report(client, job["id"], token, 1).status_code == 200
+
+
+def test_listing_is_newest_first_and_paginated(client: TestClient) -> None:
+    ids = [submit(client, type="benchmark")["id"] for _ in range(5)]
+    page = client.get("/api/jobs?limit=2&offset=1", headers=KEY).json()
+    assert [j["id"] for j in page["jobs"]] == ids[::-1][1:3]
+    assert page["total"] == 5
+    assert client.get("/api/jobs?status=done", headers=KEY).status_code == 422
+
+
+def test_job_events(client: TestClient) -> None:
+    token = register(client)
+    with client.websocket_connect("/api/events") as ws:
+        ws_types = []
+        job = submit(client)
+        lease(client, "worker-1", token)
+        report(client, job["id"], token, 1)
+        failed = submit(client)
+        lease(client, "worker-1", token)
+        report(client, failed["id"], token, 1, status="failed")
+        cancelled = submit(client)
+        client.post(f"/api/jobs/{cancelled['id']}/cancel", headers=KEY)
+        for _ in range(8):
+            ws_types.append(ws.receive_json()["type"])
+    assert ws_types == [
+        "JOB_QUEUED",
+        "JOB_ASSIGNED",
+        "JOB_COMPLETED",
+        "JOB_QUEUED",
+        "JOB_ASSIGNED",
+        "JOB_FAILED",
+        "JOB_QUEUED",
+        "JOB_CANCELLED",
+    ]

@@ -1,0 +1,147 @@
+"""A real `qubix serve` subprocess, driven over HTTP: durability, crashes, concurrency."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.helpers import API_KEY, ServerProcess, free_port, register_body, wait_until_responds
+
+KEY = {"Authorization": f"Bearer {API_KEY}"}
+
+
+def test_serve_prints_where_data_lives_and_creates_a_private_api_key(tmp_path: Path) -> None:
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k != "QUBIX_API_KEY"}
+    env["QUBIX_DATA_DIR"] = str(tmp_path / "qd")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "qubix_cli", "serve", "--port", str(port)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+    )
+    try:
+        wait_until_responds(f"http://127.0.0.1:{port}/healthz")
+    finally:
+        proc.terminate()
+        output = proc.communicate(timeout=10)[0]
+    key_file = tmp_path / "qd" / "api-key"
+    key = key_file.read_text().strip()
+    assert key_file.stat().st_mode & 0o777 == 0o600
+    assert f"Data directory: {tmp_path / 'qd'}" in output
+    assert f"http://127.0.0.1:{port}" in output
+    assert key in output and str(key_file) in output
+    assert "Application shutdown complete" in output  # SIGTERM shuts down cleanly
+
+
+def test_register_and_heartbeat_over_http(server: ServerProcess) -> None:
+    answer = httpx.post(server.url + "/api/providers/quick-register", json=register_body())
+    assert answer.status_code == 201
+    token = answer.json()["workerToken"]
+    beat = httpx.post(
+        server.url + "/api/providers/worker-1/heartbeat",
+        json={"status": "online"},
+        headers={"Authorization": f"Bearer {token}"},
+    )
+    assert beat.json()["ok"] is True
+    assert token not in server.output()  # tokens never reach the log
+
+
+@pytest.mark.parametrize("kill_after", [1, 25, 150, 400])
+def test_every_acknowledged_registration_survives_sigkill(tmp_path: Path, kill_after: int) -> None:
+    """Kill the server mid-stream once `kill_after` registrations were acknowledged."""
+    server = ServerProcess(tmp_path / "data").start()
+    acknowledged: list[str] = []
+
+    def register_forever(prefix: str) -> None:
+        with httpx.Client(base_url=server.url, timeout=5) as http:
+            for i in range(100_000):
+                worker_id = f"{prefix}-{i}"
+                try:
+                    r = http.post("/api/providers/quick-register", json=register_body(worker_id))
+                except httpx.HTTPError:
+                    return
+                if r.status_code == 201:
+                    acknowledged.append(worker_id)
+
+    threads = [threading.Thread(target=register_forever, args=(f"t{n}",)) for n in range(4)]
+    for t in threads:
+        t.start()
+    deadline = time.monotonic() + 30
+    while len(acknowledged) < kill_after and time.monotonic() < deadline:
+        time.sleep(0.001)
+    server.kill()
+    for t in threads:
+        t.join()
+    server.start()
+    listed = httpx.get(server.url + "/api/providers").json()["providers"]
+    stored = {p["workerId"] for p in listed}
+    assert len(acknowledged) >= kill_after
+    assert set(acknowledged) <= stored
+    server.stop()
+
+
+def test_a_submitted_job_survives_sigkill_before_its_lease(server: ServerProcess) -> None:
+    job = httpx.post(server.url + "/api/jobs", json={"type": "benchmark"}, headers=KEY).json()
+    server.kill()
+    server.start()
+    again = httpx.get(f"{server.url}/api/jobs/{job['job']['id']}", headers=KEY).json()["job"]
+    assert again["status"] == "queued" and again["history"][0]["event"] == "created"
+
+
+def test_20_workers_and_500_jobs_each_completed_exactly_once(server: ServerProcess) -> None:
+    tokens = {}
+    for n in range(20):
+        body = register_body(f"w{n}")
+        tokens[f"w{n}"] = httpx.post(
+            server.url + "/api/providers/quick-register", json=body
+        ).json()["workerToken"]
+    leases: Counter[str] = Counter()
+    completed: Counter[str] = Counter()
+    done = threading.Event()
+    lock = threading.Lock()
+
+    def worker(worker_id: str) -> None:
+        headers = {"Authorization": f"Bearer {tokens[worker_id]}"}
+        with httpx.Client(base_url=server.url, headers=headers, timeout=10) as http:
+            while not done.is_set():
+                r = http.get(f"/api/jobs/pending/{worker_id}?wait=1")
+                if r.status_code == 204:
+                    continue
+                job, attempt = r.json()["job"], r.json()["attempt"]
+                body = {"attempt": attempt, "status": "completed", "result": worker_id}
+                c = http.post(f"/api/jobs/{job['id']}/complete", json=body)
+                with lock:
+                    leases[job["id"]] += 1
+                    if c.status_code == 200:
+                        completed[job["id"]] += 1
+
+    with ThreadPoolExecutor(20) as pool:
+        for worker_id in tokens:
+            pool.submit(worker, worker_id)
+        with httpx.Client(base_url=server.url, headers=KEY) as http:
+            ids = [
+                http.post("/api/jobs", json={"type": "sleep", "payload": {"seconds": 0}}).json()[
+                    "job"
+                ]["id"]
+                for _ in range(500)
+            ]
+            deadline = time.monotonic() + 60
+            while len(completed) < 500 and time.monotonic() < deadline:
+                time.sleep(0.1)
+        done.set()
+    assert set(completed) == set(ids)
+    assert set(leases.values()) == {1} and set(completed.values()) == {1}
+    jobs = httpx.get(server.url + "/api/jobs?status=completed&limit=500", headers=KEY).json()
+    assert jobs["total"] == 500
+    assert all(len(j["history"]) == 3 for j in jobs["jobs"])
