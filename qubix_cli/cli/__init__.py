@@ -44,26 +44,7 @@ def root(
 def main() -> None:
     """Entry point of the `qubix` console script: one red line per error, never a traceback."""
     try:
-        app(standalone_mode=False)
+        app()
     except QubixError as exc:
         err_console.print(f"[red]error:[/red] {exc}", highlight=False)
         sys.exit(1)
-    except KeyboardInterrupt:
-        err_console.print("interrupted")
-        sys.exit(130)
-    except typer.Exit as exc:
-        sys.exit(exc.exit_code)
-    except typer.Abort:
-        err_console.print("aborted")
-        sys.exit(1)
-    except Exception as exc:  # click's usage errors
-        _click_error(exc)
-
-
-def _click_error(exc: Exception) -> None:
-    import click
-
-    if isinstance(exc, click.ClickException):
-        exc.show()
-        sys.exit(exc.exit_code)
-    raise exc
