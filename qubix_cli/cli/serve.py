@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Annotated
 
@@ -54,8 +55,19 @@ def serve(
         if created:
             console.print(f"Created the API key (shown once): [bold]{api_key}[/bold]")
         console.print(f"API key file: {data_dir / API_KEY_FILE}")
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     settings = Settings(data_dir=data_dir, heartbeat_interval_s=heartbeat_interval, api_key=api_key)
     app = create_app(settings)
     console.print(f"Data directory: {data_dir}")
     console.print(f"Qubix coordinator on http://{host}:{port} (Ctrl+C to stop)")
-    uvicorn.run(app, host=host, port=port, log_level="info", timeout_graceful_shutdown=5)
+    # Per-request access lines would be mostly heartbeats; the server logs events instead.
+    uvicorn.run(
+        app,
+        host=host,
+        port=port,
+        log_level="info",
+        access_log=False,
+        timeout_graceful_shutdown=5,
+    )

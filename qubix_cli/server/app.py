@@ -10,16 +10,16 @@ from collections.abc import AsyncIterator
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 from starlette.routing import Route
 
 from qubix_cli.errors import StorageError
 from qubix_cli.server.events import EventBus
-from qubix_cli.server.http import ApiError
+from qubix_cli.server.http import ApiError, json_response
 from qubix_cli.server.jobs import JobQueue
 from qubix_cli.server.openapi import openapi_document
 from qubix_cli.server.providers import Registry
-from qubix_cli.server.routes import ROUTES
+from qubix_cli.server.routes import Api
 from qubix_cli.server.settings import Settings, load_or_create_api_key
 from qubix_cli.server.store import JournalStore
 
@@ -47,7 +47,7 @@ async def _http_error(request: Request, exc: Exception) -> Response:
 async def _unexpected(request: Request, exc: Exception) -> Response:
     log.exception("unexpected error in %s %s", request.method, request.url.path)
     body = {"error": "internal", "message": "the server failed; the error is in its log"}
-    return JSONResponse(body, status_code=500)
+    return json_response(body, 500)
 
 
 async def _housekeeping(app: Starlette, tick_s: float) -> None:
@@ -90,10 +90,12 @@ def create_app(settings: Settings) -> Starlette:
             store.close()
 
     async def openapi(request: Request) -> Response:
-        return JSONResponse(openapi_document())
+        return json_response(openapi_document())
 
+    jobs = JobQueue(store, events, registry)
+    api = Api(registry, jobs, api_key)
     app = Starlette(
-        routes=[*ROUTES, Route("/openapi.json", openapi)],
+        routes=[*api.routes(), Route("/openapi.json", openapi)],
         lifespan=lifespan,
         exception_handlers={
             ApiError: _api_error,
@@ -105,6 +107,5 @@ def create_app(settings: Settings) -> Starlette:
     app.state.settings = settings
     app.state.store = store
     app.state.registry = registry
-    app.state.jobs = JobQueue(store, events, registry)
-    app.state.api_key = api_key
+    app.state.jobs = jobs
     return app

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -10,6 +11,7 @@ from typing import Any
 
 Event = dict[str, Any]
 _QUEUE_SIZE = 1000
+log = logging.getLogger("qubix.events")
 
 
 class EventBus:
@@ -20,6 +22,7 @@ class EventBus:
 
     def publish(self, type_: str, data: dict[str, Any]) -> None:
         event = {"type": type_, "data": data, "at": time.time()}
+        log.info("%s %s", type_, _subject(data))
         for queue in list(self._subscribers):
             try:
                 queue.put_nowait(event)
@@ -36,3 +39,10 @@ class EventBus:
             yield queue
         finally:
             self._subscribers.discard(queue)
+
+
+def _subject(data: dict[str, Any]) -> str:
+    """What an event is about, for the log: ids and states only, never secrets."""
+    if "workerId" in data and "id" not in data:
+        return f"provider {data['workerId']}"
+    return f"job {data.get('id')} {data.get('status')} worker {data.get('workerId')}"

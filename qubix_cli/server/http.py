@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import json
 from collections.abc import Mapping
 from typing import Any, TypeVar
 
 import pydantic
+from pydantic_core import to_json
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 
 BODY_LIMIT_BYTES = 1024 * 1024
 
@@ -24,12 +24,14 @@ class ApiError(Exception):
         super().__init__(message)
         self.status, self.code, self.message, self.details = status, code, message, details
 
-    def response(self) -> JSONResponse:
+    def response(self) -> Response:
         body: dict[str, Any] = {"error": self.code, "message": self.message}
         if self.details is not None:
             body["details"] = self.details
-        headers = {"WWW-Authenticate": "Bearer"} if self.status == 401 else None
-        return JSONResponse(body, status_code=self.status, headers=headers)
+        response = json_response(body, self.status)
+        if self.status == 401:
+            response.headers["WWW-Authenticate"] = "Bearer"
+        return response
 
 
 def not_found(what: str) -> ApiError:
@@ -42,12 +44,17 @@ async def read_body(request: Request, limit: int = BODY_LIMIT_BYTES) -> bytes:
     if declared.isdigit() and int(declared) > limit:
         raise _too_large(limit)
     chunks, size = [], 0
-    async for chunk in request.stream():
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            raise ApiError(400, "client_disconnected", "the client went away mid-request")
+        chunk = message.get("body", b"")
         size += len(chunk)
         if size > limit:
             raise _too_large(limit)
         chunks.append(chunk)
-    return b"".join(chunks)
+        if not message.get("more_body", False):
+            return b"".join(chunks)
 
 
 def _too_large(limit: int) -> ApiError:
@@ -58,10 +65,13 @@ async def read_json(request: Request, model: type[M], limit: int = BODY_LIMIT_BY
     """Parse and validate a JSON body: 400 if it is not JSON, 422 naming each bad field."""
     raw = await read_body(request, limit)
     try:
-        data = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ApiError(400, "malformed_json", f"the body is not valid JSON: {exc}") from exc
-    return validate(model, data, "body")
+        return model.model_validate_json(raw)
+    except pydantic.ValidationError as exc:
+        syntax = [e for e in exc.errors(include_url=False) if e["type"] == "json_invalid"]
+        if syntax:
+            message = f"the body is not valid JSON: {_message(syntax[0]['msg'])}"
+            raise ApiError(400, "malformed_json", message) from exc
+        raise invalid(exc, "body") from exc
 
 
 def read_query(request: Request, model: type[M]) -> M:
@@ -109,7 +119,8 @@ def token_matches(token: str | None, stored_hash: str) -> bool:
 
 
 def json_response(body: Any, status: int = 200) -> Response:
-    return JSONResponse(body, status_code=status)
+    """A JSON answer, encoded by pydantic-core (several times faster than the json module)."""
+    return Response(to_json(body), status_code=status, media_type="application/json")
 
 
 def _message(text: str) -> str:

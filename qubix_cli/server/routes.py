@@ -7,7 +7,7 @@ import time
 
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route, WebSocketRoute
+from starlette.routing import BaseRoute, Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from qubix_cli.server.http import (
@@ -35,162 +35,138 @@ from qubix_cli.server.schemas import (
 from qubix_cli.server.store import Doc
 
 
-def _registry(request: Request | WebSocket) -> Registry:
-    registry: Registry = request.app.state.registry
-    return registry
+class Api:
+    """The endpoints, bound to one registry and one queue."""
 
+    def __init__(self, registry: Registry, jobs: JobQueue, api_key: str) -> None:
+        self.registry, self.jobs, self.settings = registry, jobs, registry.settings
+        self._api_key = api_key.encode()
 
-def _jobs(request: Request) -> JobQueue:
-    jobs: JobQueue = request.app.state.jobs
-    return jobs
+    def routes(self) -> list[BaseRoute]:
+        # The hot paths (heartbeat, job poll) come first: routes are matched in order.
+        return [
+            Route("/api/providers/{workerId}/heartbeat", self.heartbeat, methods=["POST"]),
+            Route("/api/jobs/pending/{workerId}", self.pending_job),
+            Route("/healthz", self.healthz),
+            Route("/api/providers/quick-register", self.quick_register, methods=["POST"]),
+            Route("/api/providers/check-new", self.check_new),
+            Route("/api/providers", self.list_providers),
+            Route("/api/providers/{workerId}", self.get_provider, methods=["GET"]),
+            Route("/api/providers/{workerId}", self.delete_provider, methods=["DELETE"]),
+            Route("/api/jobs", self.submit_job, methods=["POST"]),
+            Route("/api/jobs", self.list_jobs, methods=["GET"]),
+            Route("/api/jobs/{jobId}", self.get_job),
+            Route("/api/jobs/{jobId}/cancel", self.cancel_job, methods=["POST"]),
+            Route("/api/jobs/{jobId}/complete", self.complete_job, methods=["POST"]),
+            WebSocketRoute("/api/events", self.events),
+        ]
 
+    def _worker(self, request: Request) -> Doc:
+        """The provider named in the path, authenticated by its worker token."""
+        return self.registry.authenticate(request.path_params["workerId"], require_token(request))
 
-def _worker(request: Request) -> Doc:
-    """The provider named in the path, authenticated by its worker token."""
-    return _registry(request).authenticate(request.path_params["workerId"], require_token(request))
+    def _is_api_key(self, token: str | None) -> bool:
+        return token is not None and hmac.compare_digest(token.encode(), self._api_key)
 
+    def _require_api_key(self, request: Request) -> None:
+        if not self._is_api_key(require_token(request)):
+            raise ApiError(401, "unauthorized", "this needs the server's API key as a Bearer token")
 
-def _is_api_key(request: Request, token: str | None) -> bool:
-    key: str = request.app.state.api_key
-    return token is not None and hmac.compare_digest(token.encode(), key.encode())
+    async def healthz(self, request: Request) -> Response:
+        return json_response({"ok": True, "serverTime": time.time()})
 
+    # -- providers ---------------------------------------------------------------------
 
-def _require_api_key(request: Request) -> None:
-    if not _is_api_key(request, require_token(request)):
-        raise ApiError(401, "unauthorized", "this needs the server's API key as a Bearer token")
+    async def quick_register(self, request: Request) -> Response:
+        body = await read_json(request, Register)
+        doc, token = await self.registry.register(body, bearer_token(request.headers))
+        answer: Doc = {"provider": self.registry.public(doc)}
+        if token is not None:
+            answer["workerToken"] = token
+        return json_response(answer, 201 if token else 200)
 
+    async def check_new(self, request: Request) -> Response:
+        providers = await self.registry.check_new(read_query(request, CheckNewQuery))
+        return json_response({"providers": providers, "serverTime": time.time()})
 
-async def healthz(request: Request) -> Response:
-    return json_response({"ok": True, "serverTime": time.time()})
+    async def heartbeat(self, request: Request) -> Response:
+        worker_id = self._worker(request)["workerId"]
+        body = await read_json(request, Heartbeat)
+        self.registry.heartbeat(worker_id, body)
+        cancels = self.jobs.heartbeat(worker_id, body.currentJobId)
+        return json_response(
+            {
+                "ok": True,
+                "serverTime": time.time(),
+                "heartbeatIntervalS": self.settings.heartbeat_interval_s,
+                "pollWaitS": self.settings.poll_wait_s,
+                "cancelJobIds": cancels,
+            }
+        )
 
+    async def list_providers(self, request: Request) -> Response:
+        providers = self.registry.search(read_query(request, ProviderListQuery))
+        return json_response({"providers": providers})
 
-# -- providers -------------------------------------------------------------------------
+    async def get_provider(self, request: Request) -> Response:
+        return json_response({"provider": self.registry.get(request.path_params["workerId"])})
 
-
-async def quick_register(request: Request) -> Response:
-    body = await read_json(request, Register)
-    doc, token = await _registry(request).register(body, bearer_token(request.headers))
-    answer: Doc = {"provider": _registry(request).public(doc)}
-    if token is not None:
-        answer["workerToken"] = token
-    return json_response(answer, 201 if token else 200)
-
-
-async def check_new(request: Request) -> Response:
-    query = read_query(request, CheckNewQuery)
-    providers = await _registry(request).check_new(query)
-    return json_response({"providers": providers, "serverTime": time.time()})
-
-
-async def heartbeat(request: Request) -> Response:
-    provider = _worker(request)
-    body = await read_json(request, Heartbeat)
-    _registry(request).heartbeat(provider["workerId"], body)
-    cancels = _jobs(request).heartbeat(provider["workerId"], body.currentJobId)
-    settings = _registry(request).settings
-    return json_response(
-        {
-            "ok": True,
-            "serverTime": time.time(),
-            "heartbeatIntervalS": settings.heartbeat_interval_s,
-            "pollWaitS": settings.poll_wait_s,
-            "cancelJobIds": cancels,
-        }
-    )
-
-
-async def list_providers(request: Request) -> Response:
-    providers = _registry(request).search(read_query(request, ProviderListQuery))
-    return json_response({"providers": providers})
-
-
-async def get_provider(request: Request) -> Response:
-    return json_response({"provider": _registry(request).get(request.path_params["workerId"])})
-
-
-async def delete_provider(request: Request) -> Response:
-    token = require_token(request)
-    worker_id = request.path_params["workerId"]
-    if not _is_api_key(request, token):
-        _registry(request).authenticate(worker_id, token)
-    await _registry(request).delete(worker_id)
-    return Response(status_code=204)
-
-
-# -- jobs ------------------------------------------------------------------------------
-
-
-async def submit_job(request: Request) -> Response:
-    _require_api_key(request)
-    body = await read_json(request, JobSubmit)
-    payload = validate(PAYLOADS[body.type], body.payload, "body.payload")
-    job = await _jobs(request).submit(body, payload.model_dump(exclude_none=True))
-    return json_response({"job": job}, 201)
-
-
-async def list_jobs(request: Request) -> Response:
-    _require_api_key(request)
-    query = read_query(request, JobListQuery)
-    jobs, total = _jobs(request).search(query)
-    return json_response({"jobs": jobs, "total": total, "offset": query.offset})
-
-
-async def get_job(request: Request) -> Response:
-    _require_api_key(request)
-    return json_response({"job": _jobs(request).get(request.path_params["jobId"])})
-
-
-async def cancel_job(request: Request) -> Response:
-    _require_api_key(request)
-    return json_response({"job": await _jobs(request).cancel(request.path_params["jobId"])})
-
-
-async def pending_job(request: Request) -> Response:
-    provider = _worker(request)
-    query = read_query(request, PendingQuery)
-    job = await _jobs(request).lease(provider, query.wait)
-    if job is None:
+    async def delete_provider(self, request: Request) -> Response:
+        token = require_token(request)
+        worker_id = request.path_params["workerId"]
+        if not self._is_api_key(token):
+            self.registry.authenticate(worker_id, token)
+        await self.registry.delete(worker_id)
         return Response(status_code=204)
-    return json_response(
-        {"job": job, "attempt": job["attempt"], "leaseExpiresAt": job["leaseExpiresAt"]}
-    )
 
+    # -- jobs --------------------------------------------------------------------------
 
-async def complete_job(request: Request) -> Response:
-    provider = _registry(request).worker_for_token(require_token(request))
-    job_id = request.path_params["jobId"]
-    report = await read_json(request, JobReport, limit=2 * RESULT_LIMIT_BYTES)
-    job = await _jobs(request).complete(job_id, provider["workerId"], report)
-    return json_response({"job": job})
+    async def submit_job(self, request: Request) -> Response:
+        self._require_api_key(request)
+        body = await read_json(request, JobSubmit)
+        payload = validate(PAYLOADS[body.type], body.payload, "body.payload")
+        job = await self.jobs.submit(body, payload.model_dump(exclude_none=True))
+        return json_response({"job": job}, 201)
 
+    async def list_jobs(self, request: Request) -> Response:
+        self._require_api_key(request)
+        query = read_query(request, JobListQuery)
+        jobs, total = self.jobs.search(query)
+        return json_response({"jobs": jobs, "total": total, "offset": query.offset})
 
-# -- events ----------------------------------------------------------------------------
+    async def get_job(self, request: Request) -> Response:
+        self._require_api_key(request)
+        return json_response({"job": self.jobs.get(request.path_params["jobId"])})
 
+    async def cancel_job(self, request: Request) -> Response:
+        self._require_api_key(request)
+        return json_response({"job": await self.jobs.cancel(request.path_params["jobId"])})
 
-async def events(websocket: WebSocket) -> None:
-    await websocket.accept()
-    try:
-        async with _registry(websocket).events.subscribe() as queue:
-            while (event := await queue.get()) is not None:
-                await websocket.send_json(event)
-        await websocket.close(code=1013, reason="too slow: reconnect")
-    except WebSocketDisconnect:
-        pass
+    async def pending_job(self, request: Request) -> Response:
+        provider = self._worker(request)
+        query = read_query(request, PendingQuery)
+        job = await self.jobs.lease(provider, query.wait)
+        if job is None:
+            return Response(status_code=204)
+        return json_response(
+            {"job": job, "attempt": job["attempt"], "leaseExpiresAt": job["leaseExpiresAt"]}
+        )
 
+    async def complete_job(self, request: Request) -> Response:
+        provider = self.registry.worker_for_token(require_token(request))
+        job_id = request.path_params["jobId"]
+        report = await read_json(request, JobReport, limit=2 * RESULT_LIMIT_BYTES)
+        job = await self.jobs.complete(job_id, provider["workerId"], report)
+        return json_response({"job": job})
 
-ROUTES = [
-    Route("/healthz", healthz),
-    Route("/api/providers/quick-register", quick_register, methods=["POST"]),
-    Route("/api/providers/check-new", check_new),
-    Route("/api/providers/{workerId}/heartbeat", heartbeat, methods=["POST"]),
-    Route("/api/providers", list_providers),
-    Route("/api/providers/{workerId}", get_provider, methods=["GET"]),
-    Route("/api/providers/{workerId}", delete_provider, methods=["DELETE"]),
-    Route("/api/jobs", submit_job, methods=["POST"]),
-    Route("/api/jobs", list_jobs, methods=["GET"]),
-    Route("/api/jobs/pending/{workerId}", pending_job),
-    Route("/api/jobs/{jobId}", get_job),
-    Route("/api/jobs/{jobId}/cancel", cancel_job, methods=["POST"]),
-    Route("/api/jobs/{jobId}/complete", complete_job, methods=["POST"]),
-    WebSocketRoute("/api/events", events),
-]
+    # -- events ------------------------------------------------------------------------
+
+    async def events(self, websocket: WebSocket) -> None:
+        await websocket.accept()
+        try:
+            async with self.registry.events.subscribe() as queue:
+                while (event := await queue.get()) is not None:
+                    await websocket.send_json(event)
+            await websocket.close(code=1013, reason="too slow: reconnect")
+        except WebSocketDisconnect:
+            pass

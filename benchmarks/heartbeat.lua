@@ -1,0 +1,31 @@
+-- wrk script: heartbeats from many registered workers, round robin.
+-- The tokens file (one "workerId token" per line) is named by the TOKENS environment variable.
+local workers = {}
+local next_index = 1
+
+function init(args)
+  for line in io.lines(os.getenv("TOKENS")) do
+    local id, token = line:match("^(%S+) (%S+)$")
+    workers[#workers + 1] = { id = id, token = token }
+  end
+  next_index = math.random(#workers)
+end
+
+function request()
+  local w = workers[next_index]
+  next_index = next_index % #workers + 1
+  local headers = {
+    ["Authorization"] = "Bearer " .. w.token,
+    ["Content-Type"] = "application/json",
+  }
+  local body = '{"status":"online","usage":{"cpuPercent":12.5,"ramPercent":40.1}}'
+  return wrk.format("POST", "/api/providers/" .. w.id .. "/heartbeat", headers, body)
+end
+
+function done(summary, latency, requests)
+  io.write(string.format(
+    "RESULT requests=%d duration_us=%d p50_us=%d p99_us=%d errors=%d non2xx=%d\n",
+    summary.requests, summary.duration, latency:percentile(50), latency:percentile(99),
+    summary.errors.connect + summary.errors.read + summary.errors.write + summary.errors.timeout,
+    summary.errors.status))
+end

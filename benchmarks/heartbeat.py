@@ -1,0 +1,83 @@
+"""Heartbeat throughput and latency with 10,000 registered providers, against /healthz.
+
+Starts a real `qubix serve`, registers N providers (timing each batch of 1,000, which shows
+whether a write's cost grows with the database), then drives heartbeats from all of them
+with wrk and a Lua script, and in the same run drives GET /healthz the same way.
+
+    python benchmarks/heartbeat.py [--providers 10000] [--seconds 10] [--connections 32]
+
+Needs wrk (Debian: apt-get install wrk). Loopback only; bounded by --seconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import re
+import subprocess
+import tempfile
+from pathlib import Path
+
+from _server import Server, register_many
+
+HERE = Path(__file__).parent
+
+
+def wrk(
+    url: str, script: str, seconds: int, connections: int, env: dict[str, str]
+) -> dict[str, float]:
+    argv = ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "-s", str(HERE / script), url]
+    out = subprocess.run(
+        argv, capture_output=True, text=True, env={**os.environ, **env}, check=True
+    )
+    line = next(x for x in out.stdout.splitlines() if x.startswith("RESULT"))
+    figures = {k: float(v) for k, v in re.findall(r"(\w+)=(\d+)", line)}
+    figures["rps"] = figures["requests"] / (figures["duration_us"] / 1e6)
+    return figures
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--providers", type=int, default=10_000)
+    parser.add_argument("--seconds", type=int, default=10)
+    parser.add_argument("--connections", type=int, default=32)
+    args = parser.parse_args()
+    server = Server()
+    try:
+        tokens, batches = asyncio.run(register_many(server.url, args.providers))
+        print(
+            f"registered {len(tokens)} providers; seconds per 1,000: "
+            f"first {batches[0]:.2f}, last {batches[-1]:.2f}"
+        )
+        with tempfile.NamedTemporaryFile("w", suffix=".tokens", delete=False) as f:
+            f.writelines(f"{w} {t}\n" for w, t in tokens.items())
+        journal = sum(p.stat().st_size for p in (server.data_dir / "data").glob("journal-*"))
+        cpu0 = server.cpu_s()
+        beat = wrk(server.url, "heartbeat.lua", args.seconds, args.connections, {"TOKENS": f.name})
+        cpu1 = server.cpu_s()
+        health = wrk(server.url + "/healthz", "healthz.lua", args.seconds, args.connections, {})
+        journal_after = sum(p.stat().st_size for p in (server.data_dir / "data").glob("journal-*"))
+        print(f"{'endpoint':<12}{'req/s':>10}{'p50 ms':>10}{'p99 ms':>10}{'errors':>8}")
+        for name, r in (("heartbeat", beat), ("healthz", health)):
+            errors = int(r["errors"] + r["non2xx"])
+            print(
+                f"{name:<12}{r['rps']:>10.0f}{r['p50_us'] / 1000:>10.2f}"
+                f"{r['p99_us'] / 1000:>10.2f}{errors:>8}"
+            )
+        print(f"heartbeat/healthz ratio: {beat['rps'] / health['rps']:.2f}")
+        print(
+            f"server CPU during heartbeats: {(cpu1 - cpu0) / args.seconds * 100:.0f} %, "
+            f"RSS {server.rss_mb():.0f} MB"
+        )
+        print(
+            f"journal bytes written by {int(beat['requests'])} heartbeats: "
+            f"{journal_after - journal}"
+        )
+        os.unlink(f.name)
+    finally:
+        server.stop()
+
+
+if __name__ == "__main__":
+    main()
