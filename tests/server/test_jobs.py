@@ -222,8 +222,10 @@ def test_lease_expiry_requeues_then_fails_after_max_attempts(make_client: Any) -
     first = lease(client, "lost", lost)
     assert first is not None and first["attempt"] == 1
     other = register(client, "other")
-    with keep_alive(client, "other", other):
+    with keep_alive(client, "other", other), client.websocket_connect("/api/events") as ws:
         second = lease(client, "other", other, wait=5)  # waits for the first lease to expire
+        types = [ws.receive_json()["type"] for _ in range(3)]
+    assert [t for t in types if t.startswith("JOB_")] == ["JOB_REQUEUED", "JOB_ASSIGNED"]
     assert second is not None and second["job"]["id"] == job["id"] and second["attempt"] == 2
     late = report(client, job["id"], lost, 1)
     assert late.status_code == 409
