@@ -9,7 +9,7 @@ import typer
 from rich.console import Console
 
 from qubix_cli import __version__
-from qubix_cli.cli import jobs, serve
+from qubix_cli.cli import jobs, serve, worker
 from qubix_cli.errors import QubixError
 
 err_console = Console(stderr=True)
@@ -23,6 +23,7 @@ app = typer.Typer(
 )
 app.command("serve")(serve.serve)
 app.add_typer(jobs.app, name="jobs")
+app.add_typer(worker.app, name="worker")
 
 
 def _version(value: bool) -> None:

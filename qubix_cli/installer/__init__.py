@@ -1,0 +1,1 @@
+"""Installers: the packed worker and the scripts around it."""

@@ -1,0 +1,80 @@
+"""`python qubix_worker.pyz run|detect ...`: the stand-alone worker, as the installers ship it.
+
+`qubix worker run` and `qubix worker detect` call the same functions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from qubix_cli.worker import AGENT_VERSION, hardware, state
+from qubix_cli.worker.agent import Agent, Config, Fatal, log, setup_logging
+
+
+def run_worker(config: Config) -> int:
+    """Run the worker until it is stopped; the exit code for the process."""
+    setup_logging(state.home())
+    try:
+        return Agent(config).run()
+    except (Fatal, ValueError) as exc:
+        log.error("%s", exc)
+        return 2
+
+
+def detect_text(report: dict) -> str:  # type: ignore[type-arg]
+    lines = []
+    for gpu in report["gpus"]:
+        memory = "shared memory" if gpu.get("sharedMemory") else "VRAM"
+        lines.append(
+            f"GPU  {gpu['vendor']:<7}{gpu['model']}, {gpu['vramMb']} MB {memory}"
+            + (f", driver {gpu['driver']}" if gpu.get("driver") else "")
+            + (f", CUDA {gpu['cudaVersion']}" if gpu.get("cudaVersion") else "")
+        )
+    cpu = report["cpu"]
+    lines.append(f"CPU  {cpu['model']}, {cpu['cores']} cores, {cpu['threads']} threads")
+    lines.append(f"RAM  {report['ramMb']} MB")
+    lines.append(f"Disk {report['storage']['freeGb']} GB free of {report['storage']['totalGb']} GB")
+    lines.append(f"OS   {report['os']['system']} {report['os']['release']}")
+    lines += [f"warning: {w}" for w in report["warnings"]]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="qubix_worker", description="The Qubix worker agent.")
+    parser.add_argument("--version", action="version", version=f"qubix-worker {AGENT_VERSION}")
+    commands = parser.add_subparsers(dest="command", required=True)
+    detect = commands.add_parser("detect", help="Print what hardware this machine has.")
+    detect.add_argument("--json", action="store_true", help="Print the report as JSON.")
+    run = commands.add_parser("run", help="Register and run jobs until stopped.")
+    run.add_argument("--server", required=True, help="The coordinator's URL.")
+    run.add_argument("--qubic-address", required=True, help="Your 60-letter Qubic address.")
+    run.add_argument("--name", help="A name shown in the marketplace.")
+    run.add_argument("--location", help="Where the machine is, shown in the marketplace.")
+    run.add_argument("--price", type=float, help="Price per hour.")
+    run.add_argument("--worker-id", help="Override the worker id (default: from the MAC).")
+    run.add_argument("--allow-command", action="store_true", help="Accept `command` jobs.")
+    run.add_argument("--burst", action="store_true", help="Run what is queued, then exit.")
+    run.add_argument("--max-jobs", type=int, help="Exit after this many jobs.")
+    args = parser.parse_args(argv)
+    if args.command == "detect":
+        report = hardware.detect()
+        print(json.dumps(report, indent=2) if args.json else detect_text(report))
+        return 0
+    config = Config(
+        server=args.server,
+        qubic_address=args.qubic_address,
+        name=args.name,
+        location=args.location,
+        price_per_hour=args.price,
+        worker_id=args.worker_id,
+        allow_command=args.allow_command,
+        burst=args.burst,
+        max_jobs=args.max_jobs,
+    )
+    return run_worker(config)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,75 @@
+"""The worker's HTTP client (standard library only). Network trouble and 5xx answers are
+`Transient` (retry later); every other answer is returned to the caller to decide."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import socket
+import urllib.parse
+from typing import Any
+
+USER_AGENT = "qubix-worker"
+
+
+class Transient(Exception):
+    """The server could not be reached or failed (5xx): try again later."""
+
+
+class Client:
+    def __init__(self, server: str, timeout_s: float = 30.0) -> None:
+        parsed = urllib.parse.urlsplit(server)
+        if parsed.scheme not in ("http", "https") or not parsed.hostname:
+            raise ValueError(f"the server URL must be http(s)://host[:port]: {server!r}")
+        self.server = server.rstrip("/")
+        self._scheme, self._netloc = parsed.scheme, parsed.netloc
+        self._base = parsed.path.rstrip("/")
+        self.timeout_s = timeout_s
+        self.token: str | None = None
+        self._open: http.client.HTTPConnection | None = None
+
+    def request(
+        self, method: str, path: str, body: Any = None, timeout_s: float | None = None
+    ) -> tuple[int, Any]:
+        """Send one request and return (status, parsed JSON body or None)."""
+        cls = http.client.HTTPSConnection if self._scheme == "https" else http.client.HTTPConnection
+        conn = cls(self._netloc, timeout=timeout_s or self.timeout_s)
+        headers = {"User-Agent": USER_AGENT, "Accept": "application/json"}
+        data = None
+        if body is not None:
+            data = json.dumps(body).encode()
+            headers["Content-Type"] = "application/json"
+        if self.token:
+            headers["Authorization"] = f"Bearer {self.token}"
+        self._open = conn
+        try:
+            conn.request(method, self._base + path, body=data, headers=headers)
+            response = conn.getresponse()
+            raw = response.read()
+        except (OSError, http.client.HTTPException) as exc:
+            raise Transient(f"{method} {path}: {exc.__class__.__name__}: {exc}") from exc
+        finally:
+            self._open = None
+            conn.close()
+        if response.status >= 500:
+            raise Transient(f"{method} {path}: the server answered {response.status}")
+        try:
+            return response.status, json.loads(raw) if raw else None
+        except ValueError:
+            return response.status, None
+
+    def abort(self) -> None:
+        """Cut an in-flight request short (from another thread): it raises `Transient`."""
+        conn = self._open
+        if conn is not None and conn.sock is not None:
+            try:
+                conn.sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+
+def message(answer: Any) -> str:
+    """The server's error sentence, for the log."""
+    if isinstance(answer, dict) and "message" in answer:
+        return str(answer["message"])
+    return "no details"

@@ -1,0 +1,51 @@
+"""The durable outbox: a job's report is on disk before it is sent, and stays there until
+the server has answered it, across network failures and worker restarts."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from typing import Any
+
+from qubix_cli.worker.client import Client, message
+from qubix_cli.worker.state import write_private
+
+log = logging.getLogger("qubix.worker")
+
+
+class Outbox:
+    def __init__(self, state_dir: str) -> None:
+        self.path = os.path.join(state_dir, "outbox")
+        os.makedirs(self.path, mode=0o700, exist_ok=True)
+
+    def put(self, job_id: str, report: dict[str, Any]) -> None:
+        name = f"{job_id}.{report['attempt']}.json"
+        write_private(
+            os.path.join(self.path, name), json.dumps({"jobId": job_id, **report}).encode()
+        )
+
+    def pending(self) -> list[str]:
+        return sorted(n for n in os.listdir(self.path) if n.endswith(".json"))
+
+    def send(self, client: Client) -> None:
+        """Send every stored report; raises `Transient` if the server cannot be reached."""
+        for name in self.pending():
+            path = os.path.join(self.path, name)
+            with open(path) as f:
+                entry = json.load(f)
+            job_id = entry.pop("jobId")
+            status, answer = client.request("POST", f"/api/jobs/{job_id}/complete", entry)
+            if status == 200:
+                log.info(
+                    "reported job %s (attempt %s): %s", job_id, entry["attempt"], entry["status"]
+                )
+            else:
+                # Retrying cannot change a refusal (lease lost, job cancelled or gone).
+                log.warning(
+                    "the server refused the report of job %s (%s): %s",
+                    job_id,
+                    status,
+                    message(answer),
+                )
+            os.unlink(path)

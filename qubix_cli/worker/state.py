@@ -1,0 +1,65 @@
+"""Where the worker keeps its state (~/.qubix or QUBIX_HOME), its identity and its token."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import secrets
+import uuid
+from typing import Any
+
+CREDENTIALS = "credentials.json"
+WORKER_ID_FILE = "worker-id"
+
+
+def home() -> str:
+    """The worker's state directory, created private (0700)."""
+    path = os.environ.get("QUBIX_HOME") or os.path.join(os.path.expanduser("~"), ".qubix")
+    os.makedirs(path, mode=0o700, exist_ok=True)
+    return path
+
+
+def write_private(path: str, data: bytes) -> None:
+    """Write a file readable only by its owner (0600), atomically and durably."""
+    tmp = f"{path}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+
+
+def default_worker_id(state_dir: str) -> str:
+    """A hash of the MAC address; if the platform made one up (multicast bit set), a
+    random id kept on disk instead, so that the worker keeps its identity."""
+    node = uuid.getnode()
+    if not (node >> 40) & 1:
+        return "qx-" + hashlib.sha256(node.to_bytes(6, "big")).hexdigest()[:16]
+    path = os.path.join(state_dir, WORKER_ID_FILE)
+    try:
+        with open(path) as f:
+            saved = f.read().strip()
+        if saved:
+            return saved
+    except OSError:
+        pass
+    generated = "qx-" + secrets.token_hex(8)
+    write_private(path, generated.encode())
+    return generated
+
+
+def load_credentials(state_dir: str) -> dict[str, Any] | None:
+    try:
+        with open(os.path.join(state_dir, CREDENTIALS)) as f:
+            data = json.load(f)
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def save_credentials(state_dir: str, worker_id: str, server: str, token: str) -> None:
+    body = {"workerId": worker_id, "server": server, "token": token}
+    write_private(os.path.join(state_dir, CREDENTIALS), json.dumps(body).encode())
