@@ -1,0 +1,300 @@
+"""The worker agent as a real process against a real `qubix serve`."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psutil
+import pytest
+
+from tests.helpers import ADDRESS, API_KEY, ServerProcess
+from tests.worker.fakes import nvidia, path_with
+
+KEY = {"Authorization": f"Bearer {API_KEY}"}
+
+
+class Worker:
+    """A real `qubix worker run` process with its own QUBIX_HOME."""
+
+    def __init__(self, tmp: Path, server: ServerProcess, worker_id: str, *flags: str) -> None:
+        self.home = tmp / f"home-{worker_id}"
+        self.log = tmp / f"{worker_id}.stderr"
+        bin_dir = tmp / "bin"
+        if not bin_dir.exists():
+            nvidia(bin_dir, "nvidia-smi-2gpu.csv")
+        env = {k: v for k, v in os.environ.items() if not k.startswith("QUBIX")}
+        env.update(QUBIX_HOME=str(self.home), PATH=path_with(bin_dir), QUBIX_SECRET_PROBE="x")
+        argv = [sys.executable, "-m", "qubix_cli", "worker", "run", "--server", server.url]
+        argv += ["--qubic-address", ADDRESS, "--worker-id", worker_id, *flags]
+        with open(self.log, "ab") as err:
+            self.proc = subprocess.Popen(argv, stdout=err, stderr=err, env=env)
+
+    def signal(self, signum: int) -> None:
+        self.proc.send_signal(signum)
+
+    def wait(self, timeout: float = 30) -> int:
+        return self.proc.wait(timeout)
+
+    def output(self) -> str:
+        return self.log.read_text()
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[ServerProcess]:
+    proc = ServerProcess(tmp_path / "data", heartbeat_interval_s=0.5).start()
+    yield proc
+    proc.stop()
+
+
+@pytest.fixture
+def workers(tmp_path: Path, server: ServerProcess) -> Iterator[Callable[..., Worker]]:
+    started: list[Worker] = []
+
+    def start(worker_id: str = "w1", *flags: str) -> Worker:
+        worker = Worker(tmp_path, server, worker_id, *flags)
+        started.append(worker)
+        return worker
+
+    yield start
+    for worker in started:
+        if worker.proc.poll() is None:
+            worker.proc.kill()
+            worker.proc.wait()
+
+
+def submit(server: ServerProcess, **body: Any) -> str:
+    answer = httpx.post(server.url + "/api/jobs", json=body, headers=KEY)
+    assert answer.status_code == 201, answer.text
+    job_id: str = answer.json()["job"]["id"]
+    return job_id
+
+
+def job(server: ServerProcess, job_id: str) -> dict[str, Any]:
+    answer: dict[str, Any] = httpx.get(f"{server.url}/api/jobs/{job_id}", headers=KEY).json()["job"]
+    return answer
+
+
+def wait_for(what: Callable[[], Any], timeout: float = 20, step: float = 0.05) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = what()
+        if value:
+            return value
+        time.sleep(step)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def status_is(server: ServerProcess, job_id: str, *states: str) -> Callable[[], bool]:
+    return lambda: job(server, job_id)["status"] in states
+
+
+def test_register_heartbeat_run_and_report(server: ServerProcess, workers: Any) -> None:
+    worker = workers("w1", "--max-jobs", "1")
+    provider = wait_for(lambda: httpx.get(server.url + "/api/providers/w1").json().get("provider"))
+    assert [g["model"] for g in provider["gpus"]] == [
+        "NVIDIA GeForce RTX 4090",
+        "NVIDIA GeForce RTX 3090",
+    ]
+    assert provider["capabilities"] == ["benchmark", "sleep"]
+    first_seen = provider["lastSeenAt"]
+    wait_for(
+        lambda: (
+            httpx.get(server.url + "/api/providers/w1").json()["provider"]["lastSeenAt"]
+            > first_seen
+        )
+    )  # heartbeats
+    job_id = submit(server, type="sleep", payload={"seconds": 0.2})
+    assert worker.wait() == 0
+    done = job(server, job_id)
+    assert done["status"] == "completed" and done["result"] == {"sleptS": 0.2}
+    assert done["metrics"]["durationS"] >= 0.2
+    credentials = worker.home / "credentials.json"
+    assert credentials.stat().st_mode & 0o777 == 0o600
+    token = __import__("json").loads(credentials.read_text())["token"]
+    assert token not in worker.output()
+    assert token not in (worker.home / "worker.log").read_text()
+
+
+def test_sigterm_mid_job_finishes_and_reports_it(server: ServerProcess, workers: Any) -> None:
+    worker = workers("w1")
+    job_id = submit(server, type="sleep", payload={"seconds": 2})
+    wait_for(status_is(server, job_id, "assigned"))
+    worker.signal(signal.SIGTERM)
+    assert worker.wait() == 0
+    assert job(server, job_id)["status"] == "completed"
+
+
+def test_a_second_signal_cancels_the_job_and_reports_it_failed(
+    server: ServerProcess, workers: Any
+) -> None:
+    worker = workers("w1")
+    job_id = submit(server, type="sleep", payload={"seconds": 60})
+    wait_for(status_is(server, job_id, "assigned"))
+    started = time.monotonic()
+    worker.signal(signal.SIGINT)
+    time.sleep(0.3)
+    worker.signal(signal.SIGINT)
+    assert worker.wait() == 0
+    assert time.monotonic() - started < 10
+    done = job(server, job_id)
+    assert done["status"] == "failed" and done["result"] == {"error": "cancelled"}
+
+
+def test_an_idle_worker_stops_at_once_on_sigterm(server: ServerProcess, workers: Any) -> None:
+    worker = workers("w1")
+    wait_for(lambda: httpx.get(server.url + "/api/providers/w1").status_code == 200)
+    time.sleep(0.5)  # now in its long-poll
+    started = time.monotonic()
+    worker.signal(signal.SIGTERM)
+    assert worker.wait() == 0
+    assert time.monotonic() - started < 3
+    assert "Traceback" not in worker.output()
+
+
+def test_a_sigkilled_workers_job_is_completed_by_another(
+    server: ServerProcess, workers: Any
+) -> None:
+    lost = workers("lost")
+    job_id = submit(server, type="sleep", payload={"seconds": 1}, maxAttempts=3)
+    wait_for(status_is(server, job_id, "assigned"))
+    lost.signal(signal.SIGKILL)
+    lost.wait()
+    workers("rescuer")
+    wait_for(status_is(server, job_id, "completed"))
+    done = job(server, job_id)
+    assert done["attempt"] == 2 and done["workerId"] == "rescuer"
+    assert [h.get("reason") for h in done["history"] if h["event"] == "lease_expired"] == [
+        "agent lost"
+    ]
+
+
+def test_the_server_restarting_mid_job_loses_nothing(server: ServerProcess, workers: Any) -> None:
+    worker = workers("w1")
+    job_id = submit(server, type="sleep", payload={"seconds": 2})
+    wait_for(status_is(server, job_id, "assigned"))
+    server.kill()
+    time.sleep(3)  # the job finishes while the server is down: its result waits on disk
+    assert list((worker.home / "outbox").glob("*.json"))
+    server.start()
+    wait_for(status_is(server, job_id, "completed"))
+    providers = httpx.get(server.url + "/api/providers").json()["providers"]
+    assert [p["workerId"] for p in providers] == ["w1"]
+    wait_for(lambda: not list((worker.home / "outbox").glob("*.json")))
+    second = submit(server, type="sleep", payload={"seconds": 0})
+    wait_for(status_is(server, second, "completed"))  # and it carries on
+
+
+def test_a_cancelled_job_is_stopped(server: ServerProcess, workers: Any) -> None:
+    worker = workers("w1")
+    job_id = submit(server, type="sleep", payload={"seconds": 60})
+    wait_for(status_is(server, job_id, "assigned"))
+    httpx.post(f"{server.url}/api/jobs/{job_id}/cancel", headers=KEY)
+    wait_for(lambda: "refused the report of job" in worker.output(), timeout=10)
+    assert job(server, job_id)["status"] == "cancelled"
+    again = submit(server, type="sleep", payload={"seconds": 0})
+    wait_for(status_is(server, again, "completed"))
+
+
+def test_command_jobs_run_without_a_shell_in_a_fresh_directory(
+    server: ServerProcess, workers: Any
+) -> None:
+    workers("cmd", "--allow-command")
+    script = (
+        "import os; print(os.getcwd()); "
+        "print(sorted(k for k in os.environ if k.startswith('QUBIX'))); print('$HOME')"
+    )
+    job_id = submit(server, type="command", payload={"argv": [sys.executable, "-c", script]})
+    wait_for(status_is(server, job_id, "completed", "failed"))
+    done = job(server, job_id)
+    assert done["status"] == "completed", done
+    cwd, env, literal = done["result"]["stdoutTail"].splitlines()
+    assert "qubix-job-" in cwd and not os.path.exists(cwd)
+    assert env == "[]" and literal == "$HOME"
+    assert done["metrics"]["exitCode"] == 0 and done["metrics"]["peakRssKb"] > 1000
+
+
+def test_a_command_timeout_kills_the_whole_process_tree(
+    server: ServerProcess, workers: Any, tmp_path: Path
+) -> None:
+    workers("cmd", "--allow-command")
+    pid_file = tmp_path / "grandchild.pid"
+    script = (
+        "import subprocess, sys, time; "
+        f"p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']); "
+        f"open({str(pid_file)!r}, 'w').write(str(p.pid)); print('x' * 200000); time.sleep(60)"
+    )
+    job_id = submit(
+        server, type="command", payload={"argv": [sys.executable, "-c", script], "timeoutS": 2}
+    )
+    wait_for(status_is(server, job_id, "failed"), timeout=30)
+    done = job(server, job_id)
+    assert "timed out" in done["result"]["error"]
+    assert len(done["result"]["stdoutTail"]) == 64 * 1024
+    grandchild = int(pid_file.read_text())
+    wait_for(
+        lambda: (
+            not psutil.pid_exists(grandchild)
+            or psutil.Process(grandchild).status() == psutil.STATUS_ZOMBIE
+        ),
+        timeout=5,
+    )
+
+
+def test_a_worker_without_allow_command_never_gets_command_jobs(
+    server: ServerProcess, workers: Any
+) -> None:
+    worker = workers("plain", "--burst")
+    job_id = submit(server, type="command", payload={"argv": ["true"]})
+    assert worker.wait() == 0
+    assert job(server, job_id)["status"] == "queued"
+
+
+def test_burst_runs_what_is_queued_then_exits(server: ServerProcess, workers: Any) -> None:
+    ids = [submit(server, type="sleep", payload={"seconds": 0}) for _ in range(3)]
+    ids.append(submit(server, type="benchmark", payload={"seconds": 0.2}))
+    worker = workers("w1", "--burst")
+    assert worker.wait() == 0
+    results = [job(server, i) for i in ids]
+    assert [r["status"] for r in results] == ["completed"] * 4
+    assert results[-1]["result"]["cpuScore"] > 0 and len(results[-1]["result"]["gpus"]) == 2
+
+
+def test_a_restarted_worker_keeps_its_identity(server: ServerProcess, workers: Any) -> None:
+    assert workers("w1", "--burst").wait() == 0
+    assert workers("w1", "--burst").wait() == 0
+    providers = httpx.get(server.url + "/api/providers").json()["providers"]
+    assert [p["workerId"] for p in providers] == ["w1"]
+
+
+def test_an_invalid_address_stops_the_worker_with_the_servers_reason(
+    server: ServerProcess, tmp_path: Path
+) -> None:
+    env = {**os.environ, "QUBIX_HOME": str(tmp_path / "home")}
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "qubix_cli",
+            "worker",
+            "run",
+            "--server",
+            server.url,
+            "--qubic-address",
+            "A" * 60,
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert "checksum" in result.stderr and "Traceback" not in result.stderr
