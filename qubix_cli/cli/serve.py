@@ -7,10 +7,8 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-import uvicorn
 from rich.console import Console
 
-from qubix_cli.server.app import create_app
 from qubix_cli.server.settings import (
     API_KEY_FILE,
     Settings,
@@ -49,6 +47,10 @@ def serve(
     ] = None,
 ) -> None:
     """Run the coordinator: provider registry, job queue and events over HTTP."""
+    import uvicorn  # imported here: other commands start faster without the server stack
+
+    from qubix_cli.server.app import create_app
+
     data_dir = (data_dir or default_data_dir()).expanduser().resolve()
     if api_key is None:
         api_key, created = load_or_create_api_key(data_dir)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
 import hmac
-from collections.abc import Mapping
+from collections.abc import Awaitable, Mapping
 from typing import Any, TypeVar
 
 import pydantic
@@ -15,6 +17,7 @@ from starlette.responses import Response
 BODY_LIMIT_BYTES = 1024 * 1024
 
 M = TypeVar("M", bound=pydantic.BaseModel)
+T = TypeVar("T")
 
 
 class ApiError(Exception):
@@ -55,6 +58,28 @@ async def read_body(request: Request, limit: int = BODY_LIMIT_BYTES) -> bytes:
         chunks.append(chunk)
         if not message.get("more_body", False):
             return b"".join(chunks)
+
+
+async def unless_disconnected(request: Request, wait: Awaitable[T]) -> T | None:
+    """Run a long-poll wait, given up as soon as the client goes away (None then), so that
+    a vanished worker holds no waiter and is handed no job."""
+    task = asyncio.ensure_future(wait)
+    watcher = asyncio.ensure_future(_disconnected(request))
+    try:
+        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watcher.cancel()
+    if task.done():
+        return task.result()
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    return None
+
+
+async def _disconnected(request: Request) -> None:
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
 
 
 def _too_large(limit: int) -> ApiError:

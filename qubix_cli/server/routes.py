@@ -17,6 +17,7 @@ from qubix_cli.server.http import (
     read_json,
     read_query,
     require_token,
+    unless_disconnected,
     validate,
 )
 from qubix_cli.server.jobs import RESULT_LIMIT_BYTES, JobQueue
@@ -86,7 +87,8 @@ class Api:
         return json_response(answer, 201 if token else 200)
 
     async def check_new(self, request: Request) -> Response:
-        providers = await self.registry.check_new(read_query(request, CheckNewQuery))
+        wait = self.registry.check_new(read_query(request, CheckNewQuery))
+        providers = await unless_disconnected(request, wait) or []
         return json_response({"providers": providers, "serverTime": time.time()})
 
     async def heartbeat(self, request: Request) -> Response:
@@ -145,7 +147,7 @@ class Api:
     async def pending_job(self, request: Request) -> Response:
         provider = self._worker(request)
         query = read_query(request, PendingQuery)
-        job = await self.jobs.lease(provider, query.wait)
+        job = await unless_disconnected(request, self.jobs.lease(provider, query.wait))
         if job is None:
             return Response(status_code=204)
         return json_response(

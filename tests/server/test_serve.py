@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 import threading
@@ -145,3 +146,20 @@ def test_20_workers_and_500_jobs_each_completed_exactly_once(server: ServerProce
     jobs = httpx.get(server.url + "/api/jobs?status=completed&limit=500", headers=KEY).json()
     assert jobs["total"] == 500
     assert all(len(j["history"]) == 3 for j in jobs["jobs"])
+
+
+def test_a_vanished_long_poll_is_handed_no_job(server: ServerProcess) -> None:
+    token = httpx.post(server.url + "/api/providers/quick-register", json=register_body()).json()[
+        "workerToken"
+    ]
+    request = (
+        f"GET /api/jobs/pending/worker-1?wait=20 HTTP/1.1\r\nHost: x\r\n"
+        f"Authorization: Bearer {token}\r\n\r\n"
+    )
+    with socket.create_connection(("127.0.0.1", server.port)) as sock:
+        sock.sendall(request.encode())
+        time.sleep(0.3)
+    time.sleep(0.3)  # the worker went away mid-poll
+    job = httpx.post(server.url + "/api/jobs", json={"type": "benchmark"}, headers=KEY).json()
+    again = httpx.get(f"{server.url}/api/jobs/{job['job']['id']}", headers=KEY).json()["job"]
+    assert again["status"] == "queued"
