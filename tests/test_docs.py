@@ -35,11 +35,12 @@ def to_script(markdown: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-@pytest.mark.parametrize("page", ["api.md", "cli.md", "jobs.md"])
-def test_the_examples_in_docs_run(page: str, server: ServerProcess) -> None:
+@pytest.mark.parametrize("page", ["api.md", "cli.md", "jobs.md", "worker.md"])
+def test_the_examples_in_docs_run(page: str, server: ServerProcess, tmp_path: Path) -> None:
     script = to_script((ROOT / "docs" / page).read_text())
     env = {k: v for k, v in os.environ.items() if not k.startswith("QUBIX_")}
     env.update(QUBIX_SERVER=server.url, QUBIX_API_KEY=API_KEY, COLUMNS="200")
+    env["QUBIX_HOME"] = str(tmp_path / "worker-home")
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
     result = subprocess.run(
         ["bash", "-c", script], capture_output=True, text=True, env=env, timeout=120
