@@ -34,16 +34,24 @@ def main() -> None:
     common = ["run", "--server", server.url, "--qubic-address", ADDRESS]
     commands = {
         "qubix_worker.pyz run": [sys.executable, str(pyz), *common, "--worker-id", "pyz"],
-        "qubix worker run": [sys.executable, "-m", "qubix_cli", "worker", *common,
-                             "--worker-id", "cli"],
+        "qubix worker run": [
+            sys.executable,
+            "-m",
+            "qubix_cli",
+            "worker",
+            *common,
+            "--worker-id",
+            "cli",
+        ],
         "baseline: python sleeping": [sys.executable, "-c", "import time; time.sleep(3600)"],
     }
     procs = {}
     try:
         for number, (name, argv) in enumerate(commands.items()):
             env = {**os.environ, "QUBIX_HOME": str(tmp / f"home-{number}")}
-            procs[name] = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL,
-                                           stderr=subprocess.DEVNULL)
+            procs[name] = subprocess.Popen(
+                argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+            )
         time.sleep(3)  # registered and settled
         for name, p in procs.items():
             if p.poll() is not None:
