@@ -265,10 +265,10 @@ class Agent:
         thread.start()
         while thread.is_alive():
             thread.join(_TICK_S)
-            if self.draining:
+            if self.draining or self.lost:
                 self.poller.abort()
                 thread.join()
-        if "error" in outcome and not self.draining:
+        if "error" in outcome and not (self.draining or self.lost):
             raise outcome["error"]
         status, answer = outcome.get("answer", (204, None))
         if status == 404:

@@ -298,3 +298,12 @@ def test_an_invalid_address_stops_the_worker_with_the_servers_reason(
     )
     assert result.returncode == 2
     assert "checksum" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_worker_the_server_forgot_registers_again(server: ServerProcess, workers: Any) -> None:
+    workers("w1")
+    wait_for(lambda: httpx.get(server.url + "/api/providers/w1").status_code == 200)
+    httpx.delete(server.url + "/api/providers/w1", headers=KEY)
+    wait_for(lambda: httpx.get(server.url + "/api/providers/w1").status_code == 200, timeout=10)
+    job_id = submit(server, type="sleep", payload={"seconds": 0})
+    wait_for(status_is(server, job_id, "completed"))
