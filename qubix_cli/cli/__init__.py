@@ -7,9 +7,10 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from qubix_cli import __version__
-from qubix_cli.cli import jobs, serve, worker
+from qubix_cli.cli import installer, jobs, serve, worker
 from qubix_cli.errors import QubixError
 
 err_console = Console(stderr=True)
@@ -24,6 +25,7 @@ app = typer.Typer(
 app.command("serve")(serve.serve)
 app.add_typer(jobs.app, name="jobs")
 app.add_typer(worker.app, name="worker")
+app.add_typer(installer.app, name="installer")
 
 
 def _version(value: bool) -> None:
@@ -47,5 +49,5 @@ def main() -> None:
     try:
         app()
     except QubixError as exc:
-        err_console.print(f"[red]error:[/red] {exc}", highlight=False)
+        err_console.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False)
         sys.exit(1)

@@ -7,6 +7,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from qubix_cli.client import DEFAULT_SERVER, Client
@@ -67,7 +68,7 @@ def submit(
     with _client(server, api_key) as client:
         job = client.submit_job(body)
         if not as_json:
-            console.print(f"Submitted {job['id']} ({job['type']}), status {job['status']}")
+            console.print(escape(f"Submitted {job['id']} ({job['type']}), status {job['status']}"))
         if wait:
             job = _wait(client, job["id"], as_json)
     _show(job, as_json)
@@ -154,7 +155,7 @@ def _show(job: dict[str, Any], as_json: bool) -> None:
         table.add_row(key, text)
     for entry in job["history"]:
         detail = ", ".join(f"{k}={v}" for k, v in entry.items() if k not in ("event", "at"))
-        table.add_row(_time(entry["at"]), f"{entry['event']} {detail}")
+        table.add_row(_time(entry["at"]), escape(f"{entry['event']} {detail}"))
     console.print(table)
 
 
@@ -164,9 +165,10 @@ def _status(status: str) -> str:
 
 
 def _text(value: Any) -> str:
+    """A value as table text; never read as Rich markup (it comes from elsewhere)."""
     if value is None:
         return "-"
-    return value if isinstance(value, str) else json.dumps(value)
+    return escape(value if isinstance(value, str) else json.dumps(value))
 
 
 def _time(at: float) -> str:

@@ -8,6 +8,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from qubix_cli.server.settings import (
     API_KEY_FILE,
@@ -56,13 +57,13 @@ def serve(
         api_key, created = load_or_create_api_key(data_dir)
         if created:
             console.print(f"Created the API key (shown once): [bold]{api_key}[/bold]")
-        console.print(f"API key file: {data_dir / API_KEY_FILE}")
+        console.print(escape(f"API key file: {data_dir / API_KEY_FILE}"))
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     settings = Settings(data_dir=data_dir, heartbeat_interval_s=heartbeat_interval, api_key=api_key)
     app = create_app(settings)
-    console.print(f"Data directory: {data_dir}")
+    console.print(escape(f"Data directory: {data_dir}"))
     console.print(f"Qubix coordinator on http://{host}:{port} (Ctrl+C to stop)")
     # Per-request access lines would be mostly heartbeats; the server logs events instead.
     uvicorn.run(

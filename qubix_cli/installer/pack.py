@@ -4,6 +4,7 @@ timestamps and order, so the same code always gives the same bytes and SHA-256."
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import zipfile
@@ -24,6 +25,7 @@ def worker_files() -> list[tuple[str, bytes]]:
     return files
 
 
+@functools.cache
 def build_worker_pyz() -> bytes:
     """The zipapp's bytes, starting with a `#!/usr/bin/env python3` line."""
     buffer = io.BytesIO()

@@ -10,6 +10,8 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
+from qubix_cli.errors import ValidationError
+from qubix_cli.installer.render import render
 from qubix_cli.server.http import (
     ApiError,
     bearer_token,
@@ -26,6 +28,7 @@ from qubix_cli.server.schemas import (
     PAYLOADS,
     CheckNewQuery,
     Heartbeat,
+    InstallerQuery,
     JobListQuery,
     JobReport,
     JobSubmit,
@@ -59,6 +62,7 @@ class Api:
             Route("/api/jobs/{jobId}", self.get_job),
             Route("/api/jobs/{jobId}/cancel", self.cancel_job, methods=["POST"]),
             Route("/api/jobs/{jobId}/complete", self.complete_job, methods=["POST"]),
+            Route("/api/installer/{os}", self.installer),
             WebSocketRoute("/api/events", self.events),
         ]
 
@@ -160,6 +164,19 @@ class Api:
         report = await read_json(request, JobReport, limit=2 * RESULT_LIMIT_BYTES)
         job = await self.jobs.complete(job_id, provider["workerId"], report)
         return json_response({"job": job})
+
+    # -- installers --------------------------------------------------------------------
+
+    async def installer(self, request: Request) -> Response:
+        query = read_query(request, InstallerQuery)
+        backend = query.backend or self.settings.public_url or str(request.base_url)
+        try:
+            built = render(request.path_params["os"], backend.rstrip("/"), query.qubicAddress)
+        except ValidationError as exc:
+            raise ApiError(400, "invalid_installer_request", str(exc)) from exc
+        disposition = f'attachment; filename="{built.filename}"'
+        headers = {"Content-Disposition": disposition, "X-Checksum-Sha256": built.sha256}
+        return Response(built.content, media_type=built.media_type, headers=headers)
 
     # -- events ------------------------------------------------------------------------
 

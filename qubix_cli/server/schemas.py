@@ -192,3 +192,10 @@ class JobListQuery(Query):
     providerId: WorkerId | None = None
     limit: int = Field(default=50, ge=1, le=500)
     offset: int = Field(default=0, ge=0)
+
+
+class InstallerQuery(Query):
+    """GET /api/installer/{os}: checked in full by the renderer (400 when refused)."""
+
+    backend: str | None = None
+    qubicAddress: str | None = None

@@ -47,6 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     detect = commands.add_parser("detect", help="Print what hardware this machine has.")
     detect.add_argument("--json", action="store_true", help="Print the report as JSON.")
+    commands.add_parser("id", help="Print the worker id that `run` uses by default.")
     run = commands.add_parser("run", help="Register and run jobs until stopped.")
     run.add_argument("--server", required=True, help="The coordinator's URL.")
     run.add_argument("--qubic-address", required=True, help="Your 60-letter Qubic address.")
@@ -58,6 +59,9 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--burst", action="store_true", help="Run what is queued, then exit.")
     run.add_argument("--max-jobs", type=int, help="Exit after this many jobs.")
     args = parser.parse_args(argv)
+    if args.command == "id":
+        print(state.default_worker_id(state.home()))
+        return 0
     if args.command == "detect":
         report = hardware.detect()
         print(json.dumps(report, indent=2) if args.json else detect_text(report))

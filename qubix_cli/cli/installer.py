@@ -1,0 +1,55 @@
+"""`qubix installer build`: write a one-file installer for a worker."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+
+from qubix_cli.errors import QubixError
+from qubix_cli.installer.render import render, this_os
+
+app = typer.Typer(help="Build one-file installers that set up and start a worker.")
+console = Console(highlight=False)
+
+_HOW_TO_RUN = {
+    "linux": "sh {file}   (add --service to start it with systemd)",
+    "macos": "sh {file}   (add --service to start it with launchd)",
+    "windows": "double-click {file}, or run it in cmd (add --service to start it at logon)",
+}
+
+
+@app.command()
+def build(
+    server: Annotated[
+        str, typer.Option(envvar="QUBIX_SERVER", help="The coordinator URL the worker joins.")
+    ],
+    os_name: Annotated[
+        str | None,
+        typer.Option("--os", help="windows, linux or macos [default: this machine's]."),
+    ] = None,
+    qubic_address: Annotated[
+        str | None,
+        typer.Option(help="The Qubic address to pay [default: asked for when it runs]."),
+    ] = None,
+    output: Annotated[
+        Path | None,
+        typer.Option(help="Where to write it [default: qubix-installer-<os>.sh or .bat]."),
+    ] = None,
+) -> None:
+    """Write the installer; print its path, its SHA-256 and how to run it."""
+    built = render(os_name or this_os(), server, qubic_address)
+    path = output or Path(built.filename)
+    try:
+        path.write_bytes(built.content)
+        path.chmod(0o755 if built.filename.endswith(".sh") else 0o644)
+    except OSError as exc:
+        raise QubixError(f"cannot write {path}: {exc.strerror}") from exc
+    console.print(escape(f"Wrote {path} ({built.os}, {len(built.content):,} bytes)"))
+    console.print(f"SHA-256: {built.sha256}")
+    console.print(
+        escape("Run it on the GPU machine: " + _HOW_TO_RUN[built.os].format(file=path.name))
+    )
