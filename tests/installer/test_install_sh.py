@@ -1,0 +1,146 @@
+"""The .sh installer, executed for real in a throwaway HOME against a real `qubix serve`."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import psutil
+import pytest
+
+from qubix_cli.installer.render import render
+from tests.helpers import ADDRESS, API_KEY, ServerProcess
+
+KEY = {"Authorization": f"Bearer {API_KEY}"}
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[ServerProcess]:
+    proc = ServerProcess(tmp_path / "data", heartbeat_interval_s=1).start()
+    yield proc
+    proc.stop()
+
+
+def run_installer(
+    script: Path, home: Path, *args: str, path: str | None = None, address_env: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    env = {"HOME": str(home), "PATH": path or f"{Path(sys.executable).parent}:/usr/bin:/bin"}
+    if address_env:
+        env["QUBIC_ADDRESS"] = address_env
+    return subprocess.run(
+        ["/bin/sh", str(script), *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        timeout=240,
+        check=False,
+    )
+
+
+def worker_processes(home: Path) -> list[psutil.Process]:
+    found = []
+    for proc in psutil.process_iter(["cmdline", "environ"]):
+        try:
+            cmdline = " ".join(proc.info["cmdline"] or [])
+        except psutil.Error:
+            continue
+        if str(home) in cmdline and "qubix_worker.pyz" in cmdline and "run" in cmdline:
+            found.append(proc)
+    return found
+
+
+def test_install_run_a_job_upgrade_and_uninstall(server: ServerProcess, tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    home.mkdir()
+    script = tmp_path / "qubix-installer-linux.sh"
+    script.write_bytes(render("linux", server.url).content)  # the address comes from the env
+    try:
+        first = run_installer(script, home, address_env=ADDRESS)
+        assert first.returncode == 0, first.stdout + first.stderr
+        assert "is online at" in first.stdout
+        qubix = home / ".qubix"
+        for name in [
+            "venv",
+            "qubix_worker.pyz",
+            "start_worker.sh",
+            "stop_worker.sh",
+            "worker.conf",
+            "credentials.json",
+        ]:
+            assert (qubix / name).exists(), name
+        assert (qubix / "credentials.json").stat().st_mode & 0o777 == 0o600
+        providers = httpx.get(server.url + "/api/providers").json()["providers"]
+        assert len(providers) == 1 and providers[0]["qubicAddress"] == ADDRESS
+        worker_id = providers[0]["workerId"]
+
+        job = httpx.post(
+            server.url + "/api/jobs",
+            headers=KEY,
+            json={"type": "sleep", "payload": {"seconds": 0.2}},
+        ).json()["job"]
+        deadline = time.monotonic() + 30
+        while (
+            httpx.get(f"{server.url}/api/jobs/{job['id']}", headers=KEY).json()["job"]["status"]
+            != "completed"
+        ):
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+
+        (old,) = worker_processes(home)
+        second = run_installer(script, home, address_env=ADDRESS)  # upgrade in place
+        assert second.returncode == 0, second.stdout + second.stderr
+        assert "creating a virtual environment" not in second.stdout
+        providers = httpx.get(server.url + "/api/providers").json()["providers"]
+        assert [p["workerId"] for p in providers] == [worker_id]
+        (new,) = worker_processes(home)
+        assert new.pid != old.pid and not old.is_running()
+
+        gone = run_installer(script, home, "--uninstall")
+        assert gone.returncode == 0, gone.stdout + gone.stderr
+        assert not qubix.exists()
+        assert worker_processes(home) == []
+    finally:
+        for proc in worker_processes(home):
+            proc.kill()
+
+
+def test_missing_python_prints_the_command_to_install_it(tmp_path: Path) -> None:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for tool in ["uname"]:
+        os.symlink(
+            f"/bin/{tool}" if os.path.exists(f"/bin/{tool}") else f"/usr/bin/{tool}", bin_dir / tool
+        )
+    (bin_dir / "apt-get").write_text("#!/bin/sh\nexit 0\n")
+    (bin_dir / "apt-get").chmod(0o755)
+    script = tmp_path / "install.sh"
+    script.write_bytes(render("linux", "http://127.0.0.1:9", ADDRESS).content)
+    result = run_installer(script, tmp_path, path=str(bin_dir))
+    assert result.returncode == 1
+    assert "sudo apt-get install -y python3 python3-venv" in result.stderr
+    assert not (tmp_path / ".qubix").exists()
+
+
+def test_no_address_and_no_terminal_is_a_clear_error(tmp_path: Path) -> None:
+    script = tmp_path / "install.sh"
+    script.write_bytes(render("linux", "http://127.0.0.1:9").content)
+    result = run_installer(script, tmp_path)
+    assert result.returncode == 1
+    assert "Qubic address" in result.stderr and "QUBIC_ADDRESS" in result.stderr
+
+
+def test_a_tampered_worker_is_refused(tmp_path: Path) -> None:
+    script = tmp_path / "install.sh"
+    text = render("linux", "http://127.0.0.1:9", ADDRESS).content.decode()
+    head, payload = text.split("__QUBIX_WORKER_PYZ_BASE64__\n", 1)
+    script.write_text(head + "__QUBIX_WORKER_PYZ_BASE64__\n" + "QUJD" + payload[4:])
+    result = run_installer(script, tmp_path)
+    assert result.returncode != 0
+    assert "does not match its SHA-256" in result.stderr
+    assert not (tmp_path / ".qubix" / "qubix_worker.pyz").exists()
