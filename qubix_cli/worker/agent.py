@@ -16,7 +16,6 @@ import random
 import signal
 import sys
 import threading
-import time
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
@@ -84,23 +83,13 @@ class Agent:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
 
-    def _sleep(self, seconds: float, stop: Callable[[], bool] | None = None) -> bool:
-        """Wait, but return False as soon as `stop()` (default: a drain signal) is true."""
-        stop = stop or (lambda: self.draining)
-        deadline = time.monotonic() + seconds
-        while time.monotonic() < deadline:
-            if stop():
-                return False
-            time.sleep(min(_TICK_S, max(0.0, deadline - time.monotonic())))
-        return not stop()
-
     def _retry(
         self, what: str, attempt: int, error: Exception, stop: Callable[[], bool] | None = None
     ) -> bool:
         """Full-jitter exponential backoff, capped at 60 s. False when told to stop."""
         delay = backoff_s(attempt)
         log.warning("%s failed (%s); retrying in %.1f s", what, error, delay)
-        return self._sleep(delay, stop)
+        return jobs.wait_unless(delay, stop or (lambda: self.draining))
 
     # -- registration ----------------------------------------------------------------
 
@@ -182,9 +171,7 @@ class Agent:
                 attempt += 1
                 wait = backoff_s(attempt)
                 log.warning("heartbeat failed (%s); next try in %.1f s", exc, wait)
-            deadline = time.monotonic() + wait
-            while not self.stopped and time.monotonic() < deadline:
-                time.sleep(_TICK_S)
+            jobs.wait_unless(wait, lambda: self.stopped)
 
     def _heartbeat(self) -> None:
         body: dict[str, Any] = {

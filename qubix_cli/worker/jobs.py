@@ -41,19 +41,20 @@ def _cancelled_result() -> Outcome:
     return "failed", {"error": "cancelled"}, {}
 
 
-def _wait(seconds: float, cancelled: Cancelled) -> bool:
-    """Sleep up to `seconds`; False if cancelled first."""
+def wait_unless(seconds: float, stop: Cancelled) -> bool:
+    """Sleep up to `seconds` in short ticks; False as soon as `stop()` is true. (Signal
+    handlers only set flags, so every wait in the worker checks them this way.)"""
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
-        if cancelled():
+        if stop():
             return False
         time.sleep(min(_TICK_S, max(0.0, deadline - time.monotonic())))
-    return not cancelled()
+    return not stop()
 
 
 def run_sleep(payload: dict[str, Any], cancelled: Cancelled) -> Outcome:
     seconds = float(payload["seconds"])
-    if not _wait(seconds, cancelled):
+    if not wait_unless(seconds, cancelled):
         return _cancelled_result()
     return "completed", {"sleptS": seconds}, {}
 
@@ -112,28 +113,21 @@ def run_command(job: dict[str, Any], cancelled: Cancelled) -> Outcome:
 
 
 def _spawn(argv: list[str], cwd: str, env: dict[str, str], out: Any, err: Any) -> Any:
+    options: dict[str, Any] = {
+        "cwd": cwd,
+        "env": env,
+        "stdin": subprocess.DEVNULL,
+        "stdout": out,
+        "stderr": err,
+    }
     if sys.platform == "win32":
-        flags = subprocess.CREATE_NEW_PROCESS_GROUP | subprocess.BELOW_NORMAL_PRIORITY_CLASS  # type: ignore[attr-defined,unused-ignore]
-        return subprocess.Popen(
-            argv,
-            cwd=cwd,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=err,
-            creationflags=flags,
+        options["creationflags"] = (
+            subprocess.CREATE_NEW_PROCESS_GROUP | subprocess.BELOW_NORMAL_PRIORITY_CLASS  # type: ignore[attr-defined,unused-ignore]
         )
-    proc = subprocess.Popen(
-        argv,
-        cwd=cwd,
-        env=env,
-        stdin=subprocess.DEVNULL,
-        stdout=out,
-        stderr=err,
-        start_new_session=True,
-    )
+        return subprocess.Popen(argv, **options)
+    proc = subprocess.Popen(argv, start_new_session=True, **options)
     try:
-        os.setpriority(os.PRIO_PROCESS, proc.pid, 10)
+        os.setpriority(os.PRIO_PROCESS, proc.pid, 10)  # below the owner's own work
     except OSError:
         pass
     return proc
