@@ -184,7 +184,8 @@ def test_the_server_restarting_mid_job_loses_nothing(server: ServerProcess, work
     time.sleep(3)  # the job finishes while the server is down: its result waits on disk
     assert list((worker.home / "outbox").glob("*.json"))
     server.start()
-    wait_for(status_is(server, job_id, "completed"))
+    # The worker retries with full-jitter backoff: after a 3 s outage, within about 16 s.
+    wait_for(status_is(server, job_id, "completed"), timeout=45)
     providers = httpx.get(server.url + "/api/providers").json()["providers"]
     assert [p["workerId"] for p in providers] == ["w1"]
     wait_for(lambda: not list((worker.home / "outbox").glob("*.json")))
