@@ -24,6 +24,7 @@ from qubix_cli.server.store import Doc, Store
 RESULT_LIMIT_BYTES = 1024 * 1024
 TERMINAL = ("completed", "failed", "cancelled")
 AGENT_LOST = "agent lost"
+RESTART_GRACE_S = 60.0
 
 
 def can_run(provider: Doc, job: Doc) -> bool:
@@ -50,8 +51,9 @@ class JobQueue:
         self._queued: OrderedDict[str, None] = OrderedDict(
             (j["id"], None) for j in jobs if j["status"] == "queued"
         )
-        now = time.time()
-        self._leases = {j["id"]: now + self.lease_s for j in jobs if j["status"] == "assigned"}
+        # After a restart, workers may be in their reconnect backoff (up to 60 s).
+        grace = time.time() + self.lease_s + RESTART_GRACE_S
+        self._leases = {j["id"]: grace for j in jobs if j["status"] == "assigned"}
         self._waiters: OrderedDict[str, asyncio.Future[Doc | None]] = OrderedDict()
         self._cancels: dict[str, set[str]] = {}
 

@@ -102,6 +102,13 @@ class Registry:
         if not was_online:
             self.events.publish("PROVIDER_ONLINE", self.get(worker_id))
 
+    def polled(self, worker_id: str) -> None:
+        """A job poll is a sign of life: it brings an offline provider back online (after a
+        server restart its heartbeats may still be in their reconnect backoff)."""
+        if not self.is_online(worker_id):
+            self._touch(worker_id, "online", None, None)
+            self.events.publish("PROVIDER_ONLINE", self.get(worker_id))
+
     def _touch(self, worker_id: str, status: str, usage: Any, job_id: str | None) -> None:
         self.live[worker_id] = {
             "status": status,

@@ -151,6 +151,7 @@ class Api:
     async def pending_job(self, request: Request) -> Response:
         provider = self._worker(request)
         query = read_query(request, PendingQuery)
+        self.registry.polled(provider["workerId"])
         job = await unless_disconnected(request, self.jobs.lease(provider, query.wait))
         if job is None:
             return Response(status_code=204)

@@ -63,6 +63,8 @@ class Agent:
         self.cancelling = False
         self.stopped = False
         self.lost = False
+        self.beat_now = False
+        self.beat_failing = False
         self.jobs_done = 0
 
     # -- signals ---------------------------------------------------------------------
@@ -163,6 +165,7 @@ class Agent:
     def _heartbeat_loop(self) -> None:
         attempt = 0
         while not self.stopped:
+            self.beat_now = False
             try:
                 self._heartbeat()
                 attempt = 0
@@ -171,7 +174,8 @@ class Agent:
                 attempt += 1
                 wait = backoff_s(attempt)
                 log.warning("heartbeat failed (%s); next try in %.1f s", exc, wait)
-            jobs.wait_unless(wait, lambda: self.stopped)
+            self.beat_failing = attempt > 0
+            jobs.wait_unless(wait, lambda: self.stopped or self.beat_now)
 
     def _heartbeat(self) -> None:
         body: dict[str, Any] = {
@@ -222,6 +226,9 @@ class Agent:
                 self.outbox.send(self.api)
                 job = self._next_job()
                 attempt = 0
+                if job is not None or self.beat_failing:
+                    # A new lease, or the server is back: heartbeat now, not after a backoff.
+                    self.beat_now = True
             except Transient as exc:
                 attempt += 1
                 if not self._retry("talking to the server", attempt, exc):

@@ -170,20 +170,32 @@ def test_a_command_job_never_goes_to_a_worker_without_that_capability(client: Te
     assert client.get("/api/jobs?status=queued", headers=KEY).json()["total"] == 1
 
 
-def test_an_offline_worker_is_not_handed_jobs(make_client: Any) -> None:
+def test_a_poll_brings_an_offline_worker_back_and_a_silent_one_gets_no_job(
+    make_client: Any,
+) -> None:
     client = make_client(heartbeat_interval_s=0.2)
     token = register(client)
+
+    def status() -> str:
+        status: str = client.get("/api/providers/worker-1").json()["provider"]["status"]
+        return status
+
     deadline = time.monotonic() + 5
-    while client.get("/api/providers/worker-1").json()["provider"]["status"] != "offline":
+    while status() != "offline":
         assert time.monotonic() < deadline
         time.sleep(0.05)
     result: dict[str, Any] = {}
-    thread = threading.Thread(target=lambda: result.update(a=lease(client, "worker-1", token, 1)))
+    thread = threading.Thread(target=lambda: result.update(a=lease(client, "worker-1", token, 3)))
     thread.start()
-    time.sleep(0.2)
-    submit(client)
+    time.sleep(0.1)
+    assert status() == "online"  # the poll is a sign of life
+    while status() != "offline":  # but no heartbeats follow it
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    job = submit(client)
     thread.join(5)
-    assert result["a"] is None
+    assert result["a"] is None  # a waiting worker that went silent is handed nothing
+    assert lease(client, "worker-1", token)["job"]["id"] == job["id"]  # its next poll is
 
 
 def test_cancel_queued_and_assigned_jobs(client: TestClient) -> None:
