@@ -9,7 +9,6 @@ import httpx
 
 from qubix_cli.errors import ServerError
 
-DEFAULT_SERVER = "http://127.0.0.1:8000"
 TERMINAL_STATES = ("completed", "failed", "cancelled")
 
 

@@ -10,21 +10,17 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from qubix_cli.client import DEFAULT_SERVER, Client
+from qubix_cli import config
+from qubix_cli.cli import display
+from qubix_cli.cli.display import ApiKeyOpt, JsonOpt, ServerOpt
+from qubix_cli.client import Client
 
 app = typer.Typer(help="Submit, list, show and cancel jobs (needs the server's API key).")
 console = Console(highlight=False)
 
-ServerOpt = Annotated[str, typer.Option(envvar="QUBIX_SERVER", help="The coordinator's URL.")]
-ApiKeyOpt = Annotated[
-    str | None,
-    typer.Option(envvar="QUBIX_API_KEY", help="The server's API key.", show_default=False),
-]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 
-
-def _client(server: str, api_key: str | None) -> Client:
-    return Client(server, api_key)
+def _client(server: str | None, api_key: str | None) -> Client:
+    return Client(config.server_url(server), config.api_key(api_key))
 
 
 def _payload(kind: str, seconds: float | None, argv: list[str] | None) -> dict[str, Any]:
@@ -55,7 +51,7 @@ def submit(
     min_vram_mb: Annotated[int | None, typer.Option(help="Least VRAM of one GPU, in MB.")] = None,
     provider: Annotated[str | None, typer.Option(help="Run only on this worker id.")] = None,
     wait: Annotated[bool, typer.Option("--wait", help="Wait until the job ends.")] = False,
-    server: ServerOpt = DEFAULT_SERVER,
+    server: ServerOpt = None,
     api_key: ApiKeyOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -80,7 +76,7 @@ def list_(
     status: Annotated[str | None, typer.Option(help="Only jobs in this state.")] = None,
     provider: Annotated[str | None, typer.Option(help="Only jobs of this worker id.")] = None,
     limit: Annotated[int, typer.Option(min=1, max=500, help="How many, newest first.")] = 50,
-    server: ServerOpt = DEFAULT_SERVER,
+    server: ServerOpt = None,
     api_key: ApiKeyOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -95,7 +91,7 @@ def list_(
         table.add_row(
             job["id"],
             job["type"],
-            _status(job["status"]),
+            display.status(job["status"]),
             str(job["attempt"]),
             job["workerId"] or "-",
             _time(job["createdAt"]),
@@ -108,7 +104,7 @@ def list_(
 def show(
     job_id: Annotated[str, typer.Argument(help="The job's id.")],
     wait: Annotated[bool, typer.Option("--wait", help="Wait until the job ends.")] = False,
-    server: ServerOpt = DEFAULT_SERVER,
+    server: ServerOpt = None,
     api_key: ApiKeyOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -122,7 +118,7 @@ def show(
 @app.command()
 def cancel(
     job_id: Annotated[str, typer.Argument(help="The job's id.")],
-    server: ServerOpt = DEFAULT_SERVER,
+    server: ServerOpt = None,
     api_key: ApiKeyOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -151,17 +147,12 @@ def _show(job: dict[str, Any], as_json: bool) -> None:
     table = Table(show_header=False, title=f"job {job['id']}")
     for key in ("type", "status", "attempt", "workerId", "payload", "result", "metrics"):
         value = job.get(key)
-        text = _status(str(value)) if key == "status" else _text(value)
+        text = display.status(str(value)) if key == "status" else _text(value)
         table.add_row(key, text)
     for entry in job["history"]:
         detail = ", ".join(f"{k}={v}" for k, v in entry.items() if k not in ("event", "at"))
         table.add_row(_time(entry["at"]), escape(f"{entry['event']} {detail}"))
     console.print(table)
-
-
-def _status(status: str) -> str:
-    colour = {"completed": "green", "failed": "red", "cancelled": "yellow"}.get(status, "cyan")
-    return f"[{colour}]{status}[/{colour}]"
 
 
 def _text(value: Any) -> str:

@@ -1,0 +1,106 @@
+"""How providers look in the terminal (Rich): one panel, or a fleet table."""
+
+from __future__ import annotations
+
+import datetime
+from typing import Annotated, Any
+
+import typer
+from rich.markup import escape
+from rich.panel import Panel
+from rich.table import Table
+
+ServerOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="The coordinator's URL [default: QUBIX_SERVER, the config file, "
+        "else http://127.0.0.1:8000].",
+        show_default=False,
+    ),
+]
+ApiKeyOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="The server's API key [default: QUBIX_API_KEY, else the config file].",
+        show_default=False,
+    ),
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+
+STATUS_COLOURS = {
+    "online": "green",
+    "busy": "yellow",
+    "offline": "red",
+    "completed": "green",
+    "failed": "red",
+    "cancelled": "yellow",
+}
+
+
+def status(value: str) -> str:
+    colour = STATUS_COLOURS.get(value, "cyan")
+    return f"[{colour}]{escape(value)}[/{colour}]"
+
+
+def gpus(provider: dict[str, Any]) -> str:
+    items = [
+        f"{g['model']} ({g['vramMb'] / 1024:.0f} GB{' shared' if g.get('sharedMemory') else ''})"
+        for g in provider.get("gpus", [])
+    ]
+    return escape(", ".join(items) or "no GPU")
+
+
+def ago(at: float | None) -> str:
+    if at is None:
+        return "never"
+    seconds = max(0, int(datetime.datetime.now().timestamp() - at))
+    return f"{seconds} s ago" if seconds < 120 else f"{seconds // 60} min ago"
+
+
+def provider_panel(provider: dict[str, Any], title: str) -> Panel:
+    table = Table.grid(padding=(0, 2))
+    cpu = provider.get("cpu", {})
+    price = provider.get("pricePerHour")
+    rows = [
+        ("worker id", escape(provider["workerId"])),
+        ("name", escape(provider.get("name") or "-")),
+        ("status", status(provider["status"])),
+        ("GPUs", gpus(provider)),
+        ("CPU", escape(f"{cpu.get('model', '?')}, {cpu.get('cores', '?')} cores")),
+        ("RAM", f"{provider.get('ramMb', 0) / 1024:.0f} GB"),
+        ("location", escape(provider.get("location") or "-")),
+        ("price", "-" if price is None else f"{price:g} per hour"),
+        ("address", escape(provider["qubicAddress"])),
+        ("last seen", ago(provider.get("lastSeenAt"))),
+    ]
+    for key, value in rows:
+        table.add_row(f"[bold]{key}[/bold]", value)
+    return Panel(table, title=title, border_style="green")
+
+
+def fleet_table(providers: list[dict[str, Any]]) -> Table:
+    table = Table(
+        "worker id",
+        "status",
+        "GPUs",
+        "CPU cores",
+        "RAM",
+        "location",
+        "price",
+        "last seen",
+        "current job",
+    )
+    for p in providers:
+        price = p.get("pricePerHour")
+        table.add_row(
+            escape(p["workerId"]),
+            status(p["status"]),
+            gpus(p),
+            str(p.get("cpu", {}).get("cores", "?")),
+            f"{p.get('ramMb', 0) / 1024:.0f} GB",
+            escape(p.get("location") or "-"),
+            "-" if price is None else f"{price:g}",
+            ago(p.get("lastSeenAt")),
+            escape(p.get("currentJobId") or "-"),
+        )
+    return table

@@ -1,0 +1,61 @@
+"""`qubix providers`: the marketplace list and one provider."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from qubix_cli import config
+from qubix_cli.cli.display import JsonOpt, ServerOpt, fleet_table, provider_panel
+from qubix_cli.client import Client
+
+app = typer.Typer(help="List the providers in the marketplace, or show one.")
+console = Console(highlight=False)
+
+
+@app.command("list")
+def list_(
+    status: Annotated[
+        str | None, typer.Option(help="Only providers online, busy or offline.")
+    ] = None,
+    min_vram_mb: Annotated[
+        int | None, typer.Option(min=0, help="Only providers with a GPU of this much VRAM.")
+    ] = None,
+    server: ServerOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """List the providers, oldest registration first."""
+    params = {"status": status, "minVramMb": min_vram_mb}
+    with Client(config.server_url(server)) as client:
+        answer = client.call(
+            "GET", "/api/providers", params={k: v for k, v in params.items() if v is not None}
+        )
+    if as_json:
+        typer.echo(json.dumps(answer["providers"], indent=2))
+        return
+    console.print(fleet_table(answer["providers"]))
+    console.print(f"{len(answer['providers'])} providers")
+
+
+@app.command()
+def show(
+    worker_id: Annotated[
+        str | None,
+        typer.Argument(help="The worker id [default: the last one `qubix watch` saw]."),
+    ] = None,
+    server: ServerOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Show one provider: hardware, status, price, last heartbeat."""
+    worker_id = worker_id or config.last_worker()
+    if not worker_id:
+        raise typer.BadParameter("give a worker id (no `qubix watch` has seen one yet)")
+    with Client(config.server_url(server)) as client:
+        provider = client.call("GET", f"/api/providers/{worker_id}")["provider"]
+    if as_json:
+        typer.echo(json.dumps(provider, indent=2))
+        return
+    console.print(provider_panel(provider, f"provider {worker_id}"))
