@@ -4,7 +4,7 @@ Starts a real `qubix serve`, registers N providers (timing each batch of 1,000, 
 whether a write's cost grows with the database), then drives heartbeats from all of them
 with wrk and a Lua script, and in the same run drives GET /healthz the same way.
 
-    python benchmarks/heartbeat.py [--providers 10000] [--seconds 10] [--connections 32]
+    python benchmarks/heartbeat.py [--providers 10000] [--seconds 10] [--rounds 3]
 
 Needs wrk (Debian: apt-get install wrk). Loopback only; bounded by --seconds.
 """
@@ -37,11 +37,16 @@ def wrk(
     return figures
 
 
+def median_run(runs: list[dict[str, float]]) -> dict[str, float]:
+    return sorted(runs, key=lambda r: r["rps"])[len(runs) // 2]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--providers", type=int, default=10_000)
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
     server = Server()
     try:
@@ -53,11 +58,19 @@ def main() -> None:
         with tempfile.NamedTemporaryFile("w", suffix=".tokens", delete=False) as f:
             f.writelines(f"{w} {t}\n" for w, t in tokens.items())
         journal = sum(p.stat().st_size for p in (server.data_dir / "data").glob("journal-*"))
-        cpu0 = server.cpu_s()
-        beat = wrk(server.url, "heartbeat.lua", args.seconds, args.connections, {"TOKENS": f.name})
-        cpu1 = server.cpu_s()
-        health = wrk(server.url + "/healthz", "healthz.lua", args.seconds, args.connections, {})
+        beats, healths, cpu_s = [], [], 0.0
+        for _ in range(args.rounds):  # interleaved, so that both see the same machine
+            cpu0 = server.cpu_s()
+            beats.append(
+                wrk(server.url, "heartbeat.lua", args.seconds, args.connections, {"TOKENS": f.name})
+            )
+            cpu_s += server.cpu_s() - cpu0
+            healths.append(
+                wrk(server.url + "/healthz", "healthz.lua", args.seconds, args.connections, {})
+            )
         journal_after = sum(p.stat().st_size for p in (server.data_dir / "data").glob("journal-*"))
+        beat, health = median_run(beats), median_run(healths)
+        print(f"{args.rounds} interleaved rounds of {args.seconds} s each; the median round:")
         print(f"{'endpoint':<12}{'req/s':>10}{'p50 ms':>10}{'p99 ms':>10}{'errors':>8}")
         for name, r in (("heartbeat", beat), ("healthz", health)):
             errors = int(r["errors"] + r["non2xx"])
@@ -65,13 +78,18 @@ def main() -> None:
                 f"{name:<12}{r['rps']:>10.0f}{r['p50_us'] / 1000:>10.2f}"
                 f"{r['p99_us'] / 1000:>10.2f}{errors:>8}"
             )
-        print(f"heartbeat/healthz ratio: {beat['rps'] / health['rps']:.2f}")
+        ratios = ", ".join(
+            f"{b['rps'] / h['rps']:.2f}" for b, h in zip(beats, healths, strict=True)
+        )
+        print(f"heartbeat/healthz ratio: {beat['rps'] / health['rps']:.2f} (rounds: {ratios})")
+        total_errors = sum(int(r["errors"] + r["non2xx"]) for r in beats + healths)
+        print(f"errors in all rounds: {total_errors}")
         print(
-            f"server CPU during heartbeats: {(cpu1 - cpu0) / args.seconds * 100:.0f} %, "
+            f"server CPU during heartbeats: {cpu_s / (args.seconds * args.rounds) * 100:.0f} %, "
             f"RSS {server.rss_mb():.0f} MB"
         )
         print(
-            f"journal bytes written by {int(beat['requests'])} heartbeats: "
+            f"journal bytes written by {int(sum(b['requests'] for b in beats))} heartbeats: "
             f"{journal_after - journal}"
         )
         os.unlink(f.name)
