@@ -5,13 +5,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import Response
-from starlette.routing import Route
+from starlette.responses import FileResponse, Response
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
 
 from qubix_cli.errors import StorageError
 from qubix_cli.server.events import EventBus
@@ -69,6 +71,13 @@ async def _housekeeping(app: Starlette, tick_s: float) -> None:
             log.error("housekeeping: %s", exc)
 
 
+def _page(path: Path) -> Callable[[Request], Awaitable[Response]]:
+    async def page(request: Request) -> Response:
+        return FileResponse(path, media_type="text/html")
+
+    return page
+
+
 def create_app(settings: Settings) -> Starlette:
     """Build the coordinator on the data directory in `settings`."""
     store = JournalStore(settings.data_dir)
@@ -92,10 +101,18 @@ def create_app(settings: Settings) -> Starlette:
     async def openapi(request: Request) -> Response:
         return json_response(openapi_document())
 
+    web = Path(__file__).parent.parent / "web"
+
     jobs = JobQueue(store, events, registry)
     api = Api(registry, jobs, api_key)
     app = Starlette(
-        routes=[*api.routes(), Route("/openapi.json", openapi)],
+        routes=[
+            *api.routes(),
+            Route("/openapi.json", openapi),
+            Route("/", _page(web / "index.html")),
+            Route("/marketplace", _page(web / "marketplace.html")),
+            Mount("/static", StaticFiles(directory=web), name="static"),
+        ],
         lifespan=lifespan,
         exception_handlers={
             ApiError: _api_error,

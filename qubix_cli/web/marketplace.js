@@ -1,0 +1,75 @@
+// The marketplace: providers, filterable, updated live from /api/events (reconnecting).
+const $ = (id) => document.getElementById(id);
+const providers = new Map();
+let retryS = 1;
+
+function ago(at) {
+  if (!at) return "never";
+  const seconds = Math.max(0, Math.round(Date.now() / 1000 - at));
+  return seconds < 120 ? `${seconds} s ago` : `${Math.round(seconds / 60)} min ago`;
+}
+
+function cell(row, text, className) {
+  const td = row.insertCell();
+  td.textContent = text;
+  if (className) td.className = className;
+}
+
+function render() {
+  const status = $("filter-status").value;
+  const minVramMb = Number($("filter-vram").value || 0) * 1024;
+  const gpu = $("filter-gpu").value.trim().toLowerCase();
+  const body = $("providers").tBodies[0];
+  body.replaceChildren();
+  for (const p of providers.values()) {
+    const best = Math.max(0, ...p.gpus.map((g) => g.vramMb));
+    if (status && p.status !== status) continue;
+    if (best < minVramMb) continue;
+    if (gpu && !p.gpus.some((g) => g.model.toLowerCase().includes(gpu))) continue;
+    const row = body.insertRow();
+    row.dataset.workerId = p.workerId;
+    cell(row, p.name ? `${p.name} (${p.workerId})` : p.workerId);
+    cell(row, p.status, `s-${p.status}`);
+    cell(row, p.gpus.map((g) => g.model).join(", ") || "none");
+    cell(row, `${Math.round(best / 1024)} GB`);
+    cell(row, p.pricePerHour == null ? "-" : String(p.pricePerHour));
+    cell(row, p.location || "-");
+    cell(row, ago(p.lastSeenAt));
+  }
+}
+
+async function load() {
+  try {
+    const answer = await fetch("/api/providers");
+    if (!answer.ok) throw new Error(`the server answered ${answer.status}`);
+    providers.clear();
+    for (const p of (await answer.json()).providers) providers.set(p.workerId, p);
+    $("error").hidden = true;
+    render();
+  } catch (error) {
+    $("error").hidden = false;
+    $("error").textContent = `Cannot load the providers (${error.message}); retrying.`;
+  }
+}
+
+function connect() {
+  const socket = new WebSocket(`${location.protocol === "https:" ? "wss" : "ws"}://${location.host}/api/events`);
+  socket.onopen = () => { retryS = 1; $("live").textContent = "live"; load(); };
+  socket.onmessage = (message) => {
+    const event = JSON.parse(message.data);
+    if (!event.type.startsWith("PROVIDER_")) return;
+    if (event.data.deleted) providers.delete(event.data.workerId);
+    else providers.set(event.data.workerId, event.data);
+    render();
+  };
+  socket.onclose = () => {
+    $("live").textContent = `disconnected; reconnecting in ${retryS} s…`;
+    setTimeout(connect, retryS * 1000);
+    retryS = Math.min(retryS * 2, 15);
+  };
+}
+
+for (const id of ["filter-status", "filter-vram", "filter-gpu"]) $(id).addEventListener("input", render);
+$("filters").addEventListener("submit", (event) => event.preventDefault());
+setInterval(render, 5000); // keep "last seen" current
+connect();

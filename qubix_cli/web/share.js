@@ -1,0 +1,266 @@
+// The "Share My GPU" page: register this browser as a provider (WebGPU, else WebGL), or
+// download the native installer for this OS and follow the worker until it is online.
+const $ = (id) => document.getElementById(id);
+const params = new URLSearchParams(location.search);
+const TIMEOUT_S = Number(params.get("timeoutS")) || 300; // 5 minutes, as the installers wait
+const KEY = "qubix.";
+const INSTALLERS = { windows: ".bat", macos: ".sh", linux: ".sh" };
+
+class UserError extends Error {}
+
+const address = $("address");
+address.value = localStorage.getItem(KEY + "address") || "";
+address.addEventListener("input", () => {
+  address.value = address.value.toUpperCase().replace(/\s+/g, "");
+  localStorage.setItem(KEY + "address", address.value);
+  checkShape();
+});
+checkShape();
+
+function checkShape() {
+  const value = address.value;
+  let message = "";
+  if (value && /[^A-Z]/.test(value)) message = "Only the letters A to Z.";
+  else if (value && value.length !== 60) message = `${value.length} of 60 letters.`;
+  else if (value) message = "Looks right; the server checks its checksum.";
+  $("address-help").textContent = message;
+  const ok = /^[A-Z]{60}$/.test(value);
+  address.setAttribute("aria-invalid", String(Boolean(value) && !ok));
+  return ok;
+}
+
+function show(kind, ...parts) {
+  const box = $("status");
+  box.hidden = false;
+  box.className = kind;
+  box.replaceChildren(...parts.map((part) => {
+    if (typeof part !== "string") return part;
+    const p = document.createElement("p");
+    p.textContent = part;
+    return p;
+  }));
+}
+
+function element(tag, text, attributes = {}) {
+  const node = document.createElement(tag);
+  node.textContent = text;
+  Object.entries(attributes).forEach(([name, value]) => node.setAttribute(name, value));
+  return node;
+}
+
+async function api(path, options = {}) {
+  let answer;
+  try {
+    answer = await fetch(path, options);
+  } catch {
+    throw new UserError(`Cannot reach the Qubix server at ${location.origin}. Check your connection and try again.`);
+  }
+  if (answer.ok) return answer;
+  let message = answer.statusText;
+  try { message = (await answer.json()).message; } catch { /* not JSON */ }
+  if (answer.status >= 500) message = `The server failed (${answer.status}). Please try again in a minute.`;
+  const error = new UserError(message);
+  error.status = answer.status;
+  throw error;
+}
+
+function vendorOf(text) {
+  const lowered = (text || "").toLowerCase();
+  for (const vendor of ["nvidia", "amd", "apple", "intel"]) if (lowered.includes(vendor)) return vendor;
+  return lowered.includes("radeon") ? "amd" : "other";
+}
+
+async function detectGpu() {
+  if (navigator.gpu) {
+    try {
+      const adapter = await navigator.gpu.requestAdapter();
+      if (adapter) {
+        const info = adapter.info || {};
+        const model = info.description || [info.vendor, info.architecture, info.device].filter(Boolean).join(" ");
+        return { api: "WebGPU", vendor: vendorOf(`${info.vendor} ${model}`), model: model || "WebGPU adapter" };
+      }
+    } catch { /* fall back to WebGL */ }
+  }
+  try {
+    const canvas = document.createElement("canvas");
+    const gl = canvas.getContext("webgl2") || canvas.getContext("webgl");
+    if (gl) {
+      const ext = gl.getExtension("WEBGL_debug_renderer_info");
+      const vendor = gl.getParameter(ext ? ext.UNMASKED_VENDOR_WEBGL : gl.VENDOR);
+      const model = gl.getParameter(ext ? ext.UNMASKED_RENDERER_WEBGL : gl.RENDERER);
+      return { api: "WebGL", vendor: vendorOf(`${vendor} ${model}`), model: model || "WebGL renderer" };
+    }
+  } catch { /* no GPU in this browser */ }
+  return null;
+}
+
+function randomId() {
+  const bytes = crypto.getRandomValues(new Uint8Array(8));
+  return "web-" + Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
+}
+
+async function register(gpu) {
+  const workerId = localStorage.getItem(KEY + "workerId") || randomId();
+  const token = localStorage.getItem(KEY + "token");
+  const body = {
+    type: "browser",
+    workerId,
+    qubicAddress: address.value,
+    gpus: [{ vendor: gpu.vendor, model: String(gpu.model).slice(0, 128), vramMb: 0 }],
+    cpu: { model: "Web browser", cores: navigator.hardwareConcurrency || 1 },
+    ramMb: Math.round((navigator.deviceMemory || 0) * 1024),
+    capabilities: [],
+    agentVersion: "web-0.1.0",
+  };
+  const headers = { "Content-Type": "application/json" };
+  if (token) headers.Authorization = `Bearer ${token}`;
+  try {
+    const answer = await (await api("/api/providers/quick-register", { method: "POST", headers, body: JSON.stringify(body) })).json();
+    localStorage.setItem(KEY + "workerId", workerId);
+    if (answer.workerToken) localStorage.setItem(KEY + "token", answer.workerToken);
+    return answer.provider;
+  } catch (error) {
+    if (error.status !== 409) throw error;
+    localStorage.removeItem(KEY + "workerId"); // this id belongs to someone else: start afresh
+    localStorage.removeItem(KEY + "token");
+    return register(gpu);
+  }
+}
+
+async function heartbeat(provider, gpu) {
+  const token = localStorage.getItem(KEY + "token");
+  let wait = 30;
+  try {
+    const answer = await (await api(`/api/providers/${provider.workerId}/heartbeat`, {
+      method: "POST",
+      headers: { "Content-Type": "application/json", Authorization: `Bearer ${token}` },
+      body: JSON.stringify({ status: "online" }),
+    })).json();
+    wait = answer.heartbeatIntervalS;
+    showOnline(provider, gpu);
+  } catch (error) {
+    if (error.status === 404) await register(gpu);
+    else show("error", `${error.message} (the page keeps trying)`);
+  }
+  setTimeout(() => heartbeat(provider, gpu), wait * 1000);
+}
+
+function showOnline(provider, gpu) {
+  show("ok", `Online: this browser shares its GPU (${gpu.model}, via ${gpu.api}) as ${provider.workerId}.`,
+    "Keep this page open to stay online.");
+}
+
+async function shareBrowser(gpu) {
+  show("", `Found ${gpu.model} via ${gpu.api}; registering…`);
+  const provider = await register(gpu);
+  showOnline(provider, gpu);
+  heartbeat(provider, gpu);
+}
+
+function detectOs() {
+  const platform = (navigator.userAgentData && navigator.userAgentData.platform) || navigator.userAgent;
+  if (/android|iphone|ipad/i.test(platform)) return null;
+  if (/win/i.test(platform)) return "windows";
+  if (/mac/i.test(platform)) return "macos";
+  if (/linux|x11|cros/i.test(platform)) return "linux";
+  return null;
+}
+
+function runCommand(os, file) {
+  if (os === "windows") return `Double-click ${file} in your Downloads folder (or run it in cmd).`;
+  return `In a terminal: sh ~/Downloads/${file}`;
+}
+
+async function sha256(blob, answer) {
+  if (!crypto.subtle) return answer.headers.get("X-Checksum-Sha256");
+  const digest = await crypto.subtle.digest("SHA-256", await blob.arrayBuffer());
+  return Array.from(new Uint8Array(digest), (b) => b.toString(16).padStart(2, "0")).join("");
+}
+
+function installerQuery() {
+  return `backend=${encodeURIComponent(location.origin)}&qubicAddress=${address.value}`;
+}
+
+async function installNative() {
+  const os = detectOs();
+  if (!os) {
+    const links = element("p", "We could not tell which system this is. Download the installer for yours: ");
+    for (const name of Object.keys(INSTALLERS)) {
+      links.append(element("a", name, { href: `/api/installer/${name}?${installerQuery()}` }), " ");
+    }
+    show("error", links);
+    return;
+  }
+  const answer = await api(`/api/installer/${os}?${installerQuery()}`);
+  const blob = await answer.blob();
+  const file = `qubix-installer-${os}${INSTALLERS[os]}`;
+  const link = element("a", file, { href: URL.createObjectURL(blob), download: file });
+  document.body.append(link);
+  link.click();
+  link.remove();
+  show("", `Installer downloaded! Please run ${file}`, element("pre", runCommand(os, file)),
+    element("p", `SHA-256: ${await sha256(blob, answer)}`));
+  await followRegistration();
+}
+
+async function followRegistration() {
+  const box = $("progress-box");
+  box.hidden = false;
+  const since = (await (await api("/healthz")).json()).serverTime;
+  const started = Date.now();
+  while ((Date.now() - started) / 1000 < TIMEOUT_S) {
+    const elapsed = (Date.now() - started) / 1000;
+    $("progress").value = Math.min(100, (100 * elapsed) / TIMEOUT_S);
+    $("progress-text").textContent = `Waiting for the worker to come online… ${Math.round(elapsed)} s of ${Math.round(TIMEOUT_S)} s`;
+    const wait = Math.max(1, Math.min(25, Math.floor(TIMEOUT_S - elapsed)));
+    try {
+      const query = `qubicAddress=${address.value}&since=${since}&wait=${wait}`;
+      const found = (await (await api(`/api/providers/check-new?${query}`)).json()).providers;
+      if (found.length) {
+        box.hidden = true;
+        const p = found[0];
+        const gpus = p.gpus.map((g) => `${g.model} (${Math.round(g.vramMb / 1024)} GB)`).join(", ") || "no GPU";
+        show("ok", `Online: worker ${p.workerId} is sharing ${gpus}.`, element("a", "See it in the marketplace", { href: "/marketplace" }));
+        return;
+      }
+    } catch (error) {
+      $("progress-text").textContent = `${error.message} Still trying…`;
+      await new Promise((resolve) => setTimeout(resolve, 2000));
+    }
+  }
+  box.hidden = true;
+  const limit = TIMEOUT_S >= 60 ? `${Math.round(TIMEOUT_S / 6) / 10} minutes` : `${TIMEOUT_S} seconds`;
+  show("error", `The worker has not come online within ${limit}.`,
+    "Is the installer still running, or did it print an error? Its log is in ~/.qubix/worker.log (Windows: %USERPROFILE%\\.qubix\\worker.log).",
+    `Can that computer reach ${location.origin}? A firewall or proxy may block it.`,
+    "Is the Qubic address the same one you entered here? Then run the installer again.");
+}
+
+async function guarded(action) {
+  if (!checkShape()) {
+    show("error", "Enter your Qubic address: 60 capital letters A to Z.");
+    address.focus();
+    return;
+  }
+  $("share").disabled = $("native").disabled = true;
+  try {
+    await action();
+  } catch (error) {
+    show("error", error instanceof UserError ? error.message : `Something went wrong: ${error.message}`);
+  } finally {
+    $("share").disabled = $("native").disabled = false;
+  }
+}
+
+$("share-form").addEventListener("submit", (event) => {
+  event.preventDefault();
+  guarded(async () => {
+    const gpu = await detectGpu();
+    if (gpu) await shareBrowser(gpu);
+    else {
+      show("", "This browser has neither WebGPU nor WebGL: installing the native worker instead.");
+      await installNative();
+    }
+  });
+});
+$("native").addEventListener("click", () => guarded(installNative));
