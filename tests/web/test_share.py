@@ -190,3 +190,27 @@ def test_the_timeout_shows_troubleshooting(
     expect(status).to_contain_text("worker.log")
     expect(status).to_contain_text(web_server.url)
     screenshot(page, tmp_path, "timeout")
+
+
+@pytest.mark.parametrize("path", ["/", "/marketplace"])
+def test_readable_on_a_phone_without_console_errors(
+    browser: Browser, web_server: ServerProcess, tmp_path: Path, path: str
+) -> None:
+    context = browser.new_context(viewport={"width": 390, "height": 844}, is_mobile=True)
+    context.add_init_script(WEBGPU)
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.goto(web_server.url + path)
+    if path == "/":
+        page.fill("#address", ADDRESS)
+        page.click("#share")
+        expect(page.locator("#status")).to_contain_text("Online")
+    else:
+        expect(page.locator("#live")).to_have_text("live")
+    overflow = page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
+    assert overflow <= 0
+    assert errors == []
+    screenshot(page, tmp_path, "phone-share" if path == "/" else "phone-marketplace")
+    context.close()
