@@ -13,7 +13,7 @@ from rich.table import Table
 ServerOpt = Annotated[
     str | None,
     typer.Option(
-        help="The coordinator's URL [default: QUBIX_SERVER, the config file, "
+        help="The coordinator's URL \\[default: QUBIX_SERVER, the config file, "
         "else http://127.0.0.1:8000].",
         show_default=False,
     ),
@@ -21,7 +21,7 @@ ServerOpt = Annotated[
 ApiKeyOpt = Annotated[
     str | None,
     typer.Option(
-        help="The server's API key [default: QUBIX_API_KEY, else the config file].",
+        help="The server's API key \\[default: QUBIX_API_KEY, else the config file].",
         show_default=False,
     ),
 ]

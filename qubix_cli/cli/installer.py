@@ -29,15 +29,15 @@ def build(
     ],
     os_name: Annotated[
         str | None,
-        typer.Option("--os", help="windows, linux or macos [default: this machine's]."),
+        typer.Option("--os", help="windows, linux or macos \\[default: this machine's]."),
     ] = None,
     qubic_address: Annotated[
         str | None,
-        typer.Option(help="The Qubic address to pay [default: asked for when it runs]."),
+        typer.Option(help="The Qubic address to pay \\[default: asked for when it runs]."),
     ] = None,
     output: Annotated[
         Path | None,
-        typer.Option(help="Where to write it [default: qubix-installer-<os>.sh or .bat]."),
+        typer.Option(help="Where to write it \\[default: qubix-installer-<os>.sh or .bat]."),
     ] = None,
 ) -> None:
     """Write the installer; print its path, its SHA-256 and how to run it."""

@@ -44,7 +44,7 @@ def list_(
 def show(
     worker_id: Annotated[
         str | None,
-        typer.Argument(help="The worker id [default: the last one `qubix watch` saw]."),
+        typer.Argument(help="The worker id \\[default: the last one `qubix watch` saw]."),
     ] = None,
     server: ServerOpt = None,
     as_json: JsonOpt = False,

@@ -29,7 +29,7 @@ def serve(
         typer.Option(
             envvar="QUBIX_DATA_DIR",
             help="Where the database, journal and API key live "
-            "[default: the platform's user data dir, ~/.local/share/qubix on Linux].",
+            "\\[default: the platform's user data dir, ~/.local/share/qubix on Linux].",
             show_default=False,
         ),
     ] = None,
@@ -43,7 +43,7 @@ def serve(
         str | None,
         typer.Option(
             envvar="QUBIX_API_KEY",
-            help="API key for job endpoints [default: created in the data dir on first start].",
+            help="API key for job endpoints \\[default: created in the data dir on first start].",
             show_default=False,
         ),
     ] = None,

@@ -145,3 +145,10 @@ def test_serve_refuses_a_damaged_database_with_one_line(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert "qubix.json is damaged" in result.stderr and "Traceback" not in result.stderr
     assert (data / "qubix.json").read_text() == "{torn"
+
+
+def test_help_texts_keep_their_defaults() -> None:
+    """Help is rendered as Rich markup: a bracketed default must not vanish as a tag."""
+    serve_help = qubix("serve", "--help").stdout
+    assert "[default: the" in serve_help and "platform's user data dir" in serve_help
+    assert "[default: QUBIX_SERVER" in qubix("watch", "--help").stdout
