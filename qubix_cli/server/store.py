@@ -220,12 +220,6 @@ class JournalStore:
                 raise _disk_error(exc) from exc
             self._durable = max(self._durable, target)
 
-    def sync_now(self) -> None:
-        """Blocking `sync`, for callers outside the event loop."""
-        with self._lock:
-            os.fsync(self._fd)
-            self._durable = self._appended
-
     def close(self) -> None:
         compacting = self._compacting
         if compacting is not None:
