@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -16,16 +15,11 @@ from typing import Any
 import httpx
 import psutil
 
+from qubix_cli.demo import free_port
 from qubix_cli.qubic import identity_from_public_key
 
 API_KEY = "benchmark-key"
 ADDRESS = identity_from_public_key(bytes(32))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class Server:

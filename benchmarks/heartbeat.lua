@@ -22,10 +22,5 @@ function request()
   return wrk.format("POST", "/api/providers/" .. w.id .. "/heartbeat", headers, body)
 end
 
-function done(summary, latency, requests)
-  io.write(string.format(
-    "RESULT requests=%d duration_us=%d p50_us=%d p99_us=%d errors=%d non2xx=%d\n",
-    summary.requests, summary.duration, latency:percentile(50), latency:percentile(99),
-    summary.errors.connect + summary.errors.read + summary.errors.write + summary.errors.timeout,
-    summary.errors.status))
-end
+-- The summary line, shared with the /healthz runs.
+dofile(debug.getinfo(1, "S").source:sub(2):match("(.*/)") .. "report.lua")

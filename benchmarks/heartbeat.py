@@ -66,7 +66,7 @@ def main() -> None:
             )
             cpu_s += server.cpu_s() - cpu0
             healths.append(
-                wrk(server.url + "/healthz", "healthz.lua", args.seconds, args.connections, {})
+                wrk(server.url + "/healthz", "report.lua", args.seconds, args.connections, {})
             )
         journal_after = sum(p.stat().st_size for p in (server.data_dir / "data").glob("journal-*"))
         beat, health = median_run(beats), median_run(healths)

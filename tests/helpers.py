@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -13,6 +12,7 @@ from typing import Any
 
 import httpx
 
+from qubix_cli.demo import free_port
 from qubix_cli.qubic import identity_from_public_key
 
 ADDRESS = identity_from_public_key(bytes(32))
@@ -36,12 +36,6 @@ def register_body(worker_id: str = "worker-1", **overrides: Any) -> dict[str, An
     }
     body.update(overrides)
     return body
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def wait_until_responds(url: str, timeout_s: float = 15.0) -> None:

@@ -175,7 +175,9 @@ class JobQueue:
             job = self.store.get("jobs", current_job_id)
             if job is not None and job["workerId"] == worker_id:
                 self._leases[current_job_id] = time.time() + self.lease_s
-        cancels = self._cancels.get(worker_id, set())
+        cancels = self._cancels.get(worker_id)
+        if not cancels:
+            return []
         answer = sorted(cancels)
         cancels.intersection_update({current_job_id})  # repeat while it still runs it
         if not cancels:

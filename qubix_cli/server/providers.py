@@ -64,11 +64,16 @@ class Registry:
         self._registered = asyncio.Event()
         return doc, new_token
 
-    def authenticate(self, worker_id: str, token: str) -> Doc:
-        """The provider whose token this is: 404 if unknown, 403 if the token is not its."""
+    def _doc(self, worker_id: str) -> Doc:
+        """The stored record of a provider, or 404."""
         doc = self.store.get("providers", worker_id)
         if doc is None:
             raise not_found(f"provider {worker_id!r}")
+        return doc
+
+    def authenticate(self, worker_id: str, token: str) -> Doc:
+        """The provider whose token this is: 404 if unknown, 403 if the token is not its."""
+        doc = self._doc(worker_id)
         if not token_matches(token, doc["tokenHash"]):
             raise ApiError(403, "forbidden", f"this token does not belong to {worker_id!r}")
         return doc
@@ -82,9 +87,7 @@ class Registry:
         return doc
 
     async def delete(self, worker_id: str) -> None:
-        doc = self.store.get("providers", worker_id)
-        if doc is None:
-            raise not_found(f"provider {worker_id!r}")
+        doc = self._doc(worker_id)
         view = {**self.public(doc), "status": "offline", "deleted": True}
         self.store.delete("providers", worker_id)
         await self.store.sync()
@@ -155,10 +158,7 @@ class Registry:
         return view
 
     def get(self, worker_id: str) -> Doc:
-        doc = self.store.get("providers", worker_id)
-        if doc is None:
-            raise not_found(f"provider {worker_id!r}")
-        return self.public(doc)
+        return self.public(self._doc(worker_id))
 
     def search(self, query: ProviderListQuery) -> list[Doc]:
         found = []

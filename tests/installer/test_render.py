@@ -163,28 +163,22 @@ def test_the_endpoint_refuses_hostile_values(client: TestClient, os_name: str) -
     assert client.get("/api/installer/amiga").status_code == 400
 
 
-def test_qubix_installer_build(tmp_path: Path) -> None:
-    env = {**os.environ, "COLUMNS": "200"}
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "qubix_cli",
-            "installer",
-            "build",
-            "--os",
-            "linux",
-            "--server",
-            "http://127.0.0.1:8000",
-            "--qubic-address",
-            ADDRESS,
-        ],
+def build(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """`qubix installer build ARGS` run in tmp_path."""
+    return subprocess.run(
+        [sys.executable, "-m", "qubix_cli", "installer", "build", *args],
         capture_output=True,
         text=True,
         cwd=tmp_path,
-        env=env,
+        env={**os.environ, "COLUMNS": "200"},
         timeout=60,
         check=False,
+    )
+
+
+def test_qubix_installer_build(tmp_path: Path) -> None:
+    result = build(
+        tmp_path, "--os", "linux", "--server", "http://127.0.0.1:8000", "--qubic-address", ADDRESS
     )
     assert result.returncode == 0, result.stderr
     written = tmp_path / "qubix-installer-linux.sh"
@@ -196,24 +190,7 @@ def test_qubix_installer_build(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("url", HOSTILE_URLS[:12])
 def test_qubix_installer_build_refuses_hostile_urls(url: str, tmp_path: Path) -> None:
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "qubix_cli",
-            "installer",
-            "build",
-            "--os",
-            "windows",
-            "--server",
-            url,
-        ],
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-        timeout=60,
-        check=False,
-    )
+    result = build(tmp_path, "--os", "windows", "--server", url)
     assert result.returncode == 1
     assert "server URL" in result.stderr and "Traceback" not in result.stderr
     assert list(tmp_path.iterdir()) == []

@@ -1,4 +1,5 @@
--- wrk script: GET /healthz, the baseline for heartbeat.lua (same summary line).
+-- wrk script: the one summary line that the benchmarks parse. Alone it drives GET requests
+-- (the /healthz baseline); heartbeat.lua loads it for its own runs.
 function done(summary, latency, requests)
   io.write(string.format(
     "RESULT requests=%d duration_us=%d p50_us=%d p99_us=%d errors=%d non2xx=%d\n",
