@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import socket
+import struct
 import subprocess
 import sys
 import tempfile
@@ -24,6 +26,7 @@ ADDRESS = identity_from_public_key(bytes(32))
 
 class Server:
     def __init__(self, heartbeat_interval_s: float = 30.0) -> None:
+        self.heartbeat_interval_s = heartbeat_interval_s
         self.data_dir = Path(tempfile.mkdtemp(prefix="qubix-bench-"))
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -113,6 +116,16 @@ class Connection:
         if self._streams is not None:
             self._streams[1].close()
             self._streams = None
+
+    def reset(self) -> None:
+        """Close with a reset (SO_LINGER 0) instead of a FIN: a simulator that opens
+        thousands of connections a second would otherwise fill the loopback port range
+        with its TIME_WAIT sockets."""
+        if self._streams is not None:
+            sock = self._streams[1].get_extra_info("socket")
+            if sock is not None:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            self.close()
 
 
 async def register_many(

@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,7 @@ import httpx
 
 from qubix_cli.demo import free_port
 from qubix_cli.qubic import identity_from_public_key
+from tests.worker.fakes import nvidia, path_with
 
 ADDRESS = identity_from_public_key(bytes(32))
 OTHER_ADDRESS = identity_from_public_key(bytes(range(32)))
@@ -88,3 +90,43 @@ class ServerProcess:
 
     def output(self) -> str:
         return self.log.read_text()
+
+
+class Worker:
+    """A real worker process with its own QUBIX_HOME and a fake nvidia-smi on PATH:
+    `qubix worker run`, or the zipapp the installers ship when `pyz` is given."""
+
+    def __init__(
+        self, tmp: Path, server_url: str, worker_id: str, *flags: str, pyz: Path | None = None
+    ) -> None:
+        self.home = tmp / f"home-{worker_id}"
+        self.log = tmp / f"{worker_id}.stderr"
+        bin_dir = tmp / "bin"
+        if not bin_dir.exists():
+            nvidia(bin_dir, "nvidia-smi-2gpu.csv")
+        env = {k: v for k, v in os.environ.items() if not k.startswith("QUBIX")}
+        env.update(QUBIX_HOME=str(self.home), PATH=path_with(bin_dir), QUBIX_SECRET_PROBE="x")
+        command = [str(pyz)] if pyz else ["-m", "qubix_cli", "worker"]
+        argv = [sys.executable, *command, "run", "--server", server_url]
+        argv += ["--qubic-address", ADDRESS, "--worker-id", worker_id, *flags]
+        with open(self.log, "ab") as err:
+            self.proc = subprocess.Popen(argv, stdout=err, stderr=err, env=env)
+
+    def signal(self, signum: int) -> None:
+        self.proc.send_signal(signum)
+
+    def wait(self, timeout: float = 30) -> int:
+        return self.proc.wait(timeout)
+
+    def output(self) -> str:
+        return self.log.read_text()
+
+
+def wait_for(what: Callable[[], Any], timeout: float = 20, step: float = 0.05) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = what()
+        if value:
+            return value
+        time.sleep(step)
+    raise AssertionError(f"timed out waiting for {what}")

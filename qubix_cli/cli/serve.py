@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import gc
 import logging
+import threading
+import time
 from pathlib import Path
 from typing import Annotated
 
@@ -52,6 +54,7 @@ def serve(
     import uvicorn  # imported here: other commands start faster without the server stack
 
     from qubix_cli.server.app import create_app
+    from qubix_cli.server.protocol import DeadlineProtocol
 
     data_dir = (data_dir or default_data_dir()).expanduser().resolve()
     if api_key is None:
@@ -66,10 +69,7 @@ def serve(
     app = create_app(settings)
     console.print(escape(f"Data directory: {data_dir}"))
     console.print(f"Qubix coordinator on http://{host}:{port} (Ctrl+C to stop)")
-    # The loaded registry lives as long as the process: keep the collector from rescanning
-    # it, and collect young objects less often (a heartbeat allocates a few dozen).
-    gc.freeze()
-    gc.set_threshold(50_000, 50, 100)
+    _tune_garbage_collector()
     # Per-request access lines would be mostly heartbeats; the server logs events instead.
     uvicorn.run(
         app,
@@ -77,5 +77,32 @@ def serve(
         port=port,
         log_level="info",
         access_log=False,
+        http=DeadlineProtocol,
         timeout_graceful_shutdown=5,
     )
+
+
+def _tune_garbage_collector() -> None:
+    """Keep collector pauses short with 10,000 connections open.
+
+    Each open long-poll holds about 140 tracked objects (coroutines, futures, the protocol),
+    so 10,000 workers mean 1.4 million objects that live for seconds. CPython's collector
+    rescans survivors in its older generations, and its young collections are triggered by
+    allocation counts that connections ending elsewhere keep resetting: passes over hundreds
+    of thousands of objects held the event loop for up to a second. Measured under uvloop,
+    requests leave no cyclic garbage (heartbeats, long-polls answered or abandoned,
+    submissions: 0 objects). So the automatic collector is off; a thread collects the young
+    generation ten times a second and moves what survived out of the collector's view
+    (`gc.freeze()`): it is still freed by reference counting as usual, and each pause covers
+    only the objects made in the last 100 ms. The loaded registry is frozen at start.
+    """
+    gc.freeze()
+    gc.disable()
+
+    def collect_young() -> None:
+        while True:
+            time.sleep(0.1)
+            gc.collect(0)
+            gc.freeze()
+
+    threading.Thread(target=collect_young, name="young-gc", daemon=True).start()

@@ -151,7 +151,7 @@ class JobQueue:
         job = self._job(job_id)
         if job["status"] != "queued":
             return  # a polling worker took it while the submission was being saved
-        for worker_id, future in list(self._waiters.items()):
+        for worker_id, future in self._waiters.items():  # left as soon as one is changed
             provider = self.store.get("providers", worker_id)
             if future.done() or provider is None or not self.registry.is_online(worker_id):
                 continue

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict, Field
 from pydantic.json_schema import models_json_schema
 
 from qubix_cli import __version__
@@ -12,12 +12,14 @@ from qubix_cli.server.schemas import (
     PAYLOADS,
     CheckNewQuery,
     Heartbeat,
+    InstallerQuery,
     JobListQuery,
     JobReport,
     JobSubmit,
     PendingQuery,
     ProviderListQuery,
     Register,
+    Usage,
 )
 
 _REF = "#/components/schemas/{model}"
@@ -38,6 +40,97 @@ _CODES = {
 }
 
 
+# -- answers: documented here, and checked against real answers by the schema fuzz tests ----
+
+
+class Answer(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Error(Answer):
+    error: str
+    message: str
+    details: Any = None
+
+
+class Provider(Register):
+    """A provider as answers show it: its registration and what the server knows of it."""
+
+    registeredAt: float
+    lastRegisteredAt: float
+    status: Literal["online", "busy", "offline"]
+    lastSeenAt: float | None
+    usage: Usage | None
+    currentJobId: str | None
+
+
+class Registered(Answer):
+    provider: Provider
+    workerToken: str | None = Field(None, description="Only in the first registration's answer.")
+
+
+class OneProvider(Answer):
+    provider: Provider
+
+
+class Providers(Answer):
+    providers: list[Provider]
+
+
+class NewProviders(Providers):
+    serverTime: float = Field(description="Pass it as `since` to the next call.")
+
+
+class HeartbeatAnswer(Answer):
+    ok: bool
+    serverTime: float
+    heartbeatIntervalS: float
+    pollWaitS: float
+    cancelJobIds: list[str]
+
+
+class HistoryEntry(BaseModel):
+    event: str
+    at: float
+
+
+class Job(JobSubmit):
+    """A job as answers show it: the submission and its state."""
+
+    model_config = ConfigDict(extra="forbid", strict=False)
+    id: str
+    status: Literal["queued", "assigned", "completed", "failed", "cancelled"]
+    attempt: int
+    workerId: str | None
+    createdAt: float
+    updatedAt: float
+    result: Any
+    metrics: dict[str, Any] | None
+    history: list[HistoryEntry]
+    leaseExpiresAt: float | None
+
+
+class OneJob(Answer):
+    job: Job
+
+
+class Jobs(Answer):
+    jobs: list[Job]
+    total: int
+    offset: int
+
+
+class Lease(Answer):
+    job: Job
+    attempt: int
+    leaseExpiresAt: float
+
+
+class Health(Answer):
+    ok: bool
+    serverTime: float
+
+
 def _query(model: type[BaseModel]) -> list[dict[str, Any]]:
     schema = model.model_json_schema(ref_template=_REF)
     return [
@@ -56,14 +149,17 @@ def _op(
     body: type[BaseModel] | None = None,
     params: list[dict[str, Any]] | None = None,
     security: list[dict[str, list[str]]] | None = None,
+    answer: type[BaseModel] | None = None,
 ) -> dict[str, Any]:
+    """One operation; `answer` is the model of its 200/201 answers (errors are `Error`)."""
     responses: dict[str, Any] = {}
     for code in codes:
-        answer: dict[str, Any] = {"description": _CODES[code]}
-        if code not in (204,):
-            ref = {"$ref": _REF.format(model="Error")} if code >= 400 else {"type": "object"}
-            answer["content"] = {"application/json": {"schema": ref}}
-        responses[str(code)] = answer
+        response: dict[str, Any] = {"description": _CODES[code]}
+        model = Error if code >= 400 else answer
+        if code != 204 and model is not None:
+            ref = {"$ref": _REF.format(model=model.__name__)}
+            response["content"] = {"application/json": {"schema": ref}}
+        responses[str(code)] = response
     op: dict[str, Any] = {"summary": summary, "responses": responses}
     if body is not None:
         schema = {"$ref": _REF.format(model=body.__name__)}
@@ -75,13 +171,28 @@ def _op(
     return op
 
 
+def _installer() -> dict[str, Any]:
+    op = _op(
+        "A one-file installer for windows, linux or macos (.bat or .sh)",
+        (200, 400),
+        params=[_path("os"), *_query(InstallerQuery)],
+    )
+    script = {"schema": {"type": "string"}}
+    op["responses"]["200"]["content"] = {"text/x-shellscript": script}
+    return op
+
+
 def _paths() -> dict[str, Any]:
     worker, job = [_path("workerId")], [_path("jobId")]
     return {
-        "/healthz": {"get": _op("Liveness", (200,))},
+        "/api/installer/{os}": {"get": _installer()},
+        "/healthz": {"get": _op("Liveness", (200,), answer=Health)},
         "/api/providers/quick-register": {
             "post": _op(
-                "Register or re-register a provider", (200, 201, 400, 409, 413, 422), Register
+                "Register or re-register a provider",
+                (200, 201, 400, 409, 413, 422),
+                Register,
+                answer=Registered,
             )
         },
         "/api/providers/check-new": {
@@ -89,6 +200,7 @@ def _paths() -> dict[str, Any]:
                 "Providers registered since a time (long-poll)",
                 (200, 422),
                 params=_query(CheckNewQuery),
+                answer=NewProviders,
             )
         },
         "/api/providers/{workerId}/heartbeat": {
@@ -98,13 +210,16 @@ def _paths() -> dict[str, Any]:
                 Heartbeat,
                 worker,
                 _WORKER,
+                HeartbeatAnswer,
             )
         },
         "/api/providers": {
-            "get": _op("Marketplace list", (200, 422), params=_query(ProviderListQuery))
+            "get": _op(
+                "Marketplace list", (200, 422), params=_query(ProviderListQuery), answer=Providers
+            )
         },
         "/api/providers/{workerId}": {
-            "get": _op("One provider", (200, 404), params=worker),
+            "get": _op("One provider", (200, 404), params=worker, answer=OneProvider),
             "delete": _op(
                 "Deregister (its worker token or the API key)",
                 (204, 401, 403, 404),
@@ -113,12 +228,19 @@ def _paths() -> dict[str, Any]:
             ),
         },
         "/api/jobs": {
-            "post": _op("Submit a job", (201, 400, 401, 413, 422), JobSubmit, security=_API_KEY),
+            "post": _op(
+                "Submit a job",
+                (201, 400, 401, 413, 422),
+                JobSubmit,
+                security=_API_KEY,
+                answer=OneJob,
+            ),
             "get": _op(
                 "List jobs, newest first",
                 (200, 401, 422),
                 params=_query(JobListQuery),
                 security=_API_KEY,
+                answer=Jobs,
             ),
         },
         "/api/jobs/pending/{workerId}": {
@@ -127,10 +249,17 @@ def _paths() -> dict[str, Any]:
                 (200, 204, 401, 403, 404, 422),
                 params=worker + _query(PendingQuery),
                 security=_WORKER,
+                answer=Lease,
             )
         },
         "/api/jobs/{jobId}": {
-            "get": _op("One job with its history", (200, 401, 404), params=job, security=_API_KEY)
+            "get": _op(
+                "One job with its history",
+                (200, 401, 404),
+                params=job,
+                security=_API_KEY,
+                answer=OneJob,
+            )
         },
         "/api/jobs/{jobId}/cancel": {
             "post": _op(
@@ -138,6 +267,7 @@ def _paths() -> dict[str, Any]:
                 (200, 401, 404, 409),
                 params=job,
                 security=_API_KEY,
+                answer=OneJob,
             )
         },
         "/api/jobs/{jobId}/complete": {
@@ -147,15 +277,10 @@ def _paths() -> dict[str, Any]:
                 JobReport,
                 job,
                 _WORKER,
+                OneJob,
             )
         },
     }
-
-
-class Error(BaseModel):
-    error: str
-    message: str
-    details: Any = None
 
 
 def openapi_document() -> dict[str, Any]:
@@ -165,8 +290,17 @@ def openapi_document() -> dict[str, Any]:
         Heartbeat,
         JobSubmit,
         JobReport,
-        Error,
         *PAYLOADS.values(),
+        Error,
+        Health,
+        Registered,
+        OneProvider,
+        Providers,
+        NewProviders,
+        HeartbeatAnswer,
+        OneJob,
+        Jobs,
+        Lease,
     ]
     _, schemas = models_json_schema([(m, "validation") for m in models], ref_template=_REF)
     return {

@@ -13,7 +13,7 @@ from qubix_cli.server.events import EventBus
 from qubix_cli.server.http import ApiError, not_found, token_hash, token_matches
 from qubix_cli.server.schemas import CheckNewQuery, Heartbeat, ProviderListQuery, Register
 from qubix_cli.server.settings import Settings
-from qubix_cli.server.store import Doc, Store, write_atomically
+from qubix_cli.server.store import Doc, Store, encode_documents, write_atomically
 
 LIVENESS_FILE = "liveness.json"
 CHECK_NEW_DEFAULT_S = 300.0
@@ -141,7 +141,8 @@ class Registry:
         """Saved in the background and at shutdown: heartbeats never touch the database."""
         if self._liveness_dirty:
             self._liveness_dirty = False
-            write_atomically(self._liveness_path, json.dumps(self.live).encode())
+            live = dict(self.live)  # a copy made at once: heartbeats go on meanwhile
+            write_atomically(self._liveness_path, encode_documents(live).encode())
 
     # -- reading ---------------------------------------------------------------------
 

@@ -15,36 +15,9 @@ import httpx
 import psutil
 import pytest
 
-from tests.helpers import ADDRESS, API_KEY, ServerProcess
-from tests.worker.fakes import nvidia, path_with
+from tests.helpers import API_KEY, ServerProcess, Worker, wait_for
 
 KEY = {"Authorization": f"Bearer {API_KEY}"}
-
-
-class Worker:
-    """A real `qubix worker run` process with its own QUBIX_HOME."""
-
-    def __init__(self, tmp: Path, server: ServerProcess, worker_id: str, *flags: str) -> None:
-        self.home = tmp / f"home-{worker_id}"
-        self.log = tmp / f"{worker_id}.stderr"
-        bin_dir = tmp / "bin"
-        if not bin_dir.exists():
-            nvidia(bin_dir, "nvidia-smi-2gpu.csv")
-        env = {k: v for k, v in os.environ.items() if not k.startswith("QUBIX")}
-        env.update(QUBIX_HOME=str(self.home), PATH=path_with(bin_dir), QUBIX_SECRET_PROBE="x")
-        argv = [sys.executable, "-m", "qubix_cli", "worker", "run", "--server", server.url]
-        argv += ["--qubic-address", ADDRESS, "--worker-id", worker_id, *flags]
-        with open(self.log, "ab") as err:
-            self.proc = subprocess.Popen(argv, stdout=err, stderr=err, env=env)
-
-    def signal(self, signum: int) -> None:
-        self.proc.send_signal(signum)
-
-    def wait(self, timeout: float = 30) -> int:
-        return self.proc.wait(timeout)
-
-    def output(self) -> str:
-        return self.log.read_text()
 
 
 @pytest.fixture
@@ -59,7 +32,7 @@ def workers(tmp_path: Path, server: ServerProcess) -> Iterator[Callable[..., Wor
     started: list[Worker] = []
 
     def start(worker_id: str = "w1", *flags: str) -> Worker:
-        worker = Worker(tmp_path, server, worker_id, *flags)
+        worker = Worker(tmp_path, server.url, worker_id, *flags)
         started.append(worker)
         return worker
 
@@ -80,16 +53,6 @@ def submit(server: ServerProcess, **body: Any) -> str:
 def job(server: ServerProcess, job_id: str) -> dict[str, Any]:
     answer: dict[str, Any] = httpx.get(f"{server.url}/api/jobs/{job_id}", headers=KEY).json()["job"]
     return answer
-
-
-def wait_for(what: Callable[[], Any], timeout: float = 20, step: float = 0.05) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = what()
-        if value:
-            return value
-        time.sleep(step)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def status_is(server: ServerProcess, job_id: str, *states: str) -> Callable[[], bool]:

@@ -1,0 +1,90 @@
+"""A full disk under a real server (a small tmpfs as its data dir): writes answer 503 and
+change nothing, nothing acknowledged is lost, and it recovers when space returns."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import auth
+from tests.helpers import API_KEY, ServerProcess, register_body
+
+
+def _mount(disk: Path, size: str, *options: str) -> subprocess.CompletedProcess[str]:
+    opts = ",".join([*options, f"size={size}", "mode=0700"])
+    argv = ["mount", "-t", "tmpfs", "-o", opts, "qubix-test", str(disk)]
+    return subprocess.run(argv, capture_output=True, text=True)
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mounted = _mount(disk, "256k")
+    if mounted.returncode != 0:
+        pytest.skip(f"needs root to mount a small tmpfs: {mounted.stderr.strip()}")
+    try:
+        yield disk
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
+def test_a_full_disk_refuses_writes_loses_nothing_and_recovers(small_disk: Path) -> None:
+    server = ServerProcess(small_disk / "data")
+    server.log = small_disk.parent / "server.log"  # not on the small disk
+    server.start()
+    http = httpx.Client(base_url=server.url, timeout=10)
+    acknowledged: dict[str, str] = {}
+    refused: list[httpx.Response] = []
+    try:
+        for i in range(2000):
+            answer = http.post("/api/providers/quick-register", json=register_body(f"w{i:04d}"))
+            if answer.status_code == 201:
+                acknowledged[f"w{i:04d}"] = answer.json()["workerToken"]
+            else:
+                refused.append(answer)
+                if len(refused) == 5:
+                    break
+        assert len(acknowledged) > 50 and len(refused) == 5
+        for answer in refused:
+            assert answer.status_code == 503
+            assert answer.json()["error"] == "storage_unavailable"
+            assert "disk is full" in answer.json()["message"]
+        refused_id = json.loads(refused[-1].request.content)["workerId"]
+        assert http.get(f"/api/providers/{refused_id}").status_code == 404  # nothing half-done
+        job = http.post(
+            "/api/jobs", json={"type": "sleep", "payload": {"seconds": 0}}, headers=auth(API_KEY)
+        )
+        assert job.status_code == 503
+        assert http.get("/api/jobs", headers=auth(API_KEY)).json()["total"] == 0
+        # What needs no disk goes on: heartbeats, reads.
+        some = next(iter(acknowledged))
+        path = f"/api/providers/{some}/heartbeat"
+        beat = http.post(path, json={"status": "online"}, headers=auth(acknowledged[some]))
+        assert beat.status_code == 200
+        assert len(http.get("/api/providers").json()["providers"]) == len(acknowledged)
+
+        assert _mount(small_disk, "4m", "remount").returncode == 0  # space returns
+        again = http.post("/api/providers/quick-register", json=register_body(refused_id))
+        assert again.status_code == 201, again.text
+        acknowledged[refused_id] = again.json()["workerToken"]
+        job = http.post(
+            "/api/jobs", json={"type": "sleep", "payload": {"seconds": 0}}, headers=auth(API_KEY)
+        )
+        assert job.status_code == 201
+
+        server.stop()
+        server.start()  # and everything acknowledged is still there
+        listed = {p["workerId"] for p in http.get("/api/providers").json()["providers"]}
+        assert listed == set(acknowledged)
+        kept = http.get(f"/api/jobs/{job.json()['job']['id']}", headers=auth(API_KEY))
+        assert kept.status_code == 200
+    finally:
+        http.close()
+        server.stop()
+    assert "Traceback" not in server.output()
