@@ -134,7 +134,7 @@ class Fleet:
             path = f"/api/providers/{w.worker_id}/heartbeat"
             await self.call("heartbeat", conn, "POST", path, body, w.token)
             conn.reset()
-            await asyncio.sleep(self.interval_s)
+            await asyncio.sleep(self.interval_s * random.uniform(0.9, 1.1))  # as the agent
 
     async def _work(self, w: Worker, delay_s: float) -> None:
         await asyncio.sleep(delay_s)

@@ -25,6 +25,7 @@ import sys
 import time
 from typing import Any
 
+import uvloop
 from _server import API_KEY, Connection, Server, register_many
 from fleet import Fleet
 
@@ -144,9 +145,11 @@ async def soak(server: Server, args: argparse.Namespace) -> bool:
     for name, e in sorted(fleet.endpoints.items()):
         print(f"  {name:<22}{e.requests:>9} requests {e.errors:>4} errors")
     rss = [r for _, r in samples]
+    settled = [(t, r) for t, r in samples if t >= 60]  # after the workers' ramp
     print(
         f"server RSS: first {rss[0]:.0f} MB, max {max(rss):.0f} MB, last {rss[-1]:.0f} MB; "
-        f"trend {trend_mb_per_min(samples):+.2f} MB/min over {len(samples)} samples"
+        f"trend after the first minute {trend_mb_per_min(settled):+.2f} MB/min "
+        f"({len(settled)} samples)"
     )
     print("RSS samples (MB, every 10 s): " + " ".join(f"{r:.0f}" for r in rss))
     print(f"data dir: {size / 2**20:.1f} MiB ({size / max(1, len(jobs)):.0f} bytes per job)")
@@ -166,7 +169,7 @@ def main() -> None:
     args = parser.parse_args()
     server = Server(args.heartbeat_interval)
     try:
-        ok = asyncio.run(soak(server, args))
+        ok = uvloop.run(soak(server, args))
     finally:
         server.stop()
     sys.exit(0 if ok else 1)

@@ -20,6 +20,7 @@ from tests.worker.fakes import nvidia, path_with
 ADDRESS = identity_from_public_key(bytes(32))
 OTHER_ADDRESS = identity_from_public_key(bytes(range(32)))
 API_KEY = "test-api-key"
+KEY = {"Authorization": f"Bearer {API_KEY}"}
 
 
 def register_body(worker_id: str = "worker-1", **overrides: Any) -> dict[str, Any]:
@@ -130,3 +131,16 @@ def wait_for(what: Callable[[], Any], timeout: float = 20, step: float = 0.05) -
             return value
         time.sleep(step)
     raise AssertionError(f"timed out waiting for {what}")
+
+
+def submit(server: ServerProcess, **body: Any) -> str:
+    """Submit a job with the API key; return its id."""
+    answer = httpx.post(server.url + "/api/jobs", json=body, headers=KEY)
+    assert answer.status_code == 201, answer.text
+    job_id: str = answer.json()["job"]["id"]
+    return job_id
+
+
+def job(server: ServerProcess, job_id: str) -> dict[str, Any]:
+    answer: dict[str, Any] = httpx.get(f"{server.url}/api/jobs/{job_id}", headers=KEY).json()["job"]
+    return answer

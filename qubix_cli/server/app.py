@@ -66,7 +66,7 @@ async def _housekeeping(app: Starlette, tick_s: float) -> None:
             await app.state.store.sync()
             if loop.time() >= next_save:
                 next_save = loop.time() + LIVENESS_SAVE_S
-                await asyncio.to_thread(registry.save_liveness)
+                await registry.save_liveness()
         except (StorageError, OSError) as exc:
             log.error("housekeeping: %s", exc)
 
@@ -95,7 +95,7 @@ def create_app(settings: Settings) -> Starlette:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-            registry.save_liveness()
+            await registry.save_liveness()
             store.close()
 
     async def openapi(request: Request) -> Response:

@@ -169,7 +169,7 @@ class Agent:
             try:
                 self._heartbeat()
                 attempt = 0
-                wait = self.heartbeat_interval_s
+                wait = beat_interval_s(self.heartbeat_interval_s)
             except Transient as exc:
                 attempt += 1
                 wait = backoff_s(attempt)
@@ -315,6 +315,12 @@ class Agent:
                         self.outbox.path,
                     )
                     return
+
+
+def beat_interval_s(interval_s: float) -> float:
+    """The interval, give or take 10 %: workers that a server restart brought back at the
+    same moment drift apart instead of heartbeating in step ever after."""
+    return interval_s * random.uniform(0.9, 1.1)
 
 
 def backoff_s(attempt: int) -> float:

@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 
 from qubix_cli.installer.pack import build_worker_pyz
-from tests.helpers import API_KEY, ServerProcess, Worker, wait_for
+from tests.helpers import ServerProcess, Worker, job, submit, wait_for
 
 WORKERS = 100
 
@@ -46,20 +46,8 @@ def test_100_workers_come_back_after_a_server_crash(tmp_path: Path) -> None:
         wait_for(all_back, timeout=120, step=0.5)
         ids = [p["workerId"] for p in providers(server)]
         assert sorted(ids) == [f"w{i:03d}" for i in range(WORKERS)]  # no duplicates, none new
-        job = httpx.post(
-            server.url + "/api/jobs",
-            json={"type": "sleep", "payload": {"seconds": 0}},
-            headers={"Authorization": f"Bearer {API_KEY}"},
-        ).json()["job"]
-        wait_for(
-            lambda: (
-                httpx.get(
-                    f"{server.url}/api/jobs/{job['id']}",
-                    headers={"Authorization": f"Bearer {API_KEY}"},
-                ).json()["job"]["status"]
-                == "completed"
-            )
-        )
+        job_id = submit(server, type="sleep", payload={"seconds": 0})
+        wait_for(lambda: job(server, job_id)["status"] == "completed")
     finally:
         for w in workers:
             w.signal(signal.SIGTERM)

@@ -11,10 +11,8 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.helpers import API_KEY, ServerProcess, Worker, wait_for
+from tests.helpers import ServerProcess, Worker, job, submit, wait_for
 from tests.reliability.proxy import DOWN, Proxy
-
-KEY = {"Authorization": f"Bearer {API_KEY}"}
 
 
 @pytest.fixture
@@ -40,17 +38,10 @@ def worker(tmp_path: Path, proxy: Proxy) -> Iterator[Worker]:
     w.proc.wait()
 
 
-def submit(server: ServerProcess, seconds: float) -> str:
-    body = {"type": "sleep", "payload": {"seconds": seconds}}
-    answer = httpx.post(server.url + "/api/jobs", json=body, headers=KEY)
-    assert answer.status_code == 201, answer.text
-    job_id: str = answer.json()["job"]["id"]
+def running_job(server: ServerProcess, seconds: float) -> str:
+    job_id = submit(server, type="sleep", payload={"seconds": seconds})
+    wait_for(lambda: job(server, job_id)["status"] == "assigned")
     return job_id
-
-
-def job(server: ServerProcess, job_id: str) -> dict[str, Any]:
-    answer: dict[str, Any] = httpx.get(f"{server.url}/api/jobs/{job_id}", headers=KEY).json()
-    return answer["job"]
 
 
 def reports(done: dict[str, Any]) -> list[dict[str, Any]]:
@@ -66,15 +57,14 @@ def assert_completed_once_and_carries_on(
     wait_for(lambda: not list((worker.home / "outbox").glob("*.json")), timeout=30)
     providers = httpx.get(server.url + "/api/providers").json()["providers"]
     assert [p["workerId"] for p in providers] == ["flaky"]
-    after = submit(server, 0)
+    after = submit(server, type="sleep", payload={"seconds": 0})
     wait_for(lambda: job(server, after)["status"] == "completed", timeout=60)
 
 
 def test_connections_dropped_and_refused_while_the_job_runs(
     server: ServerProcess, proxy: Proxy, worker: Worker
 ) -> None:
-    job_id = submit(server, 1.5)
-    wait_for(lambda: job(server, job_id)["status"] == "assigned")
+    job_id = running_job(server, 1.5)
     proxy.refusing = True
     proxy.cut()
     # The job ends while the server cannot be reached: its result waits in the outbox.
@@ -88,8 +78,7 @@ def test_connections_dropped_and_refused_while_the_job_runs(
 def test_a_stalled_network_then_dropped(
     server: ServerProcess, proxy: Proxy, worker: Worker
 ) -> None:
-    job_id = submit(server, 1)
-    wait_for(lambda: job(server, job_id)["status"] == "assigned")
+    job_id = running_job(server, 1)
     proxy.stall()  # heartbeats and the report hang in flight
     time.sleep(3)
     assert job(server, job_id)["status"] == "assigned"
@@ -101,8 +90,7 @@ def test_a_stalled_network_then_dropped(
 def test_the_answer_to_a_report_is_lost(
     server: ServerProcess, proxy: Proxy, worker: Worker
 ) -> None:
-    job_id = submit(server, 1)
-    wait_for(lambda: job(server, job_id)["status"] == "assigned")
+    job_id = running_job(server, 1)
     proxy.stall(DOWN)  # requests reach the server; its answers do not come back
     wait_for(lambda: job(server, job_id)["status"] == "completed", timeout=10)
     time.sleep(0.5)

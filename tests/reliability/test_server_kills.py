@@ -11,9 +11,8 @@ from typing import Any
 
 import httpx
 
-from tests.helpers import API_KEY, ServerProcess, register_body
+from tests.helpers import KEY, ServerProcess, register_body
 
-KEY = {"Authorization": f"Bearer {API_KEY}"}
 ROUNDS = 20
 
 

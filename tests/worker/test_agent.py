@@ -15,9 +15,7 @@ import httpx
 import psutil
 import pytest
 
-from tests.helpers import API_KEY, ServerProcess, Worker, wait_for
-
-KEY = {"Authorization": f"Bearer {API_KEY}"}
+from tests.helpers import KEY, ServerProcess, Worker, job, submit, wait_for
 
 
 @pytest.fixture
@@ -41,18 +39,6 @@ def workers(tmp_path: Path, server: ServerProcess) -> Iterator[Callable[..., Wor
         if worker.proc.poll() is None:
             worker.proc.kill()
             worker.proc.wait()
-
-
-def submit(server: ServerProcess, **body: Any) -> str:
-    answer = httpx.post(server.url + "/api/jobs", json=body, headers=KEY)
-    assert answer.status_code == 201, answer.text
-    job_id: str = answer.json()["job"]["id"]
-    return job_id
-
-
-def job(server: ServerProcess, job_id: str) -> dict[str, Any]:
-    answer: dict[str, Any] = httpx.get(f"{server.url}/api/jobs/{job_id}", headers=KEY).json()["job"]
-    return answer
 
 
 def status_is(server: ServerProcess, job_id: str, *states: str) -> Callable[[], bool]:
