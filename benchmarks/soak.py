@@ -79,6 +79,8 @@ async def unfinished(conn: Connection) -> int:
 
 def trend_mb_per_min(samples: list[tuple[float, float]]) -> float:
     n = len(samples)
+    if n < 2:
+        return 0.0
     mean_t = sum(t for t, _ in samples) / n
     mean_r = sum(r for _, r in samples) / n
     cov = sum((t - mean_t) * (r - mean_r) for t, r in samples)
