@@ -154,6 +154,15 @@ async def soak(server: Server, args: argparse.Namespace) -> bool:
         f"({len(settled)} samples)"
     )
     print("RSS samples (MB, every 10 s): " + " ".join(f"{r:.0f}" for r in rss))
+    if settled:
+        # Every job is kept (in memory and on disk): growth per job stored since the first
+        # minute, to set beside what one job record takes in memory (about 4 KB).
+        since = min(j["createdAt"] for j in jobs) + 60
+        later = sum(1 for j in jobs if j["createdAt"] >= since)
+        grown_kb = (settled[-1][1] - settled[0][1]) * 1024
+        print(
+            f"RSS growth since the first minute: {grown_kb / max(1, later):.1f} KB per job stored"
+        )
     print(f"data dir: {size / 2**20:.1f} MiB ({size / max(1, len(jobs)):.0f} bytes per job)")
     for p in problems[:20]:
         print("PROBLEM:", p)
