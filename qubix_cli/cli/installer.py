@@ -13,7 +13,7 @@ from qubix_cli.errors import QubixError
 from qubix_cli.installer.render import render, this_os
 
 app = typer.Typer(help="Build one-file installers that set up and start a worker.")
-console = Console(highlight=False)
+console = Console(highlight=False, soft_wrap=True)  # paths stay whole
 
 _HOW_TO_RUN = {
     "linux": "sh {file}   (add --service to start it with systemd)",

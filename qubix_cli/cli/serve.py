@@ -20,7 +20,7 @@ from qubix_cli.server.settings import (
     load_or_create_api_key,
 )
 
-console = Console(stderr=True, highlight=False)
+console = Console(stderr=True, highlight=False, soft_wrap=True)  # paths stay whole
 
 
 def serve(
