@@ -15,6 +15,7 @@ import argparse
 import asyncio
 import os
 import re
+import resource
 import subprocess
 import tempfile
 from pathlib import Path
@@ -28,12 +29,16 @@ def wrk(
     url: str, script: str, seconds: int, connections: int, env: dict[str, str]
 ) -> dict[str, float]:
     argv = ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "-s", str(HERE / script), url]
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     out = subprocess.run(
         argv, capture_output=True, text=True, env={**os.environ, **env}, check=True
     )
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     line = next(x for x in out.stdout.splitlines() if x.startswith("RESULT"))
     figures = {k: float(v) for k, v in re.findall(r"(\w+)=(\d+)", line)}
     figures["rps"] = figures["requests"] / (figures["duration_us"] / 1e6)
+    cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+    figures["wrk_cpu"] = cpu / (figures["duration_us"] / 1e6) * 100
     return figures
 
 
@@ -71,12 +76,14 @@ def main() -> None:
         journal_after = sum(p.stat().st_size for p in (server.data_dir / "data").glob("journal-*"))
         beat, health = median_run(beats), median_run(healths)
         print(f"{args.rounds} interleaved rounds of {args.seconds} s each; the median round:")
-        print(f"{'endpoint':<12}{'req/s':>10}{'p50 ms':>10}{'p99 ms':>10}{'errors':>8}")
+        print(
+            f"{'endpoint':<12}{'req/s':>10}{'p50 ms':>10}{'p99 ms':>10}{'errors':>8}{'wrk CPU':>9}"
+        )
         for name, r in (("heartbeat", beat), ("healthz", health)):
             errors = int(r["errors"] + r["non2xx"])
             print(
                 f"{name:<12}{r['rps']:>10.0f}{r['p50_us'] / 1000:>10.2f}"
-                f"{r['p99_us'] / 1000:>10.2f}{errors:>8}"
+                f"{r['p99_us'] / 1000:>10.2f}{errors:>8}{r['wrk_cpu']:>8.0f}%"
             )
         ratios = ", ".join(
             f"{b['rps'] / h['rps']:.2f}" for b, h in zip(beats, healths, strict=True)
