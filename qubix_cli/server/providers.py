@@ -148,13 +148,17 @@ class Registry:
         if not self._liveness_dirty:
             return
         self._liveness_dirty = False
-        entries = list(self.live.items())
-        parts: list[str] = []
-        for start in range(0, len(entries), LIVENESS_CHUNK):
-            parts.append(json.dumps(dict(entries[start : start + LIVENESS_CHUNK]))[1:-1])
-            await asyncio.sleep(0.005)
-        data = ("{" + ",".join(parts) + "}").encode()
-        await asyncio.to_thread(write_atomically, self._liveness_path, data)
+        try:
+            entries = list(self.live.items())
+            parts: list[str] = []
+            for start in range(0, len(entries), LIVENESS_CHUNK):
+                parts.append(json.dumps(dict(entries[start : start + LIVENESS_CHUNK]))[1:-1])
+                await asyncio.sleep(0.005)
+            data = ("{" + ",".join(parts) + "}").encode()
+            await asyncio.to_thread(write_atomically, self._liveness_path, data)
+        except BaseException:
+            self._liveness_dirty = True  # not saved (cancelled at shutdown, or the disk): again
+            raise
 
     # -- reading ---------------------------------------------------------------------
 

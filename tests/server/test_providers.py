@@ -329,3 +329,27 @@ def test_healthz_openapi_and_unknown_routes(client: TestClient) -> None:
     missing = client.get("/api/nothing")
     assert missing.status_code == 404 and missing.json()["error"] == "not_found"
     assert client.put("/api/providers").status_code == 405
+
+
+def test_liveness_is_saved_at_shutdown_and_restored(tmp_path: Any) -> None:
+    from qubix_cli.server.app import create_app
+    from qubix_cli.server.settings import Settings
+    from tests.helpers import API_KEY
+
+    settings = Settings(data_dir=tmp_path / "data", api_key=API_KEY)
+    usage = {"cpuPercent": 12.5, "ramPercent": 40.0}
+    with TestClient(create_app(settings)) as first:
+        tokens = [register(first, f"w{i}") for i in range(1200)]  # more than one piece
+        beat = {"status": "busy", "usage": usage}
+        answer = first.post("/api/providers/w7/heartbeat", json=beat, headers=auth(tokens[7]))
+        assert answer.status_code == 200
+        before = first.get("/api/providers/w7").json()["provider"]
+    saved = json.loads((tmp_path / "data" / "liveness.json").read_text())
+    assert len(saved) == 1200
+    with TestClient(create_app(settings)) as second:
+        after = second.get("/api/providers/w7").json()["provider"]
+    assert (after["status"], after["usage"], after["lastSeenAt"]) == (
+        "busy",
+        usage,
+        before["lastSeenAt"],
+    )
