@@ -57,6 +57,12 @@ class Server:
         self.proc.terminate()
         self.proc.wait(20)
 
+    def __enter__(self) -> Server:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
 
 def register_body(worker_id: str) -> dict[str, Any]:
     return {

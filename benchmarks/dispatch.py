@@ -134,8 +134,7 @@ def main() -> None:
     parser.add_argument("--cycle-workers", type=int, default=50)
     parser.add_argument("--cycles", type=int, default=5000)
     args = parser.parse_args()
-    server = Server()
-    try:
+    with Server() as server:
         tokens, _ = asyncio.run(register_many(server.url, args.cycle_workers))
         few = dict(list(tokens.items())[: args.workers])
         ours = asyncio.run(latency(server.url, few, args.jobs, seed=False))
@@ -158,8 +157,6 @@ def main() -> None:
             f"during the cycles: server CPU {(server.cpu_s() - cpu0) / wall * 100:.0f} %, "
             f"load generator CPU {own / wall * 100:.0f} %, server RSS {server.rss_mb():.0f} MB"
         )
-    finally:
-        server.stop()
 
 
 if __name__ == "__main__":

@@ -31,6 +31,8 @@ from typing import Any
 import uvloop
 from _server import API_KEY, Connection, Server, percentile, register_body, register_many
 
+from qubix_cli.worker.agent import beat_interval_s
+
 REQUEST_TIMEOUT_S = 60.0  # above the 25 s long-poll: a request that takes longer is an error
 SEED_POLL_S = 5.0
 
@@ -134,7 +136,7 @@ class Fleet:
             path = f"/api/providers/{w.worker_id}/heartbeat"
             await self.call("heartbeat", conn, "POST", path, body, w.token)
             conn.reset()
-            await asyncio.sleep(self.interval_s * random.uniform(0.9, 1.1))  # as the agent
+            await asyncio.sleep(beat_interval_s(self.interval_s))
 
     async def _work(self, w: Worker, delay_s: float) -> None:
         await asyncio.sleep(delay_s)
@@ -292,11 +294,8 @@ def main() -> None:
     designs = ["qubix", "seed"] if args.design == "both" else [args.design]
     for workers in args.workers:
         for design in designs:
-            server = Server(args.heartbeat_interval)
-            try:
+            with Server(args.heartbeat_interval) as server:
                 run = uvloop.run(simulate(server, workers, design, args.seconds, args.jobs_per_s))
-            finally:
-                server.stop()
             report(workers, design, run)
             sys.stdout.flush()
 

@@ -53,8 +53,7 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
-    server = Server()
-    try:
+    with Server() as server:
         tokens, batches = asyncio.run(register_many(server.url, args.providers))
         print(
             f"registered {len(tokens)} providers; seconds per 1,000: "
@@ -100,8 +99,6 @@ def main() -> None:
             f"{journal_after - journal}"
         )
         os.unlink(f.name)
-    finally:
-        server.stop()
 
 
 if __name__ == "__main__":

@@ -178,11 +178,8 @@ def main() -> None:
     parser.add_argument("--jobs-per-s", type=float, default=10)
     parser.add_argument("--heartbeat-interval", type=float, default=30.0)
     args = parser.parse_args()
-    server = Server(args.heartbeat_interval)
-    try:
+    with Server(args.heartbeat_interval) as server:
         ok = uvloop.run(soak(server, args))
-    finally:
-        server.stop()
     sys.exit(0 if ok else 1)
 
 
