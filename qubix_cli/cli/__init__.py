@@ -13,7 +13,7 @@ from qubix_cli import __version__
 from qubix_cli.cli import demo, installer, jobs, providers, serve, watch, worker
 from qubix_cli.errors import QubixError
 
-err_console = Console(stderr=True)
+err_console = Console(stderr=True, soft_wrap=True)  # paths stay whole
 
 app = typer.Typer(
     name="qubix",
@@ -52,5 +52,5 @@ def main() -> None:
     try:
         app()
     except QubixError as exc:
-        err_console.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
+        err_console.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False)
         sys.exit(1)
