@@ -19,7 +19,7 @@ from starlette.types import Receive, Scope, Send
 
 from qubix_cli.errors import StorageError
 from qubix_cli.server.events import EventBus
-from qubix_cli.server.http import ApiError, json_response
+from qubix_cli.server.http import ApiError, internal_error, json_response
 from qubix_cli.server.jobs import JobQueue
 from qubix_cli.server.openapi import openapi_document
 from qubix_cli.server.providers import Registry
@@ -49,21 +49,16 @@ async def _http_error(request: Request, exc: Exception) -> Response:
 
 
 async def _unexpected(request: Request, exc: Exception) -> Response:
-    log.exception("unexpected error in %s %s", request.method, request.url.path)
-    body = {"error": "internal", "message": "the server failed; the error is in its log"}
-    return json_response(body, 500)
+    return internal_error(request.scope)
 
 
 _HEARTBEAT = re.compile(r"/api/providers/([^/]+)/heartbeat")
 
 
 class Coordinator(Starlette):
-    """The app, with heartbeats answered before Starlette's middleware and router.
-
-    Heartbeats are most of the traffic (10,000 workers send 333 a second; each is a POST
-    whose token is checked and whose body is validated). They go straight to the same
-    handler, with the same answers and errors; every other request, and every other
-    method on that path, goes through the app as usual."""
+    """The app, with heartbeats handed to their endpoint before Starlette's middleware and
+    router (see `Heartbeats`); every other request, and every other method on that path,
+    goes through the app as usual."""
 
     api: Api
 
@@ -72,14 +67,7 @@ class Coordinator(Starlette):
             match = _HEARTBEAT.fullmatch(scope["path"])
             if match:
                 scope["path_params"] = {"workerId": match[1]}
-                request = Request(scope, receive)
-                try:
-                    response = await self.api.heartbeat(request)
-                except ApiError as exc:
-                    response = exc.response()
-                except Exception as exc:
-                    response = await _unexpected(request, exc)
-                await response(scope, receive, send)
+                await self.api.heartbeats(scope, receive, send)
                 return
         await super().__call__(scope, receive, send)
 

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import hashlib
 import hmac
+import logging
 from collections.abc import Awaitable, Mapping
 from typing import Any, TypeVar
 
@@ -13,7 +14,9 @@ import pydantic
 from pydantic_core import to_json
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
 
+log = logging.getLogger("qubix.server")
 BODY_LIMIT_BYTES = 1024 * 1024
 
 M = TypeVar("M", bound=pydantic.BaseModel)
@@ -41,14 +44,16 @@ def not_found(what: str) -> ApiError:
     return ApiError(404, "not_found", f"{what} does not exist")
 
 
-async def read_body(request: Request, limit: int = BODY_LIMIT_BYTES) -> bytes:
+async def read_body(
+    receive: Receive, headers: Mapping[str, str], limit: int = BODY_LIMIT_BYTES
+) -> bytes:
     """Read the body, refusing it with 413 as soon as it passes `limit` bytes."""
-    declared = request.headers.get("content-length", "")
+    declared = headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit:
         raise _too_large(limit)
     chunks, size = [], 0
     while True:
-        message = await request.receive()
+        message = await receive()
         if message["type"] == "http.disconnect":
             raise ApiError(400, "client_disconnected", "the client went away mid-request")
         chunk = message.get("body", b"")
@@ -87,8 +92,11 @@ def _too_large(limit: int) -> ApiError:
 
 
 async def read_json(request: Request, model: type[M], limit: int = BODY_LIMIT_BYTES) -> M:
+    return parse_json(await read_body(request.receive, request.headers, limit), model)
+
+
+def parse_json(raw: bytes, model: type[M]) -> M:
     """Parse and validate a JSON body: 400 if it is not JSON, 422 naming each bad field."""
-    raw = await read_body(request, limit)
     try:
         return model.model_validate_json(raw)
     except pydantic.ValidationError as exc:
@@ -127,8 +135,8 @@ def bearer_token(headers: Mapping[str, str]) -> str | None:
     return token if scheme.lower() == "bearer" and token else None
 
 
-def require_token(request: Request) -> str:
-    token = bearer_token(request.headers)
+def require_token(headers: Mapping[str, str]) -> str:
+    token = bearer_token(headers)
     if token is None:
         raise ApiError(401, "unauthorized", "send the token as 'Authorization: Bearer <token>'")
     return token
@@ -141,6 +149,31 @@ def token_hash(token: str) -> str:
 def token_matches(token: str | None, stored_hash: str) -> bool:
     """Constant-time comparison of a presented token with a stored hash."""
     return token is not None and hmac.compare_digest(token_hash(token), stored_hash)
+
+
+def internal_error(scope: Scope) -> Response:
+    """The answer to an exception no handler expected; it is logged, with its traceback."""
+    log.exception("unexpected error in %s %s", scope["method"], scope["path"])
+    body = {"error": "internal", "message": "the server failed; the error is in its log"}
+    return json_response(body, 500)
+
+
+async def send_json(send: Send, body: Any) -> None:
+    """Answer 200 with JSON through ASGI directly, without a `Response` (see `Heartbeats`)."""
+    content = to_json(body)
+    headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(content))]
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    await send({"type": "http.response.body", "body": content})
+
+
+def request_headers(scope: Scope, *names: bytes) -> dict[str, str]:
+    """The named headers of a request, read from its ASGI scope without building a
+    `Request` (see `Heartbeats`). Of repeated headers the first wins, as in Starlette."""
+    found: dict[str, str] = {}
+    for name, value in scope["headers"]:
+        if name in names:
+            found.setdefault(name.decode(), value.decode("latin-1"))
+    return found
 
 
 def json_response(body: Any, status: int = 200) -> Response:

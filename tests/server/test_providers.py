@@ -186,6 +186,52 @@ def test_heartbeat_needs_the_workers_own_token(client: TestClient) -> None:
     assert provider["status"] == "busy" and provider["usage"]["cpuPercent"] == 12.5
 
 
+def test_heartbeat_answers_are_json_like_every_other_endpoint(client: TestClient) -> None:
+    token = register(client)
+    other = register(client, "worker-2")
+    url = "/api/providers/worker-1/heartbeat"
+    ok = client.post(url, json={"status": "online"}, headers=auth(token))
+    assert ok.headers["content-type"] == "application/json"
+    assert int(ok.headers["content-length"]) == len(ok.content)
+    refused = client.post(url, json={"status": "online"})
+    assert refused.headers["www-authenticate"] == "Bearer"
+    assert refused.json()["error"] == "unauthorized"
+    # Of repeated Authorization headers the first one counts, as on every other endpoint.
+    first, second = ("Authorization", f"Bearer {token}"), ("Authorization", f"Bearer {other}")
+    assert client.post(url, json={"status": "online"}, headers=[first, second]).status_code == 200
+    assert client.post(url, json={"status": "online"}, headers=[second, first]).status_code == 403
+    too_big = client.post(url, content=b" " * (1024 * 1024 + 1), headers=auth(token))
+    assert too_big.status_code == 413 and too_big.json()["error"] == "body_too_large"
+    other_method = client.get(url)
+    assert other_method.status_code == 405 and other_method.json()["error"] == "method_not_allowed"
+
+
+def test_an_unexpected_error_is_a_logged_500_without_secrets(
+    client: TestClient, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    token = register(client)
+    registry = client.app.state.registry  # type: ignore[attr-defined]
+
+    def fail(*args: object) -> None:
+        raise RuntimeError("the registry broke")
+
+    monkeypatch.setattr(registry, "heartbeat", fail)
+    monkeypatch.setattr(registry, "search", fail)
+    client = TestClient(client.app, raise_server_exceptions=False)
+    for method, url in (
+        ("POST", "/api/providers/worker-1/heartbeat"),
+        ("GET", "/api/providers"),
+    ):
+        response = client.request(method, url, json={"status": "online"}, headers=auth(token))
+        assert response.status_code == 500
+        assert response.json() == {
+            "error": "internal",
+            "message": "the server failed; the error is in its log",
+        }
+        assert f"unexpected error in {method} {url}" in caplog.text
+    assert "the registry broke" in caplog.text and token not in caplog.text
+
+
 @pytest.mark.parametrize(
     "body",
     [
