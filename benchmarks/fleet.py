@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import random
-import resource
 import sys
 import time
 from collections import defaultdict
@@ -224,11 +223,6 @@ class Fleet:
         ]
 
 
-def cpu_s() -> float:
-    own = resource.getrusage(resource.RUSAGE_SELF)
-    return own.ru_utime + own.ru_stime
-
-
 async def simulate(
     server: Server, workers: int, design: str, seconds: float, jobs_per_s: float
 ) -> dict[str, Any]:
@@ -240,12 +234,12 @@ async def simulate(
     lag = asyncio.create_task(fleet.watch_own_lag())
     await asyncio.sleep(ramp)
     fleet.measuring = True
-    server_cpu0, own_cpu0, wall0 = server.cpu_s(), cpu_s(), time.perf_counter()
+    server_cpu0, own_cpu0, wall0 = server.cpu_s(), time.process_time(), time.perf_counter()
     await fleet.submitter(jobs_per_s, time.monotonic() + seconds)
     wall = time.perf_counter() - wall0
     figures = {
         "server_cpu": (server.cpu_s() - server_cpu0) / wall * 100,
-        "own_cpu": (cpu_s() - own_cpu0) / wall * 100,
+        "own_cpu": (time.process_time() - own_cpu0) / wall * 100,
         "rss_mb": server.rss_mb(),
         "wall": wall,
     }

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
@@ -13,7 +12,7 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import FileResponse, Response
-from starlette.routing import Mount, Route
+from starlette.routing import Mount, Route, compile_path
 from starlette.staticfiles import StaticFiles
 from starlette.types import Receive, Scope, Send
 
@@ -23,7 +22,7 @@ from qubix_cli.server.http import ApiError, internal_error, json_response
 from qubix_cli.server.jobs import JobQueue
 from qubix_cli.server.openapi import openapi_document
 from qubix_cli.server.providers import Registry
-from qubix_cli.server.routes import Api
+from qubix_cli.server.routes import HEARTBEAT_PATH, Api
 from qubix_cli.server.settings import Settings, load_or_create_api_key
 from qubix_cli.server.store import JournalStore
 
@@ -52,7 +51,7 @@ async def _unexpected(request: Request, exc: Exception) -> Response:
     return internal_error(request.scope)
 
 
-_HEARTBEAT = re.compile(r"/api/providers/([^/]+)/heartbeat")
+_HEARTBEAT = compile_path(HEARTBEAT_PATH)[0]  # the route's own pattern
 
 
 class Coordinator(Starlette):
@@ -66,7 +65,7 @@ class Coordinator(Starlette):
         if scope["type"] == "http" and scope["method"] == "POST":
             match = _HEARTBEAT.fullmatch(scope["path"])
             if match:
-                scope["path_params"] = {"workerId": match[1]}
+                scope["path_params"] = match.groupdict()
                 await self.api.heartbeats(scope, receive, send)
                 return
         await super().__call__(scope, receive, send)

@@ -13,7 +13,7 @@ from qubix_cli.server.events import EventBus
 from qubix_cli.server.http import ApiError, not_found, token_hash, token_matches
 from qubix_cli.server.schemas import CheckNewQuery, Heartbeat, ProviderListQuery, Register
 from qubix_cli.server.settings import Settings
-from qubix_cli.server.store import Doc, Store, write_atomically
+from qubix_cli.server.store import Doc, Store, json_members, json_object, write_atomically
 
 LIVENESS_FILE = "liveness.json"
 LIVENESS_CHUNK = 500
@@ -142,19 +142,18 @@ class Registry:
         """Saved every few seconds and at shutdown: heartbeats never touch the database.
 
         Encoded here on the event loop, 500 entries (about 3 ms) at a time with pauses
-        between for the requests, and written from a thread: one json.dumps of 10,000
-        entries holds the loop for 60 ms, and encoding them in a thread slowed every request
-        for longer (the two take turns with the GIL)."""
+        between for the requests, and written from a thread: one json.dumps of 10,000 entries
+        holds the loop for 60 ms, and encoding them in a thread slowed every request for
+        longer (the two take turns with the GIL)."""
         if not self._liveness_dirty:
             return
         self._liveness_dirty = False
         try:
-            entries = list(self.live.items())
-            parts: list[str] = []
-            for start in range(0, len(entries), LIVENESS_CHUNK):
-                parts.append(json.dumps(dict(entries[start : start + LIVENESS_CHUNK]))[1:-1])
+            members: list[str] = []
+            for member in json_members(self.live, per=LIVENESS_CHUNK):
+                members.append(member)
                 await asyncio.sleep(0.005)
-            data = ("{" + ",".join(parts) + "}").encode()
+            data = json_object(members).encode()
             await asyncio.to_thread(write_atomically, self._liveness_path, data)
         except BaseException:
             self._liveness_dirty = True  # not saved (cancelled at shutdown, or the disk): again

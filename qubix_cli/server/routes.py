@@ -44,6 +44,8 @@ from qubix_cli.server.schemas import (
 )
 from qubix_cli.server.store import Doc
 
+HEARTBEAT_PATH = "/api/providers/{workerId}/heartbeat"
+
 
 class Heartbeats:
     """POST /api/providers/{workerId}/heartbeat, as a plain ASGI app.
@@ -95,7 +97,7 @@ class Api:
     def routes(self) -> list[BaseRoute]:
         # The hot paths (heartbeat, job poll) come first: routes are matched in order.
         return [
-            Route("/api/providers/{workerId}/heartbeat", self.heartbeats, methods=["POST"]),
+            Route(HEARTBEAT_PATH, self.heartbeats, methods=["POST"]),
             Route("/api/jobs/pending/{workerId}", self.pending_job),
             Route("/healthz", self.healthz),
             Route("/api/providers/quick-register", self.quick_register, methods=["POST"]),

@@ -18,7 +18,7 @@ import errno
 import json
 import os
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -71,16 +71,20 @@ def write_atomically(path: Path, data: bytes) -> None:
     fsync_dir(path.parent)
 
 
-def encode_documents(docs: Mapping[str, Any]) -> str:
-    """The JSON object of a mapping of documents, encoded one document at a time.
+def json_members(docs: Mapping[str, Any], per: int = 1) -> Iterator[str]:
+    """The members of a JSON object (`"key":document,...`), `per` entries encoded at a time.
 
-    A single json.dumps of 10,000 documents holds the GIL for its whole run (over 100 ms);
-    from a background thread that stalls every request. Between documents the thread lets
-    the event loop run."""
-    parts = [
-        f"{json.dumps(key)}:{json.dumps(doc, separators=(',', ':'))}" for key, doc in docs.items()
-    ]
-    return "{" + ",".join(parts) + "}"
+    A single json.dumps of 10,000 documents holds the GIL for its whole run (over 100 ms):
+    from a background thread that stalls every request, and on the event loop it blocks
+    it. Between pieces a thread lets the loop run, and a coroutine can pause."""
+    entries = list(docs.items())
+    for start in range(0, len(entries), per):
+        piece = dict(entries[start : start + per])
+        yield json.dumps(piece, separators=(",", ":"))[1:-1]
+
+
+def json_object(members: Iterable[str]) -> str:
+    return "{" + ",".join(members) + "}"
 
 
 class AtomicJSONStorage(Storage):
@@ -109,8 +113,8 @@ class AtomicJSONStorage(Storage):
         return data
 
     def write(self, data: dict[str, dict[str, Doc]]) -> None:
-        tables = [f"{json.dumps(name)}:{encode_documents(docs)}" for name, docs in data.items()]
-        write_atomically(self.path, ("{" + ",".join(tables) + "}").encode())
+        tables = (f"{json.dumps(name)}:{json_object(json_members(d))}" for name, d in data.items())
+        write_atomically(self.path, json_object(tables).encode())
 
 
 def _journal_name(generation: int) -> str:

@@ -14,9 +14,7 @@ import psutil
 import pytest
 
 from qubix_cli.installer.render import render
-from tests.helpers import ADDRESS, API_KEY, ServerProcess
-
-KEY = {"Authorization": f"Bearer {API_KEY}"}
+from tests.helpers import ADDRESS, KEY, ServerProcess
 
 
 @pytest.fixture

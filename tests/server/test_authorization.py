@@ -9,9 +9,7 @@ import pytest
 from starlette.testclient import TestClient
 
 from tests.conftest import auth, register
-from tests.helpers import API_KEY, register_body
-
-KEY = auth(API_KEY)
+from tests.helpers import KEY, register_body
 
 
 def snapshot(client: TestClient) -> str:

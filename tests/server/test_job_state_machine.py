@@ -23,9 +23,8 @@ from qubix_cli.server import jobs as jobs_module
 from qubix_cli.server.app import create_app
 from qubix_cli.server.settings import Settings
 from tests.conftest import auth
-from tests.helpers import API_KEY, register_body
+from tests.helpers import API_KEY, KEY, register_body
 
-KEY = auth(API_KEY)
 WORKERS = ("w1", "w2")
 TERMINAL = ("completed", "failed", "cancelled")
 

@@ -12,9 +12,7 @@ import pytest
 from starlette.testclient import TestClient
 
 from tests.conftest import auth, register
-from tests.helpers import API_KEY
-
-KEY = auth(API_KEY)
+from tests.helpers import API_KEY, KEY
 
 
 def submit(client: TestClient, **body: Any) -> dict[str, Any]:

@@ -15,9 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.helpers import API_KEY, ServerProcess, free_port, register_body, wait_until_responds
-
-KEY = {"Authorization": f"Bearer {API_KEY}"}
+from tests.helpers import KEY, ServerProcess, free_port, register_body, wait_until_responds
 
 
 def test_serve_prints_where_data_lives_and_creates_a_private_api_key(tmp_path: Path) -> None:
