@@ -95,7 +95,8 @@ class Api:
         self.heartbeats = Heartbeats(registry, jobs)
 
     def routes(self) -> list[BaseRoute]:
-        # The hot paths (heartbeat, job poll) come first: routes are matched in order.
+        # Routes are matched in order, the busiest first. Heartbeat POSTs are handed over
+        # before the router (see `Coordinator`); their route answers other methods (405).
         return [
             Route(HEARTBEAT_PATH, self.heartbeats, methods=["POST"]),
             Route("/api/jobs/pending/{workerId}", self.pending_job),
