@@ -8,8 +8,7 @@ from typing import Any
 import httpx
 
 from qubix_cli.errors import ServerError
-
-TERMINAL_STATES = ("completed", "failed", "cancelled")
+from qubix_cli.server.schemas import FINISHED
 
 
 class Client:
@@ -57,7 +56,7 @@ class Client:
 
     def wait_job(self, job_id: str, poll_s: float = 0.5) -> dict[str, Any]:
         """Poll a job until it reaches a final state."""
-        while (job := self.get_job(job_id))["status"] not in TERMINAL_STATES:
+        while (job := self.get_job(job_id))["status"] not in FINISHED:
             time.sleep(poll_s)
         return job
 

@@ -1,16 +1,82 @@
-"""The exception tree. The CLI catches `QubixError` once and prints its message."""
+"""The exception tree. Domain code raises these; nothing here knows HTTP.
+
+The CLI catches `QubixError` once and prints its message. The server maps each class to a
+status in one table (`server/http.py`, `STATUS`). `code` is the machine-readable name of
+the error (`{"error": code}` in answers); each class has a default and a raise may be more
+specific, as in `Conflict("job job_1 is already completed", code="job_finished")`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
 
 
 class QubixError(Exception):
     """Base of every error that Qubix reports to a person."""
 
+    code = "error"
 
-class StorageError(QubixError):
-    """The data directory cannot be read or written."""
+    def __init__(self, message: str, *, code: str | None = None, details: Any = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details = details
+        if code is not None:
+            self.code = code
 
 
-class ValidationError(QubixError):
+class InvalidInput(QubixError):
     """A value given by a person or a client is invalid."""
+
+    code = "invalid_fields"
+
+
+class Malformed(QubixError):
+    """A request that cannot be read at all (not JSON, cut off)."""
+
+    code = "malformed"
+
+
+class Unauthorized(QubixError):
+    """No credential, or one that is not valid."""
+
+    code = "unauthorized"
+
+
+class Forbidden(QubixError):
+    """A valid credential that may not do this."""
+
+    code = "forbidden"
+
+
+class NotFound(QubixError):
+    code = "not_found"
+
+
+class Conflict(QubixError):
+    """The request contradicts the current state (a lease not held, a finished job)."""
+
+    code = "conflict"
+
+
+class TooLarge(QubixError):
+    code = "too_large"
+
+
+class RateLimited(QubixError):
+    code = "rate_limited"
+
+
+class Unavailable(QubixError):
+    """Something the server needs is not there now; the same request may work later."""
+
+    code = "unavailable"
+
+
+class StorageError(Unavailable):
+    """Storage cannot be read or written: a change that raises it was not saved, and
+    nothing of it is visible."""
+
+    code = "storage_unavailable"
 
 
 class ServerError(QubixError):

@@ -2,7 +2,7 @@
 
 from Crypto.Hash import KangarooTwelve
 
-from qubix_cli.errors import ValidationError
+from qubix_cli.errors import InvalidInput
 
 IDENTITY_LENGTH = 60
 _KEY_LETTERS = 56
@@ -32,19 +32,19 @@ def identity_from_public_key(public_key: bytes) -> str:
 
 
 def public_key_from_identity(identity: str) -> bytes:
-    """Decode an identity's public key; raise `ValidationError` if it is not valid."""
+    """Decode an identity's public key; raise `InvalidInput` if it is not valid."""
     if len(identity) != IDENTITY_LENGTH or not all("A" <= c <= "Z" for c in identity):
-        raise ValidationError("a Qubic address is exactly 60 capital letters A-Z")
+        raise InvalidInput("a Qubic address is exactly 60 capital letters A-Z")
     key = b""
     for start in range(0, _KEY_LETTERS, _DIGITS_PER_WORD):
         value = 0
         for letter in reversed(identity[start : start + _DIGITS_PER_WORD]):
             value = value * 26 + ord(letter) - ord("A")
         if value >= 1 << 64:
-            raise ValidationError("this is not a valid Qubic address (a key word is out of range)")
+            raise InvalidInput("this is not a valid Qubic address (a key word is out of range)")
         key += value.to_bytes(8, "little")
     if _checksum(key) != identity[_KEY_LETTERS:]:
-        raise ValidationError(
+        raise InvalidInput(
             "this is not a valid Qubic address (its checksum does not match); "
             "copy it again from your wallet"
         )
@@ -52,6 +52,6 @@ def public_key_from_identity(identity: str) -> bytes:
 
 
 def validate_identity(identity: str) -> str:
-    """Return the identity unchanged if it is valid, else raise `ValidationError`."""
+    """Return the identity unchanged if it is valid, else raise `InvalidInput`."""
     public_key_from_identity(identity)
     return identity

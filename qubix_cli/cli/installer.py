@@ -10,16 +10,10 @@ from rich.console import Console
 from rich.markup import escape
 
 from qubix_cli.errors import QubixError
-from qubix_cli.installer.render import render, this_os
+from qubix_cli.installer.render import OS_CHOICES, OSES, render, this_os
 
 app = typer.Typer(help="Build one-file installers that set up and start a worker.")
 console = Console(highlight=False, soft_wrap=True)  # paths stay whole
-
-_HOW_TO_RUN = {
-    "linux": "sh {file}   (add --service to start it with systemd)",
-    "macos": "sh {file}   (add --service to start it with launchd)",
-    "windows": "double-click {file}, or run it in cmd (add --service to start it at logon)",
-}
 
 
 @app.command()
@@ -29,7 +23,7 @@ def build(
     ],
     os_name: Annotated[
         str | None,
-        typer.Option("--os", help="windows, linux or macos \\[default: this machine's]."),
+        typer.Option("--os", help=f"{OS_CHOICES} \\[default: this machine's]."),
     ] = None,
     qubic_address: Annotated[
         str | None,
@@ -50,6 +44,5 @@ def build(
         raise QubixError(f"cannot write {path}: {exc.strerror}") from exc
     console.print(escape(f"Wrote {path} ({built.os}, {len(built.content):,} bytes)"))
     console.print(f"SHA-256: {built.sha256}")
-    console.print(
-        escape("Run it on the GPU machine: " + _HOW_TO_RUN[built.os].format(file=path.name))
-    )
+    run = OSES[built.os].how_to_run.format(file=path.name)
+    console.print(escape(f"Run it on the GPU machine: {run}"))

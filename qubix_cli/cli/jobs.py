@@ -14,6 +14,7 @@ from qubix_cli import config
 from qubix_cli.cli import display
 from qubix_cli.cli.display import ApiKeyOpt, JsonOpt, ServerOpt
 from qubix_cli.client import Client
+from qubix_cli.server.schemas import JOB_STATUSES, JOB_TYPES
 
 app = typer.Typer(help="Submit, list, show and cancel jobs (needs the server's API key).")
 console = Console(highlight=False)
@@ -39,7 +40,7 @@ def _payload(kind: str, seconds: float | None, argv: list[str] | None) -> dict[s
 def submit(
     type_: Annotated[
         str,
-        typer.Option("--type", help="Job type: sleep, benchmark or command."),
+        typer.Option("--type", help=f"Job type: {', '.join(JOB_TYPES)}."),
     ],
     seconds: Annotated[
         float | None, typer.Option(help="sleep: how long; benchmark: how long to measure.")
@@ -73,7 +74,9 @@ def submit(
 
 @app.command("list")
 def list_(
-    status: Annotated[str | None, typer.Option(help="Only jobs in this state.")] = None,
+    status: Annotated[
+        str | None, typer.Option(help=f"Only jobs in this state: {', '.join(JOB_STATUSES)}.")
+    ] = None,
     provider: Annotated[str | None, typer.Option(help="Only jobs of this worker id.")] = None,
     limit: Annotated[int, typer.Option(min=1, max=500, help="How many, newest first.")] = 50,
     server: ServerOpt = None,

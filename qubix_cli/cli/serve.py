@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import gc
 import logging
-import threading
-import time
 from pathlib import Path
 from typing import Annotated
 
@@ -51,10 +48,8 @@ def serve(
     ] = None,
 ) -> None:
     """Run the coordinator: provider registry, job queue and events over HTTP."""
-    import uvicorn  # imported here: other commands start faster without the server stack
-
-    from qubix_cli.server.app import create_app
-    from qubix_cli.server.protocol import DeadlineProtocol
+    from qubix_cli.server.app import create_app  # the server stack, only for this command
+    from qubix_cli.server.runtime import serve as run_server
 
     data_dir = (data_dir or default_data_dir()).expanduser().resolve()
     if api_key is None:
@@ -69,40 +64,4 @@ def serve(
     app = create_app(settings)
     console.print(escape(f"Data directory: {data_dir}"))
     console.print(f"Qubix coordinator on http://{host}:{port} (Ctrl+C to stop)")
-    _tune_garbage_collector()
-    # Per-request access lines would be mostly heartbeats; the server logs events instead.
-    uvicorn.run(
-        app,
-        host=host,
-        port=port,
-        log_level="info",
-        access_log=False,
-        http=DeadlineProtocol,
-        timeout_graceful_shutdown=5,
-    )
-
-
-def _tune_garbage_collector() -> None:
-    """Keep collector pauses short with 10,000 connections open.
-
-    Each open long-poll holds about 140 tracked objects (coroutines, futures, the protocol),
-    so 10,000 workers mean 1.4 million objects that live for seconds. CPython's collector
-    rescans survivors in its older generations, and its young collections are triggered by
-    allocation counts that connections ending elsewhere keep resetting: passes over hundreds
-    of thousands of objects held the event loop for up to a second. Measured under uvloop,
-    requests leave no cyclic garbage (heartbeats, long-polls answered or abandoned,
-    submissions: 0 objects). So the automatic collector is off; a thread collects the young
-    generation ten times a second and moves what survived out of the collector's view
-    (`gc.freeze()`): it is still freed by reference counting as usual, and each pause covers
-    only the objects made in the last 100 ms. The loaded registry is frozen at start.
-    """
-    gc.freeze()
-    gc.disable()
-
-    def collect_young() -> None:
-        while True:
-            time.sleep(0.1)
-            gc.collect(0)
-            gc.freeze()
-
-    threading.Thread(target=collect_young, name="young-gc", daemon=True).start()
+    run_server(app, host, port)

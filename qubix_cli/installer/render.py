@@ -11,16 +11,35 @@ from dataclasses import dataclass
 from importlib import resources
 
 from qubix_cli import __version__
-from qubix_cli.errors import ValidationError
+from qubix_cli.errors import InvalidInput
 from qubix_cli.installer.pack import build_worker_pyz, sha256
 from qubix_cli.qubic import validate_identity
 
-OS_NAMES = {"windows": "windows", "linux": "linux", "macos": "macos", "darwin": "macos"}
 MAX_URL_LENGTH = 2048
 _LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
 _HOST = rf"(?:{_LABEL}(?:\.{_LABEL})*|\[[0-9A-Fa-f:.]+\])"
 _URL = re.compile(rf"https?://{_HOST}(?::(?P<port>[0-9]{{1,5}}))?(?:/[A-Za-z0-9._~/-]*)?")
 _BAT_LINE = 76
+
+
+@dataclass(frozen=True)
+class Target:
+    """An operating system that installers are built for."""
+
+    template: str  # in templates/; its suffix is the installer's
+    how_to_run: str  # told to the person who built it; {file} is the installer's name
+
+
+# The one list of operating systems (the worker's detection of each is in worker/hardware.py).
+OSES = {
+    "windows": Target(
+        "install.bat", "double-click {file}, or run it in cmd (add --service to start it at logon)"
+    ),
+    "linux": Target("install.sh", "sh {file}   (add --service to start it with systemd)"),
+    "macos": Target("install.sh", "sh {file}   (add --service to start it with launchd)"),
+}
+ALIASES = {"darwin": "macos"}
+OS_CHOICES = f"{', '.join(list(OSES)[:-1])} or {list(OSES)[-1]}"  # for messages
 
 
 @dataclass(frozen=True)
@@ -36,27 +55,25 @@ class Installer:
 
 
 def normalize_os(name: str) -> str:
-    """windows, linux or macos (darwin is an alias of macos)."""
-    try:
-        return OS_NAMES[name.lower()]
-    except KeyError:
-        raise ValidationError(
-            f"unknown operating system {name!r}: use windows, linux or macos"
-        ) from None
+    """One of OSES (darwin is an alias of macos)."""
+    name = ALIASES.get(name.lower(), name.lower())
+    if name not in OSES:
+        raise InvalidInput(f"unknown operating system {name!r}: use {OS_CHOICES}")
+    return name
 
 
 def this_os() -> str:
-    return normalize_os({"Darwin": "macos"}.get(platform.system(), platform.system()))
+    return normalize_os(platform.system())
 
 
 def validate_server_url(url: str) -> str:
     """A plain http(s) URL: host, optional port, optional path of [A-Za-z0-9._~/-]. No
     credentials, query, fragment, whitespace, quotes, % or shell metacharacters."""
     if len(url) > MAX_URL_LENGTH:
-        raise ValidationError(f"the server URL is longer than {MAX_URL_LENGTH} characters")
+        raise InvalidInput(f"the server URL is longer than {MAX_URL_LENGTH} characters")
     match = _URL.fullmatch(url)
     if match is None or not 0 < int(match.group("port") or 80) < 65536:
-        raise ValidationError(
+        raise InvalidInput(
             "the server URL must be plain: http(s)://host[:port][/path], with a path of "
             "letters, digits and . _ ~ / - only (no credentials, query, spaces or quotes)"
         )
@@ -74,7 +91,7 @@ def render(os_name: str, server: str, address: str | None = None) -> Installer:
     if address:
         validate_identity(address)
     worker = build_worker_pyz()
-    if target == "windows":
+    if OSES[target].template.endswith(".bat"):
         return _render_bat(server, address or "", worker)
     return _render_sh(target, server, address or "", worker)
 

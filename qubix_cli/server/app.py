@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
@@ -16,35 +17,33 @@ from starlette.routing import Mount, Route, compile_path
 from starlette.staticfiles import StaticFiles
 from starlette.types import Receive, Scope, Send
 
-from qubix_cli.errors import StorageError
+from qubix_cli.errors import QubixError, StorageError
 from qubix_cli.server.events import EventBus
-from qubix_cli.server.http import ApiError, internal_error, json_response
+from qubix_cli.server.http import error_response, error_status, internal_error, json_response
 from qubix_cli.server.jobs import JobQueue
+from qubix_cli.server.keys import install_start_key
 from qubix_cli.server.openapi import openapi_document
-from qubix_cli.server.providers import Registry
+from qubix_cli.server.providers import Clock, Registry
 from qubix_cli.server.routes import HEARTBEAT_PATH, Api
 from qubix_cli.server.settings import Settings, load_or_create_api_key
-from qubix_cli.server.store import JournalStore
+from qubix_cli.server.store import JournalStore, Store
 
 log = logging.getLogger("qubix.server")
-LIVENESS_SAVE_S = 5.0
+VOLATILE_SAVE_S = 5.0
 
 
-async def _api_error(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, ApiError)
-    return exc.response()
-
-
-async def _storage_error(request: Request, exc: Exception) -> Response:
-    log.error("storage: %s", exc)
-    return ApiError(503, "storage_unavailable", str(exc)).response()
+async def _domain_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, QubixError)
+    if error_status(exc) >= 500:
+        log.error("%s %s: %s", request.method, request.url.path, exc)
+    return error_response(exc)
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
     message = f"{request.method} {request.url.path}: {exc.detail}"
-    return ApiError(exc.status_code, code, message).response()
+    return error_response(QubixError(message, code=code), exc.status_code)
 
 
 async def _unexpected(request: Request, exc: Exception) -> Response:
@@ -72,20 +71,20 @@ class Coordinator(Starlette):
 
 
 async def _housekeeping(app: Starlette, tick_s: float) -> None:
-    """Offline providers, expired leases, and liveness saved now and then."""
+    """Offline providers, expired leases, and volatile state saved now and then."""
     registry: Registry = app.state.registry
     jobs: JobQueue = app.state.jobs
+    store: Store = app.state.store
     loop = asyncio.get_running_loop()
-    next_save = loop.time() + LIVENESS_SAVE_S
+    next_save = loop.time() + VOLATILE_SAVE_S
     while True:
         await asyncio.sleep(tick_s)
         try:
-            registry.sweep()
-            jobs.expire_leases()
-            await app.state.store.sync()
+            await registry.sweep()
+            await jobs.expire_leases()
             if loop.time() >= next_save:
-                next_save = loop.time() + LIVENESS_SAVE_S
-                await registry.save_liveness()
+                next_save = loop.time() + VOLATILE_SAVE_S
+                await store.save_volatile()
         except (StorageError, OSError) as exc:
             log.error("housekeeping: %s", exc)
 
@@ -97,15 +96,18 @@ def _page(path: Path) -> Callable[[Request], Awaitable[Response]]:
     return page
 
 
-def create_app(settings: Settings) -> Starlette:
-    """Build the coordinator on the data directory in `settings`."""
+def create_app(settings: Settings, clock: Clock = time.time) -> Starlette:
+    """Build the coordinator on the data directory in `settings`; `clock` tells the time
+    to the registry and the job queue (tests pass one of their own)."""
     store = JournalStore(settings.data_dir)
     events = EventBus()
-    registry = Registry(store, events, settings)
+    registry = Registry(store, events, settings, clock)
     api_key = settings.api_key or load_or_create_api_key(settings.data_dir)[0]
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        await install_start_key(store, api_key, clock)
+        await jobs.recover()
         tick_s = min(1.0, settings.heartbeat_interval_s / 4)
         task = asyncio.create_task(_housekeeping(app, tick_s))
         try:
@@ -114,16 +116,16 @@ def create_app(settings: Settings) -> Starlette:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-            await registry.save_liveness()
-            store.close()
+            await store.save_volatile()
+            await store.close()
 
     async def openapi(request: Request) -> Response:
         return json_response(openapi_document())
 
     web = Path(__file__).parent.parent / "web"
 
-    jobs = JobQueue(store, events, registry)
-    api = Api(registry, jobs, api_key)
+    jobs = JobQueue(store, events, registry, clock)
+    api = Api(registry, jobs)
     app = Coordinator(
         routes=[
             *api.routes(),
@@ -134,8 +136,7 @@ def create_app(settings: Settings) -> Starlette:
         ],
         lifespan=lifespan,
         exception_handlers={
-            ApiError: _api_error,
-            StorageError: _storage_error,
+            QubixError: _domain_error,
             HTTPException: _http_error,
             Exception: _unexpected,
         },

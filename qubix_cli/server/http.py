@@ -16,6 +16,19 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
+from qubix_cli.errors import (
+    Conflict,
+    Forbidden,
+    InvalidInput,
+    Malformed,
+    NotFound,
+    QubixError,
+    RateLimited,
+    TooLarge,
+    Unauthorized,
+    Unavailable,
+)
+
 log = logging.getLogger("qubix.server")
 BODY_LIMIT_BYTES = 1024 * 1024
 
@@ -23,25 +36,40 @@ M = TypeVar("M", bound=pydantic.BaseModel)
 T = TypeVar("T")
 
 
-class ApiError(Exception):
-    """An error answer: `{"error": code, "message": ..., "details": ...}` with a status."""
-
-    def __init__(self, status: int, code: str, message: str, details: Any = None) -> None:
-        super().__init__(message)
-        self.status, self.code, self.message, self.details = status, code, message, details
-
-    def response(self) -> Response:
-        body: dict[str, Any] = {"error": self.code, "message": self.message}
-        if self.details is not None:
-            body["details"] = self.details
-        response = json_response(body, self.status)
-        if self.status == 401:
-            response.headers["WWW-Authenticate"] = "Bearer"
-        return response
+# The one table from domain errors to HTTP statuses (the first class an error is an
+# instance of wins, so subclasses come before their bases).
+STATUS: tuple[tuple[type[QubixError], int], ...] = (
+    (Malformed, 400),
+    (Unauthorized, 401),
+    (Forbidden, 403),
+    (NotFound, 404),
+    (Conflict, 409),
+    (TooLarge, 413),
+    (InvalidInput, 422),
+    (RateLimited, 429),
+    (Unavailable, 503),
+)
 
 
-def not_found(what: str) -> ApiError:
-    return ApiError(404, "not_found", f"{what} does not exist")
+def error_status(exc: QubixError) -> int:
+    return next((status for cls, status in STATUS if isinstance(exc, cls)), 500)
+
+
+def error_response(exc: QubixError, status: int | None = None) -> Response:
+    """The answer to a domain error: `{"error": code, "message": ..., "details": ...}`,
+    with the status of its class (or `status`, for the router's own 404 and 405)."""
+    status = status or error_status(exc)
+    body: dict[str, Any] = {"error": exc.code, "message": exc.message}
+    if exc.details is not None:
+        body["details"] = exc.details
+    response = json_response(body, status)
+    if status == 401:
+        response.headers["WWW-Authenticate"] = "Bearer"
+    return response
+
+
+def not_found(what: str) -> NotFound:
+    return NotFound(f"{what} does not exist")
 
 
 async def read_body(
@@ -55,7 +83,7 @@ async def read_body(
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":
-            raise ApiError(400, "client_disconnected", "the client went away mid-request")
+            raise Malformed("the client went away mid-request", code="client_disconnected")
         chunk = message.get("body", b"")
         size += len(chunk)
         if size > limit:
@@ -87,8 +115,8 @@ async def _disconnected(request: Request) -> None:
         pass
 
 
-def _too_large(limit: int) -> ApiError:
-    return ApiError(413, "body_too_large", f"the request body is over {limit // 1024} KiB")
+def _too_large(limit: int) -> TooLarge:
+    return TooLarge(f"the request body is over {limit // 1024} KiB", code="body_too_large")
 
 
 async def read_json(request: Request, model: type[M], limit: int = BODY_LIMIT_BYTES) -> M:
@@ -103,7 +131,7 @@ def parse_json(raw: bytes, model: type[M]) -> M:
         syntax = [e for e in exc.errors(include_url=False) if e["type"] == "json_invalid"]
         if syntax:
             message = f"the body is not valid JSON: {_message(syntax[0]['msg'])}"
-            raise ApiError(400, "malformed_json", message) from exc
+            raise Malformed(message, code="malformed_json") from exc
         raise invalid(exc, "body") from exc
 
 
@@ -118,7 +146,7 @@ def validate(model: type[M], data: Any, where: str) -> M:
         raise invalid(exc, where) from exc
 
 
-def invalid(exc: pydantic.ValidationError, where: str) -> ApiError:
+def invalid(exc: pydantic.ValidationError, where: str) -> InvalidInput:
     details = [
         {"field": ".".join([where, *map(str, e["loc"])]), "message": _message(e["msg"])}
         for e in exc.errors(include_url=False, include_input=False)
@@ -126,7 +154,7 @@ def invalid(exc: pydantic.ValidationError, where: str) -> ApiError:
     first = details[0]
     more = f" (and {len(details) - 1} more)" if len(details) > 1 else ""
     message = f"{first['field']}: {first['message']}{more}"
-    return ApiError(422, "invalid_fields", message, details)
+    return InvalidInput(message, details=details)
 
 
 def bearer_token(headers: Mapping[str, str]) -> str | None:
@@ -138,7 +166,7 @@ def bearer_token(headers: Mapping[str, str]) -> str | None:
 def require_token(headers: Mapping[str, str]) -> str:
     token = bearer_token(headers)
     if token is None:
-        raise ApiError(401, "unauthorized", "send the token as 'Authorization: Bearer <token>'")
+        raise Unauthorized("send the token as 'Authorization: Bearer <token>'")
     return token
 
 

@@ -1,208 +1,173 @@
-"""The provider registry: registration records are durable, liveness lives in memory."""
+"""The provider registry: registrations are durable, liveness is volatile state."""
 
 from __future__ import annotations
 
 import asyncio
-import json
 import secrets
-import time
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
+from qubix_cli.errors import Conflict, Forbidden, Unauthorized
 from qubix_cli.server.events import EventBus
-from qubix_cli.server.http import ApiError, not_found, token_hash, token_matches
+from qubix_cli.server.http import not_found, token_hash, token_matches
 from qubix_cli.server.schemas import CheckNewQuery, Heartbeat, ProviderListQuery, Register
 from qubix_cli.server.settings import Settings
-from qubix_cli.server.store import Doc, Store, json_members, json_object, write_atomically
+from qubix_cli.server.store import Doc, Store
 
-LIVENESS_FILE = "liveness.json"
-LIVENESS_CHUNK = 500
 CHECK_NEW_DEFAULT_S = 300.0
+OFFLINE: Doc = {"status": "offline", "lastSeenAt": None}
+Clock = Callable[[], float]
 
 
 class Registry:
     """Providers, their tokens and whether they are online."""
 
-    def __init__(self, store: Store, events: EventBus, settings: Settings) -> None:
-        self.store, self.events, self.settings = store, events, settings
-        self._liveness_path = settings.data_dir / LIVENESS_FILE
-        self.live: dict[str, dict[str, Any]] = _load_liveness(self._liveness_path)
-        self._liveness_dirty = False
-        self._registered = asyncio.Event()
-        self._by_token = {d["tokenHash"]: d["workerId"] for d in store.values("providers")}
+    def __init__(self, store: Store, events: EventBus, settings: Settings, clock: Clock) -> None:
+        self.store, self.events, self.settings, self.clock = store, events, settings, clock
+        self._registered = asyncio.Event()  # wakes check-new long-polls in this process
 
     # -- registration ----------------------------------------------------------------
 
     async def register(self, body: Register, token: str | None) -> tuple[Doc, str | None]:
         """Create or update a provider. Returns its record and a new token if created."""
-        existing = self.store.get("providers", body.workerId)
-        if existing is not None and not token_matches(token, existing["tokenHash"]):
-            raise ApiError(
-                409,
-                "worker_id_taken",
-                f"workerId {body.workerId!r} is already registered. Re-register with its "
-                "worker token (Authorization: Bearer <token>), or use another workerId.",
+        now = self.clock()
+        async with self.store.transaction() as tx:
+            existing = await tx.get("providers", body.workerId)
+            if existing is not None and not token_matches(token, existing["tokenHash"]):
+                raise Conflict(
+                    f"workerId {body.workerId!r} is already registered. Re-register with its "
+                    "worker token (Authorization: Bearer <token>), or use another workerId.",
+                    code="worker_id_taken",
+                )
+            new_token = None if existing else secrets.token_urlsafe(32)
+            doc = body.model_dump(exclude={"gpu", "gpus"}, exclude_none=True)
+            doc.update(
+                gpus=[g.model_dump(exclude_none=True) for g in body.gpu_list()],
+                registeredAt=existing["registeredAt"] if existing else now,
+                lastRegisteredAt=now,
+                tokenHash=existing["tokenHash"] if existing else token_hash(new_token or ""),
             )
-        now = time.time()
-        new_token = None if existing else secrets.token_urlsafe(32)
-        doc = body.model_dump(exclude={"gpu", "gpus"}, exclude_none=True)
-        doc.update(
-            gpus=[g.model_dump(exclude_none=True) for g in body.gpu_list()],
-            registeredAt=existing["registeredAt"] if existing else now,
-            lastRegisteredAt=now,
-            tokenHash=existing["tokenHash"] if existing else token_hash(new_token or ""),
-        )
-        self.store.put("providers", doc)
-        self._by_token[doc["tokenHash"]] = body.workerId
-        await self.store.sync()
-        was_online = self.is_online(body.workerId)
+            tx.put("providers", doc)
+        was_online = await self.is_online(body.workerId)
         self._touch(body.workerId, "online", None, None)
         if existing is None:
-            self.events.publish("PROVIDER_REGISTERED", self.public(doc))
+            self.events.publish("PROVIDER_REGISTERED", await self.public(doc))
         elif not was_online:
-            self.events.publish("PROVIDER_ONLINE", self.public(doc))
+            self.events.publish("PROVIDER_ONLINE", await self.public(doc))
         self._registered.set()
         self._registered = asyncio.Event()
         return doc, new_token
 
-    def _doc(self, worker_id: str) -> Doc:
-        """The stored record of a provider, or 404."""
-        doc = self.store.get("providers", worker_id)
+    async def _doc(self, worker_id: str) -> Doc:
+        """The stored record of a provider, or NotFound."""
+        doc = await self.store.get("providers", worker_id)
         if doc is None:
             raise not_found(f"provider {worker_id!r}")
         return doc
 
-    def authenticate(self, worker_id: str, token: str) -> Doc:
-        """The provider whose token this is: 404 if unknown, 403 if the token is not its."""
-        doc = self._doc(worker_id)
+    async def authenticate(self, worker_id: str, token: str) -> Doc:
+        """The provider whose token this is: NotFound if unknown, Forbidden if not its token."""
+        doc = await self._doc(worker_id)
         if not token_matches(token, doc["tokenHash"]):
-            raise ApiError(403, "forbidden", f"this token does not belong to {worker_id!r}")
+            raise Forbidden(f"this token does not belong to {worker_id!r}")
         return doc
 
-    def worker_for_token(self, token: str) -> Doc:
-        """The provider that holds this worker token (401 if none does)."""
-        worker_id = self._by_token.get(token_hash(token))
-        doc = self.store.get("providers", worker_id) if worker_id else None
-        if doc is None:
-            raise ApiError(401, "unauthorized", "this worker token is not valid; register again")
-        return doc
+    async def worker_for_token(self, token: str) -> Doc:
+        """The provider that holds this worker token (Unauthorized if none does)."""
+        found = await self.store.scan("providers", where={"tokenHash": token_hash(token)})
+        if not found:
+            raise Unauthorized("this worker token is not valid; register again")
+        return found[0]
 
     async def delete(self, worker_id: str) -> None:
-        doc = self._doc(worker_id)
-        view = {**self.public(doc), "status": "offline", "deleted": True}
-        self.store.delete("providers", worker_id)
-        await self.store.sync()
-        self._by_token.pop(doc["tokenHash"], None)
-        self.live.pop(worker_id, None)
-        self._liveness_dirty = True
+        async with self.store.transaction() as tx:
+            doc = await tx.get("providers", worker_id)
+            if doc is None:
+                raise not_found(f"provider {worker_id!r}")
+            tx.delete("providers", worker_id)
+        view = {**await self.public(doc), "status": "offline", "deleted": True}
+        self.store.remember("liveness", worker_id, None)
         self.events.publish("PROVIDER_OFFLINE", view)
 
     # -- liveness --------------------------------------------------------------------
 
-    def heartbeat(self, worker_id: str, body: Heartbeat) -> None:
-        was_online = self.is_online(worker_id)
+    async def heartbeat(self, worker_id: str, body: Heartbeat) -> None:
+        was_online = await self.is_online(worker_id)
         usage = body.usage.model_dump(exclude_none=True) if body.usage else None
         self._touch(worker_id, body.status, usage, body.currentJobId)
         if not was_online:
-            self.events.publish("PROVIDER_ONLINE", self.get(worker_id))
+            self.events.publish("PROVIDER_ONLINE", await self.get(worker_id))
 
-    def polled(self, worker_id: str) -> None:
+    async def polled(self, worker_id: str) -> None:
         """A job poll is a sign of life: it brings an offline provider back online (after a
         server restart its heartbeats may still be in their reconnect backoff)."""
-        if not self.is_online(worker_id):
+        if not await self.is_online(worker_id):
             self._touch(worker_id, "online", None, None)
-            self.events.publish("PROVIDER_ONLINE", self.get(worker_id))
+            self.events.publish("PROVIDER_ONLINE", await self.get(worker_id))
 
     def _touch(self, worker_id: str, status: str, usage: Any, job_id: str | None) -> None:
-        self.live[worker_id] = {
-            "status": status,
-            "lastSeenAt": time.time(),
-            "usage": usage,
-            "currentJobId": job_id,
-        }
-        self._liveness_dirty = True
+        live = {"status": status, "lastSeenAt": self.clock(), "usage": usage}
+        self.store.remember("liveness", worker_id, {**live, "currentJobId": job_id})
 
-    def is_online(self, worker_id: str) -> bool:
-        live = self.live.get(worker_id)
+    async def is_online(self, worker_id: str) -> bool:
+        live = await self.store.recall("liveness", worker_id)
         return live is not None and live["status"] != "offline"
 
-    def sweep(self) -> None:
+    async def sweep(self) -> None:
         """Turn providers offline after three missed heartbeats."""
-        cutoff = time.time() - self.settings.offline_after_s
-        for worker_id, live in self.live.items():
+        cutoff = self.clock() - self.settings.offline_after_s
+        for worker_id, live in list((await self.store.recall_all("liveness")).items()):
             if live["status"] != "offline" and live["lastSeenAt"] < cutoff:
-                live["status"] = "offline"
-                live["currentJobId"] = None
-                self._liveness_dirty = True
-                doc = self.store.get("providers", worker_id)
+                gone = {**live, "status": "offline", "currentJobId": None}
+                self.store.remember("liveness", worker_id, gone)
+                doc = await self.store.get("providers", worker_id)
                 if doc is not None:
-                    self.events.publish("PROVIDER_OFFLINE", self.public(doc))
-
-    async def save_liveness(self) -> None:
-        """Saved every few seconds and at shutdown: heartbeats never touch the database.
-
-        Encoded here on the event loop, 500 entries (about 3 ms) at a time with pauses
-        between for the requests, and written from a thread: one json.dumps of 10,000 entries
-        holds the loop for 60 ms, and encoding them in a thread slowed every request for
-        longer (the two take turns with the GIL)."""
-        if not self._liveness_dirty:
-            return
-        self._liveness_dirty = False
-        try:
-            members: list[str] = []
-            for member in json_members(self.live, per=LIVENESS_CHUNK):
-                members.append(member)
-                await asyncio.sleep(0.005)
-            data = json_object(members).encode()
-            await asyncio.to_thread(write_atomically, self._liveness_path, data)
-        except BaseException:
-            self._liveness_dirty = True  # not saved (cancelled at shutdown, or the disk): again
-            raise
+                    self.events.publish("PROVIDER_OFFLINE", public(doc, gone))
 
     # -- reading ---------------------------------------------------------------------
 
-    def public(self, doc: Doc) -> Doc:
-        """What anyone may see of a provider: never its token hash."""
-        live = self.live.get(doc["workerId"]) or {"status": "offline", "lastSeenAt": None}
-        view = {k: v for k, v in doc.items() if k != "tokenHash"}
-        view.update(
-            status=live["status"],
-            lastSeenAt=live["lastSeenAt"],
-            usage=live.get("usage"),
-            currentJobId=live.get("currentJobId"),
-        )
-        return view
+    async def public(self, doc: Doc) -> Doc:
+        return public(doc, await self.store.recall("liveness", doc["workerId"]))
 
-    def get(self, worker_id: str) -> Doc:
-        return self.public(self._doc(worker_id))
+    async def get(self, worker_id: str) -> Doc:
+        return await self.public(await self._doc(worker_id))
 
-    def search(self, query: ProviderListQuery) -> list[Doc]:
-        found = []
-        for doc in self.store.values("providers"):
-            view = self.public(doc)
-            if _matches_listing(view, query):
-                found.append(view)
-        found.sort(key=lambda p: p["registeredAt"])
-        return found
+    async def search(self, query: ProviderListQuery) -> list[Doc]:
+        liveness = await self.store.recall_all("liveness")
+        docs = await self.store.scan("providers", order_by="registeredAt")
+        views = (public(doc, liveness.get(doc["workerId"])) for doc in docs)
+        return [view for view in views if _matches_listing(view, query)]
 
     async def check_new(self, query: CheckNewQuery) -> list[Doc]:
         """Providers (re)registered after `since`; with `wait`, answers as soon as one is."""
-        since = query.since if query.since is not None else time.time() - CHECK_NEW_DEFAULT_S
-        deadline = time.monotonic() + query.wait
+        since = query.since if query.since is not None else self.clock() - CHECK_NEW_DEFAULT_S
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + query.wait
         while True:
             registered = self._registered
-            found = [
-                self.public(doc)
-                for doc in self.store.values("providers")
-                if doc["lastRegisteredAt"] > since and _matches_filter(doc, query)
-            ]
-            remaining = deadline - time.monotonic()
+            docs = await self.store.scan("providers")
+            found = [d for d in docs if d["lastRegisteredAt"] > since and _matches_filter(d, query)]
+            remaining = deadline - loop.time()
             if found or remaining <= 0:
-                return sorted(found, key=lambda p: p["lastRegisteredAt"])
+                found.sort(key=lambda d: d["lastRegisteredAt"])
+                return [await self.public(doc) for doc in found]
             try:
                 await asyncio.wait_for(registered.wait(), remaining)
             except TimeoutError:
                 pass
+
+
+def public(doc: Doc, live: Doc | None) -> Doc:
+    """What anyone may see of a provider: never its token hash."""
+    live = live or OFFLINE
+    view = {k: v for k, v in doc.items() if k != "tokenHash"}
+    view.update(
+        status=live["status"],
+        lastSeenAt=live["lastSeenAt"],
+        usage=live.get("usage"),
+        currentJobId=live.get("currentJobId"),
+    )
+    return view
 
 
 def best_vram_mb(provider: Doc) -> int:
@@ -222,12 +187,3 @@ def _matches_listing(view: Doc, query: ProviderListQuery) -> bool:
         return False
     gpu = (query.gpu or "").lower()
     return not gpu or any(gpu in g["model"].lower() for g in view.get("gpus", []))
-
-
-def _load_liveness(path: Path) -> dict[str, dict[str, Any]]:
-    """Liveness is a cache: if the file is missing or damaged, everyone starts offline."""
-    try:
-        data = json.loads(path.read_bytes())
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}

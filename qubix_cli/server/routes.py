@@ -1,21 +1,23 @@
-"""HTTP endpoints: each parses its input, calls the registry or the queue, answers JSON."""
+"""HTTP endpoints: one table (`ENDPOINTS`) gives both the routes and the OpenAPI paths;
+each endpoint parses its input, calls the registry or the queue, answers JSON."""
 
 from __future__ import annotations
 
-import hmac
 import time
+from dataclasses import dataclass
 
+from pydantic import BaseModel
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route, WebSocketRoute
 from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from qubix_cli.errors import ValidationError
+from qubix_cli.errors import InvalidInput, Malformed, QubixError, Unauthorized
 from qubix_cli.installer.render import render
 from qubix_cli.server.http import (
-    ApiError,
     bearer_token,
+    error_response,
     internal_error,
     json_response,
     parse_json,
@@ -29,18 +31,28 @@ from qubix_cli.server.http import (
     validate,
 )
 from qubix_cli.server.jobs import RESULT_LIMIT_BYTES, JobQueue
+from qubix_cli.server.keys import find_key
 from qubix_cli.server.providers import Registry
 from qubix_cli.server.schemas import (
-    PAYLOADS,
+    JOB_TYPES,
     CheckNewQuery,
+    Health,
     Heartbeat,
+    HeartbeatAnswer,
     InstallerQuery,
     JobListQuery,
     JobReport,
+    Jobs,
     JobSubmit,
+    Lease,
+    NewProviders,
+    OneJob,
+    OneProvider,
     PendingQuery,
     ProviderListQuery,
+    Providers,
     Register,
+    Registered,
 )
 from qubix_cli.server.store import Doc
 
@@ -63,8 +75,8 @@ class Heartbeats:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
             answer = await self._answer(scope, receive)
-        except ApiError as exc:
-            await exc.response()(scope, receive, send)
+        except QubixError as exc:
+            await error_response(exc)(scope, receive, send)
         except Exception:
             await internal_error(scope)(scope, receive, send)
         else:
@@ -73,10 +85,10 @@ class Heartbeats:
     async def _answer(self, scope: Scope, receive: Receive) -> Doc:
         headers = request_headers(scope, b"authorization", b"content-length")
         worker_id = scope["path_params"]["workerId"]
-        self.registry.authenticate(worker_id, require_token(headers))
+        await self.registry.authenticate(worker_id, require_token(headers))
         body = parse_json(await read_body(receive, headers), Heartbeat)
-        self.registry.heartbeat(worker_id, body)
-        cancels = self.jobs.heartbeat(worker_id, body.currentJobId)
+        await self.registry.heartbeat(worker_id, body)
+        cancels = await self.jobs.heartbeat(worker_id, body.currentJobId)
         return {
             "ok": True,
             "serverTime": time.time(),
@@ -86,46 +98,178 @@ class Heartbeats:
         }
 
 
-class Api:
-    """The endpoints, bound to one registry and one queue."""
+@dataclass(frozen=True)
+class Endpoint:
+    """One HTTP operation: its route (the `Api` method named `handler`) and its OpenAPI
+    entry. Path parameters are read from the path."""
 
-    def __init__(self, registry: Registry, jobs: JobQueue, api_key: str) -> None:
+    method: str
+    path: str
+    handler: str
+    summary: str
+    codes: tuple[int, ...]  # the statuses it answers with
+    body: type[BaseModel] | None = None
+    query: type[BaseModel] | None = None
+    answer: type[BaseModel] | None = None  # the model of its 200/201 answers
+    media_type: str = "application/json"  # of its 200 answer
+    auth: tuple[str, ...] = ()  # security schemes: "workerToken", "apiKey"
+
+
+WORKER, API_KEY = ("workerToken",), ("apiKey",)
+
+# Routes are matched in this order, the busiest first. Heartbeat POSTs are handed over
+# before the router (see `Coordinator`); their route answers other methods (405).
+ENDPOINTS = (
+    Endpoint(
+        "POST",
+        HEARTBEAT_PATH,
+        "heartbeats",
+        "Heartbeat; renews the current job's lease",
+        (200, 400, 401, 403, 404, 422),
+        body=Heartbeat,
+        answer=HeartbeatAnswer,
+        auth=WORKER,
+    ),
+    Endpoint(
+        "GET",
+        "/api/jobs/pending/{workerId}",
+        "pending_job",
+        "Lease the oldest queued job this worker can run (long-poll)",
+        (200, 204, 401, 403, 404, 422),
+        query=PendingQuery,
+        answer=Lease,
+        auth=WORKER,
+    ),
+    Endpoint("GET", "/healthz", "healthz", "Liveness", (200,), answer=Health),
+    Endpoint(
+        "POST",
+        "/api/providers/quick-register",
+        "quick_register",
+        "Register or re-register a provider",
+        (200, 201, 400, 409, 413, 422),
+        body=Register,
+        answer=Registered,
+    ),
+    Endpoint(
+        "GET",
+        "/api/providers/check-new",
+        "check_new",
+        "Providers registered since a time (long-poll)",
+        (200, 422),
+        query=CheckNewQuery,
+        answer=NewProviders,
+    ),
+    Endpoint(
+        "GET",
+        "/api/providers",
+        "list_providers",
+        "Marketplace list",
+        (200, 422),
+        query=ProviderListQuery,
+        answer=Providers,
+    ),
+    Endpoint(
+        "GET",
+        "/api/providers/{workerId}",
+        "get_provider",
+        "One provider",
+        (200, 404),
+        answer=OneProvider,
+    ),
+    Endpoint(
+        "DELETE",
+        "/api/providers/{workerId}",
+        "delete_provider",
+        "Deregister (its worker token or the API key)",
+        (204, 401, 403, 404),
+        auth=WORKER + API_KEY,
+    ),
+    Endpoint(
+        "POST",
+        "/api/jobs",
+        "submit_job",
+        "Submit a job",
+        (201, 400, 401, 413, 422),
+        body=JobSubmit,
+        answer=OneJob,
+        auth=API_KEY,
+    ),
+    Endpoint(
+        "GET",
+        "/api/jobs",
+        "list_jobs",
+        "List jobs, newest first",
+        (200, 401, 422),
+        query=JobListQuery,
+        answer=Jobs,
+        auth=API_KEY,
+    ),
+    Endpoint(
+        "GET",
+        "/api/jobs/{jobId}",
+        "get_job",
+        "One job with its history",
+        (200, 401, 404),
+        answer=OneJob,
+        auth=API_KEY,
+    ),
+    Endpoint(
+        "POST",
+        "/api/jobs/{jobId}/cancel",
+        "cancel_job",
+        "Cancel a queued or assigned job",
+        (200, 401, 404, 409),
+        answer=OneJob,
+        auth=API_KEY,
+    ),
+    Endpoint(
+        "POST",
+        "/api/jobs/{jobId}/complete",
+        "complete_job",
+        "Report a result, once, as the lease holder",
+        (200, 400, 401, 404, 409, 413, 422),
+        body=JobReport,
+        answer=OneJob,
+        auth=WORKER,
+    ),
+    Endpoint(
+        "GET",
+        "/api/installer/{os}",
+        "installer",
+        "A one-file installer for windows, linux or macos (.bat or .sh)",
+        (200, 400),
+        query=InstallerQuery,
+        media_type="text/x-shellscript",
+    ),
+)
+
+
+class Api:
+    """The endpoints, bound to one registry, one queue and the store that holds the keys."""
+
+    def __init__(self, registry: Registry, jobs: JobQueue) -> None:
         self.registry, self.jobs, self.settings = registry, jobs, registry.settings
-        self._api_key = api_key.encode()
+        self.store = registry.store
         self.heartbeats = Heartbeats(registry, jobs)
 
     def routes(self) -> list[BaseRoute]:
-        # Routes are matched in order, the busiest first. Heartbeat POSTs are handed over
-        # before the router (see `Coordinator`); their route answers other methods (405).
-        return [
-            Route(HEARTBEAT_PATH, self.heartbeats, methods=["POST"]),
-            Route("/api/jobs/pending/{workerId}", self.pending_job),
-            Route("/healthz", self.healthz),
-            Route("/api/providers/quick-register", self.quick_register, methods=["POST"]),
-            Route("/api/providers/check-new", self.check_new),
-            Route("/api/providers", self.list_providers),
-            Route("/api/providers/{workerId}", self.get_provider, methods=["GET"]),
-            Route("/api/providers/{workerId}", self.delete_provider, methods=["DELETE"]),
-            Route("/api/jobs", self.submit_job, methods=["POST"]),
-            Route("/api/jobs", self.list_jobs, methods=["GET"]),
-            Route("/api/jobs/{jobId}", self.get_job),
-            Route("/api/jobs/{jobId}/cancel", self.cancel_job, methods=["POST"]),
-            Route("/api/jobs/{jobId}/complete", self.complete_job, methods=["POST"]),
-            Route("/api/installer/{os}", self.installer),
-            WebSocketRoute("/api/events", self.events),
+        """The routes of `ENDPOINTS`, then the events stream."""
+        routes: list[BaseRoute] = [
+            Route(e.path, getattr(self, e.handler), methods=[e.method]) for e in ENDPOINTS
         ]
+        return [*routes, WebSocketRoute("/api/events", self.events)]
 
-    def _worker(self, request: Request) -> Doc:
+    async def _worker(self, request: Request) -> Doc:
         """The provider named in the path, authenticated by its worker token."""
         token = require_token(request.headers)
-        return self.registry.authenticate(request.path_params["workerId"], token)
+        return await self.registry.authenticate(request.path_params["workerId"], token)
 
-    def _is_api_key(self, token: str | None) -> bool:
-        return token is not None and hmac.compare_digest(token.encode(), self._api_key)
+    async def _is_api_key(self, token: str | None) -> bool:
+        return token is not None and await find_key(self.store, token) is not None
 
-    def _require_api_key(self, request: Request) -> None:
-        if not self._is_api_key(require_token(request.headers)):
-            raise ApiError(401, "unauthorized", "this needs the server's API key as a Bearer token")
+    async def _require_api_key(self, request: Request) -> None:
+        if not await self._is_api_key(require_token(request.headers)):
+            raise Unauthorized("this needs the server's API key as a Bearer token")
 
     async def healthz(self, request: Request) -> Response:
         return json_response({"ok": True, "serverTime": time.time()})
@@ -135,7 +279,7 @@ class Api:
     async def quick_register(self, request: Request) -> Response:
         body = await read_json(request, Register)
         doc, token = await self.registry.register(body, bearer_token(request.headers))
-        answer: Doc = {"provider": self.registry.public(doc)}
+        answer: Doc = {"provider": await self.registry.public(doc)}
         if token is not None:
             answer["workerToken"] = token
         return json_response(answer, 201 if token else 200)
@@ -146,47 +290,48 @@ class Api:
         return json_response({"providers": providers, "serverTime": time.time()})
 
     async def list_providers(self, request: Request) -> Response:
-        providers = self.registry.search(read_query(request, ProviderListQuery))
+        providers = await self.registry.search(read_query(request, ProviderListQuery))
         return json_response({"providers": providers})
 
     async def get_provider(self, request: Request) -> Response:
-        return json_response({"provider": self.registry.get(request.path_params["workerId"])})
+        provider = await self.registry.get(request.path_params["workerId"])
+        return json_response({"provider": provider})
 
     async def delete_provider(self, request: Request) -> Response:
         token = require_token(request.headers)
         worker_id = request.path_params["workerId"]
-        if not self._is_api_key(token):
-            self.registry.authenticate(worker_id, token)
+        if not await self._is_api_key(token):
+            await self.registry.authenticate(worker_id, token)
         await self.registry.delete(worker_id)
         return Response(status_code=204)
 
     # -- jobs --------------------------------------------------------------------------
 
     async def submit_job(self, request: Request) -> Response:
-        self._require_api_key(request)
+        await self._require_api_key(request)
         body = await read_json(request, JobSubmit)
-        payload = validate(PAYLOADS[body.type], body.payload, "body.payload")
+        payload = validate(JOB_TYPES[body.type].payload, body.payload, "body.payload")
         job = await self.jobs.submit(body, payload.model_dump(exclude_none=True))
         return json_response({"job": job}, 201)
 
     async def list_jobs(self, request: Request) -> Response:
-        self._require_api_key(request)
+        await self._require_api_key(request)
         query = read_query(request, JobListQuery)
-        jobs, total = self.jobs.search(query)
+        jobs, total = await self.jobs.search(query)
         return json_response({"jobs": jobs, "total": total, "offset": query.offset})
 
     async def get_job(self, request: Request) -> Response:
-        self._require_api_key(request)
-        return json_response({"job": self.jobs.get(request.path_params["jobId"])})
+        await self._require_api_key(request)
+        return json_response({"job": await self.jobs.get(request.path_params["jobId"])})
 
     async def cancel_job(self, request: Request) -> Response:
-        self._require_api_key(request)
+        await self._require_api_key(request)
         return json_response({"job": await self.jobs.cancel(request.path_params["jobId"])})
 
     async def pending_job(self, request: Request) -> Response:
-        provider = self._worker(request)
+        provider = await self._worker(request)
         query = read_query(request, PendingQuery)
-        self.registry.polled(provider["workerId"])
+        await self.registry.polled(provider["workerId"])
         job = await unless_disconnected(request, self.jobs.lease(provider, query.wait))
         if job is None:
             return Response(status_code=204)
@@ -195,7 +340,7 @@ class Api:
         )
 
     async def complete_job(self, request: Request) -> Response:
-        provider = self.registry.worker_for_token(require_token(request.headers))
+        provider = await self.registry.worker_for_token(require_token(request.headers))
         job_id = request.path_params["jobId"]
         report = await read_json(request, JobReport, limit=2 * RESULT_LIMIT_BYTES)
         job = await self.jobs.complete(job_id, provider["workerId"], report)
@@ -208,8 +353,8 @@ class Api:
         backend = query.backend or self.settings.public_url or str(request.base_url)
         try:
             built = render(request.path_params["os"], backend.rstrip("/"), query.qubicAddress)
-        except ValidationError as exc:
-            raise ApiError(400, "invalid_installer_request", str(exc)) from exc
+        except InvalidInput as exc:
+            raise Malformed(str(exc), code="invalid_installer_request") from exc
         disposition = f'attachment; filename="{built.filename}"'
         headers = {"Content-Disposition": disposition, "X-Checksum-Sha256": built.sha256}
         return Response(built.content, media_type=built.media_type, headers=headers)

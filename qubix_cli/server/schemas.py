@@ -1,12 +1,14 @@
-"""Request schemas: they validate every body and query, and generate the OpenAPI document."""
+"""Schemas: the requests they validate and the answers they document (the OpenAPI
+document is generated from both), and the one spelling of each list the API uses."""
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
-from qubix_cli.errors import ValidationError
+from qubix_cli.errors import InvalidInput
 from qubix_cli.qubic import validate_identity
 
 # Free text that is shown in terminals and pages: no control characters.
@@ -17,7 +19,7 @@ WORKER_ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
 def _qubic_address(value: str) -> str:
     try:
         return validate_identity(value)
-    except ValidationError as exc:
+    except InvalidInput as exc:
         raise ValueError(str(exc)) from exc
 
 
@@ -33,6 +35,13 @@ Capability = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_-]{0,31}$")]
 Percent = Annotated[float, Field(ge=0, le=100)]
 Seconds = Annotated[float, Field(ge=0, le=60)]
 
+JobStatus = Literal["queued", "assigned", "completed", "failed", "cancelled"]
+JOB_STATUSES: tuple[str, ...] = get_args(JobStatus)
+FINISHED = JOB_STATUSES[2:]  # completed, failed, cancelled: a job never leaves these
+ReportStatus = Literal["completed", "failed"]
+ProviderStatus = Literal["online", "busy", "offline"]
+GpuVendor = Literal["nvidia", "amd", "apple", "intel", "other"]
+
 
 class Body(BaseModel):
     """Bodies are strict: wrong types and unknown fields are errors, not guesses."""
@@ -47,7 +56,7 @@ class Query(BaseModel):
 
 
 class Gpu(Body):
-    vendor: Literal["nvidia", "amd", "apple", "intel", "other"]
+    vendor: GpuVendor
     model: str = Text(128, 1)
     vramMb: int = Field(ge=0, le=4_194_304)
     driver: str | None = Text(64, default=None)
@@ -127,14 +136,14 @@ class CheckNewQuery(Query):
 
 
 class ProviderListQuery(Query):
-    status: Literal["online", "busy", "offline"] | None = None
+    status: ProviderStatus | None = None
     minVramMb: int | None = Field(default=None, ge=0)
     gpu: str | None = Field(default=None, max_length=128)
 
 
 class Requirements(Body):
     minVramMb: int | None = Field(default=None, ge=0, le=4_194_304)
-    gpuVendor: Literal["nvidia", "amd", "apple", "intel", "other"] | None = None
+    gpuVendor: GpuVendor | None = None
     capabilities: list[Capability] = Field(default_factory=list, max_length=16)
 
 
@@ -156,17 +165,35 @@ class CommandPayload(Body):
     timeoutS: int | None = Field(default=None, ge=1, le=7 * 86_400)
 
 
-PAYLOADS: dict[str, type[Body]] = {
-    "benchmark": BenchmarkPayload,
-    "sleep": SleepPayload,
-    "command": CommandPayload,
+@dataclass(frozen=True)
+class JobType:
+    payload: type[Body]  # the schema of its `payload`
+    always: bool  # every worker runs it; otherwise only workers that list it in capabilities
+
+
+# The job types: the worker's runners for them are in worker/jobs.py (`RUNNERS`).
+JOB_TYPES: dict[str, JobType] = {
+    "benchmark": JobType(BenchmarkPayload, always=True),
+    "sleep": JobType(SleepPayload, always=False),
+    "command": JobType(CommandPayload, always=False),
 }
+
+
+def _known_job_type(value: str) -> str:
+    if value not in JOB_TYPES:
+        raise ValueError(f"Input should be one of {', '.join(map(repr, JOB_TYPES))}")
+    return value
+
+
+JobTypeName = Annotated[
+    str, Field(json_schema_extra={"enum": list(JOB_TYPES)}), AfterValidator(_known_job_type)
+]
 
 
 class JobSubmit(Body):
     """POST /api/jobs. `payload` is checked against the schema of its `type`."""
 
-    type: Literal["benchmark", "sleep", "command"]
+    type: JobTypeName
     payload: dict[str, Any] = Field(default_factory=dict)
     requirements: Requirements = Field(default_factory=Requirements)
     providerId: WorkerId | None = None
@@ -178,7 +205,7 @@ class JobReport(Body):
     """POST /api/jobs/{jobId}/complete."""
 
     attempt: int = Field(ge=1)
-    status: Literal["completed", "failed"]
+    status: ReportStatus
     result: Any = None
     metrics: dict[str, Any] = Field(default_factory=dict, max_length=64)
 
@@ -188,7 +215,7 @@ class PendingQuery(Query):
 
 
 class JobListQuery(Query):
-    status: Literal["queued", "assigned", "completed", "failed", "cancelled"] | None = None
+    status: JobStatus | None = None
     providerId: WorkerId | None = None
     limit: int = Field(default=50, ge=1, le=500)
     offset: int = Field(default=0, ge=0)
@@ -199,3 +226,94 @@ class InstallerQuery(Query):
 
     backend: str | None = None
     qubicAddress: str | None = None
+
+
+# -- answers: documented in OpenAPI, and checked against real answers by the schema fuzz tests
+
+
+class Answer(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Error(Answer):
+    error: str
+    message: str
+    details: Any = None
+
+
+class Provider(Register):
+    """A provider as answers show it: its registration and what the server knows of it."""
+
+    registeredAt: float
+    lastRegisteredAt: float
+    status: ProviderStatus
+    lastSeenAt: float | None
+    usage: Usage | None
+    currentJobId: str | None
+
+
+class Registered(Answer):
+    provider: Provider
+    workerToken: str | None = Field(None, description="Only in the first registration's answer.")
+
+
+class OneProvider(Answer):
+    provider: Provider
+
+
+class Providers(Answer):
+    providers: list[Provider]
+
+
+class NewProviders(Providers):
+    serverTime: float = Field(description="Pass it as `since` to the next call.")
+
+
+class HeartbeatAnswer(Answer):
+    ok: bool
+    serverTime: float
+    heartbeatIntervalS: float
+    pollWaitS: float
+    cancelJobIds: list[str]
+
+
+class HistoryEntry(BaseModel):
+    event: str
+    at: float
+
+
+class Job(JobSubmit):
+    """A job as answers show it: the submission and its state."""
+
+    model_config = ConfigDict(extra="forbid", strict=False)
+    id: str
+    status: JobStatus
+    attempt: int
+    workerId: str | None
+    createdAt: float
+    updatedAt: float
+    result: Any
+    metrics: dict[str, Any] | None
+    history: list[HistoryEntry]
+    leaseExpiresAt: float | None
+
+
+class OneJob(Answer):
+    job: Job
+
+
+class Jobs(Answer):
+    jobs: list[Job]
+    total: int
+    offset: int
+
+
+class Lease(Answer):
+    job: Job
+    attempt: int
+    leaseExpiresAt: float
+
+
+class Health(Answer):
+    ok: bool
+    serverTime: float

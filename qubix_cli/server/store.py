@@ -1,24 +1,35 @@
-"""Durable storage: one small interface, with TinyDB plus a write-ahead journal behind it.
+"""Storage: the one seam between the coordinator and its data (docs/architecture.md).
 
+`Store` is what every backend provides. Durable documents change only inside
+`async with store.transaction() as tx:`; a change is visible to other readers once it is
+on disk, and a failed commit leaves nothing of it anywhere (`StorageError`).
+Volatile state (liveness, lease renewals, pending cancels) is written without waiting for
+the disk and saved in the background: a heartbeat never writes the database.
+
+`JournalStore`, the embedded default, keeps a TinyDB snapshot plus an append-only journal.
 TinyDB's own storage is handed the whole database on every write, so one rewrite per
-acknowledged write costs O(size of the database). Here each acknowledged change is one
-JSON line appended to a journal and fsynced (concurrent writers share one fsync: group
-commit). The TinyDB file is a snapshot, replaced atomically (temp file, fsync, rename)
-when the journal has grown as large as the snapshot, so a write costs O(1) amortized and
-a crash never leaves a torn database. At start the journal is replayed over the snapshot.
+acknowledged write costs O(size of the database). Here each transaction is one JSON line
+appended to the journal and fsynced (concurrent transactions share one fsync: group
+commit). The snapshot is replaced atomically (temp file, fsync, rename) when the journal
+has grown as large as it, so a write costs O(1) amortized and a crash never leaves a torn
+database. At start the journal is replayed over the snapshot.
 
-Documents handed to `put` are owned by the store afterwards: callers never mutate them,
-they put a new dict. That lets a snapshot be taken from a shallow copy.
+Documents handed to `put` are owned by the store afterwards: callers never mutate a
+document they read or wrote, they put a new dict. That lets a snapshot be taken from a
+shallow copy.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import json
+import logging
 import os
 import threading
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -27,29 +38,75 @@ from tinydb.storages import Storage
 from qubix_cli.errors import StorageError
 
 Doc = dict[str, Any]
-
-# Each table and the document field that is its key.
-TABLES = {"providers": "workerId", "jobs": "id"}
-SNAPSHOT_NAME = "qubix.json"
-_META = "_meta"
-_MIN_COMPACT_BYTES = 4 * 1024 * 1024
+log = logging.getLogger("qubix.store")
 
 
-class Store(Protocol):
-    """What the server needs from storage. `put`/`delete` apply at once in memory and are
-    on disk after the next `await sync()`; answer a client only after that."""
+@dataclass(frozen=True)
+class Table:
+    key: str  # the document field that is its key
+    indexes: tuple[str, ...] = ()  # fields that `scan(where=...)` finds quickly
 
-    def get(self, table: str, key: str) -> Doc | None: ...
 
-    def values(self, table: str) -> Iterator[Doc]: ...
+TABLES = {
+    "providers": Table("workerId", ("tokenHash",)),
+    "jobs": Table("id", ("status",)),
+    "keys": Table("id", ("hash",)),
+}
+# Volatile state, per kind: key -> document. Kept in memory, saved now and then.
+VOLATILE = ("liveness", "leases", "cancels")
+
+
+class Reader(Protocol):
+    async def get(self, table: str, key: str) -> Doc | None: ...
+
+    async def scan(
+        self,
+        table: str,
+        where: Mapping[str, Any] | None = None,
+        order_by: str | None = None,
+        descending: bool = False,
+        offset: int = 0,
+        limit: int | None = None,
+    ) -> list[Doc]:
+        """Documents whose fields equal `where`, ordered by `order_by` then by key (without
+        `order_by`, in no particular order)."""
+        ...
+
+    async def count(self, table: str, where: Mapping[str, Any] | None = None) -> int: ...
+
+
+class Transaction(Reader, Protocol):
+    """Reads see the transaction's own writes; transactions are serializable."""
 
     def put(self, table: str, doc: Doc) -> None: ...
 
     def delete(self, table: str, key: str) -> None: ...
 
-    async def sync(self) -> None: ...
 
-    def close(self) -> None: ...
+class Store(Reader, Protocol):
+    """What the coordinator needs from storage. Reads outside a transaction see only what
+    is durable."""
+
+    def transaction(self) -> contextlib.AbstractAsyncContextManager[Transaction]:
+        """A unit of work: on a clean exit it is committed and durable before the block's
+        caller goes on; if the commit fails, nothing of it is visible and
+        `StorageError` is raised. Keep the block short: it holds off other writers."""
+        ...
+
+    def remember(self, kind: str, key: str, value: Doc | None) -> None:
+        """Set (None: forget) volatile state. Not durable; saved by `save_volatile`."""
+        ...
+
+    async def recall(self, kind: str, key: str) -> Doc | None: ...
+
+    async def recall_all(self, kind: str) -> dict[str, Doc]: ...
+
+    async def save_volatile(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+# -- files ---------------------------------------------------------------------------
 
 
 def fsync_dir(path: Path) -> None:
@@ -117,12 +174,44 @@ class AtomicJSONStorage(Storage):
         write_atomically(self.path, json_object(tables).encode())
 
 
+# -- the embedded store ----------------------------------------------------------------
+
+SNAPSHOT_NAME = "qubix.json"
+_META = "_meta"
+_MIN_COMPACT_BYTES = 4 * 1024 * 1024
+_VOLATILE_CHUNK = 500
+Writes = dict[tuple[str, str], "Doc | None"]
+
+
 def _journal_name(generation: int) -> str:
     return f"journal-{generation:08d}.jsonl"
 
 
+def _matches(doc: Doc, where: Mapping[str, Any] | None) -> bool:
+    return where is None or all(doc.get(field) == value for field, value in where.items())
+
+
+def _page(
+    docs: Iterable[Doc],
+    table: str,
+    order_by: str | None,
+    descending: bool,
+    offset: int,
+    limit: int | None,
+) -> list[Doc]:
+    if order_by is not None:
+        key = TABLES[table].key
+        docs = sorted(docs, key=lambda d: (d.get(order_by), d[key]), reverse=descending)
+    return list(docs)[offset : None if limit is None else offset + limit]
+
+
 class JournalStore:
-    """The embedded default store: a TinyDB snapshot plus an append-only journal."""
+    """The embedded default store: a TinyDB snapshot plus an append-only journal.
+
+    Memory holds the newest state, which transactions read. A committed transaction whose
+    fsync has not finished is "pending": reads outside transactions see the value from
+    before it (`_before`), and if the fsync fails, every pending transaction is undone in
+    memory and cut from the journal."""
 
     def __init__(self, data_dir: Path) -> None:
         self.data_dir = data_dir
@@ -132,18 +221,27 @@ class JournalStore:
             raise StorageError(f"cannot create the data directory {data_dir}: {exc}") from exc
         self._snapshot = AtomicJSONStorage(data_dir / SNAPSHOT_NAME)
         self._tables: dict[str, dict[str, Doc]] = {name: {} for name in TABLES}
-        self._lock = threading.Lock()
+        self._indexes: dict[str, dict[str, dict[Any, dict[str, None]]]] = {
+            name: {field: {} for field in table.indexes} for name, table in TABLES.items()
+        }
+        self._tx_lock = asyncio.Lock()
         self._sync_lock = asyncio.Lock()
-        self._appended = 0
-        self._durable = 0
+        self._seq = self._durable_seq = self._lost_seq = 0
+        self._lost = StorageError("the change was not saved; try again")
+        self._undo: list[
+            tuple[int, str, str, Doc | None]
+        ] = []  # pending: (seq, table, key, before)
+        self._before: dict[tuple[str, str], Doc | None] = {}  # durable value of pending keys
         self._compacting: threading.Thread | None = None
         self._snapshot_bytes = 0
         self._generation = self._load()
         self._journal_path = data_dir / _journal_name(self._generation)
         self._fd = os.open(self._journal_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-        self._journal_bytes = os.fstat(self._fd).st_size
+        self._journal_bytes = self._durable_bytes = os.fstat(self._fd).st_size
+        self._volatile = {kind: self._load_volatile(kind) for kind in VOLATILE}
+        self._volatile_dirty = False
 
-    # -- loading ---------------------------------------------------------------------
+    # -- loading -----------------------------------------------------------------------
 
     def _load(self) -> int:
         raw = self._snapshot.read() or {}
@@ -152,14 +250,14 @@ class JournalStore:
         generation: object = meta.get("generation", 1) if isinstance(meta, dict) else None
         if not isinstance(generation, int):
             raise StorageError(f"the database {self._snapshot.path} is damaged; left untouched")
-        for table, field in TABLES.items():
-            for entry, doc in raw.get(table, {}).items():
-                if not isinstance(doc, dict) or not isinstance(doc.get(field), str):
+        for name, table in TABLES.items():
+            for entry, doc in raw.get(name, {}).items():
+                if not isinstance(doc, dict) or not isinstance(doc.get(table.key), str):
                     raise StorageError(
-                        f"the database {self._snapshot.path} is damaged ({table} entry {entry} "
-                        f"has no {field}); it was left untouched"
+                        f"the database {self._snapshot.path} is damaged ({name} entry {entry} "
+                        f"has no {table.key}); it was left untouched"
                     )
-                self._tables[table][doc[field]] = doc
+                self._apply(name, doc[table.key], doc)
         for path in sorted(self.data_dir.glob("journal-*.jsonl")):
             number = int(path.stem.split("-")[1])
             if number < generation:
@@ -176,7 +274,10 @@ class JournalStore:
                 continue
             try:
                 entry = json.loads(line)
-                self._apply(entry["t"], entry["k"], entry.get("d"))
+                # One line per transaction; a line of one write is how earlier versions wrote.
+                writes = entry["w"] if "w" in entry else [[entry["t"], entry["k"], entry.get("d")]]
+                for table, key, doc in writes:
+                    self._apply(table, key, doc)
             except (ValueError, KeyError, TypeError) as exc:
                 if number == len(lines):
                     # A torn last line: its write never finished, so it was never acknowledged.
@@ -192,87 +293,195 @@ class JournalStore:
             f.truncate(path.stat().st_size - torn)
 
     def _apply(self, table: str, key: str, doc: Doc | None) -> None:
-        if doc is None:
-            self._tables[table].pop(key, None)
-        else:
-            self._tables[table][key] = doc
+        docs, indexes = self._tables[table], self._indexes[table]
+        old = docs.pop(key, None)
+        for field, index in indexes.items():
+            if old is not None:
+                index.get(old.get(field), {}).pop(key, None)
+            if doc is not None:
+                index.setdefault(doc.get(field), {})[key] = None
+        if doc is not None:
+            docs[key] = doc
 
-    # -- the interface ---------------------------------------------------------------
+    # -- reading -----------------------------------------------------------------------
 
-    def get(self, table: str, key: str) -> Doc | None:
+    async def get(self, table: str, key: str) -> Doc | None:
+        if (table, key) in self._before:
+            return self._before[(table, key)]
         return self._tables[table].get(key)
 
-    def values(self, table: str) -> Iterator[Doc]:
-        return iter(list(self._tables[table].values()))
+    async def scan(
+        self,
+        table: str,
+        where: Mapping[str, Any] | None = None,
+        order_by: str | None = None,
+        descending: bool = False,
+        offset: int = 0,
+        limit: int | None = None,
+    ) -> list[Doc]:
+        return _page(self._durable(table, where), table, order_by, descending, offset, limit)
 
-    def count(self, table: str) -> int:
-        return len(self._tables[table])
+    async def count(self, table: str, where: Mapping[str, Any] | None = None) -> int:
+        return sum(1 for _ in self._durable(table, where))
 
-    def put(self, table: str, doc: Doc) -> None:
-        key = doc[TABLES[table]]
-        self._write({"t": table, "k": key, "d": doc})
+    def _newest(self, table: str, where: Mapping[str, Any] | None) -> Iterator[Doc]:
+        """The newest documents (pending changes included) that match `where`."""
+        docs = self._tables[table]
+        indexed = [f for f in (where or {}) if f in self._indexes[table]]
+        if not indexed:
+            return (d for d in list(docs.values()) if _matches(d, where))
+        assert where is not None
+        keys = list(self._indexes[table][indexed[0]].get(where[indexed[0]], {}))
+        return (docs[k] for k in keys if _matches(docs[k], where))
 
-    def delete(self, table: str, key: str) -> None:
-        self._write({"t": table, "k": key})
+    def _durable(self, table: str, where: Mapping[str, Any] | None) -> list[Doc]:
+        pending = {k: doc for (t, k), doc in self._before.items() if t == table}
+        key = TABLES[table].key
+        found = [d for d in self._newest(table, where) if d[key] not in pending]
+        found += [d for d in pending.values() if d is not None and _matches(d, where)]
+        return found
 
-    def _write(self, entry: Doc) -> None:
-        """Append to the journal, then apply in memory: a failed append changes nothing."""
+    # -- transactions ------------------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def transaction(self) -> AsyncIterator[Transaction]:
+        async with self._tx_lock:
+            tx = _JournalTransaction(self)
+            yield tx
+            seq = self._stage(tx.writes) if tx.writes else 0
+        if seq:
+            await self._sync(seq)
+
+    def _stage(self, writes: Writes) -> int:
+        """Append the transaction to the journal and apply it in memory as pending."""
+        entry = {"w": [[table, key, doc] for (table, key), doc in writes.items()]}
         line = json.dumps(entry, separators=(",", ":")).encode() + b"\n"
-        with self._lock:
-            try:
-                written = os.write(self._fd, line)
-                if written != len(line):
-                    raise OSError(errno.ENOSPC, "short write")
-            except OSError as exc:
-                os.ftruncate(self._fd, self._journal_bytes)  # leave no torn line behind
-                raise _disk_error(exc) from exc
-            self._journal_bytes += len(line)
-            self._appended += 1
-            self._apply(entry["t"], entry["k"], entry.get("d"))
-        self._maybe_compact()
+        try:
+            written = os.write(self._fd, line)
+            if written != len(line):
+                raise OSError(errno.ENOSPC, "short write")
+        except OSError as exc:
+            os.ftruncate(self._fd, self._journal_bytes)  # leave no torn line behind
+            raise _disk_error(exc) from exc
+        self._journal_bytes += len(line)
+        self._seq += 1
+        for (table, key), doc in writes.items():
+            before = self._tables[table].get(key)
+            self._undo.append((self._seq, table, key, before))
+            self._before.setdefault((table, key), before)
+            self._apply(table, key, doc)
+        return self._seq
 
-    async def sync(self) -> None:
-        """Wait until every change made so far is on disk. Concurrent callers share fsyncs."""
-        wanted = self._appended
+    async def _sync(self, seq: int) -> None:
+        """Wait until transaction `seq` is on disk. Concurrent callers share fsyncs."""
         async with self._sync_lock:
-            if self._durable >= wanted:
+            if seq <= self._durable_seq:
                 return
-            target, fd = self._appended, self._fd
+            if seq <= self._lost_seq:
+                raise self._lost
+            target, size = self._seq, self._journal_bytes
             try:
-                await asyncio.to_thread(os.fsync, fd)
+                await asyncio.to_thread(os.fsync, self._fd)
             except OSError as exc:
-                raise _disk_error(exc) from exc
-            self._durable = max(self._durable, target)
+                self._lost = _disk_error(exc)
+                self._undo_pending()
+                raise self._lost from exc
+            self._advance(target, size)
+            try:
+                self._maybe_compact()
+            except OSError as exc:  # what was committed is durable; compaction waits
+                log.error("cannot compact the journal %s: %s", self._journal_path, exc)
 
-    def close(self) -> None:
+    def _advance(self, seq: int, size: int) -> None:
+        """Transactions up to `seq` are durable: they become visible to every reader."""
+        self._durable_seq, self._durable_bytes = seq, size
+        self._undo = [u for u in self._undo if u[0] > seq]
+        self._before = {}
+        for _, table, key, before in self._undo:
+            self._before.setdefault((table, key), before)
+
+    def _undo_pending(self) -> None:
+        """A failed fsync: every pending transaction is undone and cut from the journal."""
+        for _, table, key, before in reversed(self._undo):
+            self._apply(table, key, before)
+        self._undo, self._before, self._lost_seq = [], {}, self._seq
+        try:
+            os.ftruncate(self._fd, self._durable_bytes)
+            self._journal_bytes = self._durable_bytes
+        except OSError as exc:
+            log.error("cannot cut undone changes from the journal %s: %s", self._journal_path, exc)
+
+    # -- volatile state ----------------------------------------------------------------
+
+    def remember(self, kind: str, key: str, value: Doc | None) -> None:
+        if value is None:
+            self._volatile[kind].pop(key, None)
+        else:
+            self._volatile[kind][key] = value
+        self._volatile_dirty = True
+
+    async def recall(self, kind: str, key: str) -> Doc | None:
+        return self._volatile[kind].get(key)
+
+    async def recall_all(self, kind: str) -> dict[str, Doc]:
+        return self._volatile[kind]
+
+    def _load_volatile(self, kind: str) -> dict[str, Doc]:
+        """Volatile state is a cache: if its file is missing or damaged, it starts empty."""
+        try:
+            data = json.loads((self.data_dir / f"{kind}.json").read_bytes())
+        except (OSError, ValueError):
+            return {}
+        return data if isinstance(data, dict) else {}
+
+    async def save_volatile(self) -> None:
+        """Saved every few seconds and at shutdown.
+
+        Encoded here on the event loop, 500 entries (about 3 ms) at a time with pauses
+        between for the requests, and written from a thread: one json.dumps of 10,000 entries
+        holds the loop for 60 ms, and encoding them in a thread slowed every request for
+        longer (the two take turns with the GIL)."""
+        if not self._volatile_dirty:
+            return
+        self._volatile_dirty = False
+        try:
+            for kind, entries in self._volatile.items():
+                members: list[str] = []
+                for member in json_members(entries, per=_VOLATILE_CHUNK):
+                    members.append(member)
+                    await asyncio.sleep(0.005)
+                data = json_object(members).encode()
+                await asyncio.to_thread(write_atomically, self.data_dir / f"{kind}.json", data)
+        except BaseException:
+            self._volatile_dirty = True  # not saved (cancelled at shutdown, or the disk): again
+            raise
+
+    # -- closing and compaction ----------------------------------------------------------
+
+    async def close(self) -> None:
         compacting = self._compacting
         if compacting is not None:
-            compacting.join()
-        with self._lock:
-            if self._fd >= 0:
-                os.fsync(self._fd)
-                os.close(self._fd)
-                self._fd = -1
-
-    # -- compaction ------------------------------------------------------------------
+            await asyncio.to_thread(compacting.join)
+        if self._fd >= 0:
+            os.fsync(self._fd)
+            os.close(self._fd)
+            self._fd = -1
 
     def _maybe_compact(self) -> None:
         threshold = max(_MIN_COMPACT_BYTES, self._snapshot_bytes)
-        if self._journal_bytes < threshold or self._compacting is not None:
-            return
-        self.compact(background=True)
+        if self._journal_bytes >= threshold and self._compacting is None:
+            self.compact(background=True)
 
     def compact(self, background: bool = False) -> None:
         """Fold the journal into a fresh snapshot; new writes go to a new journal."""
-        with self._lock:
-            os.fsync(self._fd)
-            self._durable = self._appended
-            tables = {name: dict(docs) for name, docs in self._tables.items()}
-            old_fd, self._generation = self._fd, self._generation + 1
-            self._journal_path = self.data_dir / _journal_name(self._generation)
-            self._fd = os.open(self._journal_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-            self._journal_bytes = 0
-            os.close(old_fd)
+        os.fsync(self._fd)
+        self._advance(self._seq, self._journal_bytes)
+        tables = {name: dict(docs) for name, docs in self._tables.items()}
+        old_fd, self._generation = self._fd, self._generation + 1
+        self._journal_path = self.data_dir / _journal_name(self._generation)
+        self._fd = os.open(self._journal_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        self._journal_bytes = self._durable_bytes = 0
+        os.close(old_fd)
         generation = self._generation
         if background:
             self._compacting = threading.Thread(
@@ -298,6 +507,46 @@ class JournalStore:
             pass  # the journals still hold everything; the next compaction retries
         finally:
             self._compacting = None
+
+
+class _JournalTransaction:
+    """Writes are kept here until the commit; reads see them over the store's newest state
+    (the store's transaction lock keeps any other transaction out meanwhile)."""
+
+    def __init__(self, store: JournalStore) -> None:
+        self.store = store
+        self.writes: Writes = {}
+
+    async def get(self, table: str, key: str) -> Doc | None:
+        if (table, key) in self.writes:
+            return self.writes[(table, key)]
+        return self.store._tables[table].get(key)
+
+    async def scan(
+        self,
+        table: str,
+        where: Mapping[str, Any] | None = None,
+        order_by: str | None = None,
+        descending: bool = False,
+        offset: int = 0,
+        limit: int | None = None,
+    ) -> list[Doc]:
+        return _page(self._newest(table, where), table, order_by, descending, offset, limit)
+
+    async def count(self, table: str, where: Mapping[str, Any] | None = None) -> int:
+        return len(self._newest(table, where))
+
+    def _newest(self, table: str, where: Mapping[str, Any] | None) -> list[Doc]:
+        mine = {k: doc for (t, k), doc in self.writes.items() if t == table}
+        key = TABLES[table].key
+        found = [d for d in self.store._newest(table, where) if d[key] not in mine]
+        return found + [d for d in mine.values() if d is not None and _matches(d, where)]
+
+    def put(self, table: str, doc: Doc) -> None:
+        self.writes[(table, doc[TABLES[table].key])] = doc
+
+    def delete(self, table: str, key: str) -> None:
+        self.writes[(table, key)] = None
 
 
 def _disk_error(exc: OSError) -> StorageError:

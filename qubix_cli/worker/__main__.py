@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 from qubix_cli.worker import AGENT_VERSION, hardware, state
@@ -41,24 +42,49 @@ def detect_text(report: dict) -> str:  # type: ignore[type-arg]
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="qubix_worker", description="The Qubix worker agent.")
+def parser(prog: str = "qubix_worker") -> argparse.ArgumentParser:
+    """The worker's command line: the one definition of its options, which both the zipapp
+    and `qubix worker` parse."""
+    parser = argparse.ArgumentParser(prog=prog, description="The Qubix worker agent.")
     parser.add_argument("--version", action="version", version=f"qubix-worker {AGENT_VERSION}")
     commands = parser.add_subparsers(dest="command", required=True)
     detect = commands.add_parser("detect", help="Print what hardware this machine has.")
     detect.add_argument("--json", action="store_true", help="Print the report as JSON.")
     commands.add_parser("id", help="Print the worker id that `run` uses by default.")
-    run = commands.add_parser("run", help="Register and run jobs until stopped.")
-    run.add_argument("--server", required=True, help="The coordinator's URL.")
-    run.add_argument("--qubic-address", required=True, help="Your 60-letter Qubic address.")
+    run = commands.add_parser(
+        "run",
+        help="Register and run jobs until stopped.",
+        description="Register with the server, heartbeat, and run jobs until stopped "
+        "(Ctrl+C or SIGTERM finishes the current job first; a second one cancels it).",
+    )
+    _env_option(run, "--server", "QUBIX_SERVER", "The coordinator's URL.")
+    _env_option(run, "--qubic-address", "QUBIC_ADDRESS", "Your 60-letter Qubic address.")
     run.add_argument("--name", help="A name shown in the marketplace.")
     run.add_argument("--location", help="Where the machine is, shown in the marketplace.")
     run.add_argument("--price", type=float, help="Price per hour.")
     run.add_argument("--worker-id", help="Override the worker id (default: from the MAC).")
-    run.add_argument("--allow-command", action="store_true", help="Accept `command` jobs.")
+    run.add_argument(
+        "--allow-command", action="store_true", help="Accept `command` jobs (runs programs)."
+    )
     run.add_argument("--burst", action="store_true", help="Run what is queued, then exit.")
-    run.add_argument("--max-jobs", type=int, help="Exit after this many jobs.")
-    args = parser.parse_args(argv)
+    run.add_argument("--max-jobs", type=_positive, help="Exit after this many jobs.")
+    return parser
+
+
+def _env_option(parser: argparse.ArgumentParser, flag: str, env: str, text: str) -> None:
+    default = os.environ.get(env)
+    parser.add_argument(flag, default=default, required=not default, help=f"{text} (${env})")
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be 1 or more")
+    return value
+
+
+def main(argv: list[str] | None = None, prog: str = "qubix_worker") -> int:
+    args = parser(prog).parse_args(argv)
     if args.command == "id":
         print(state.default_worker_id(state.home()))
         return 0

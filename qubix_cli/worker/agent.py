@@ -105,8 +105,7 @@ class Agent:
             "ramMb": self.report["ramMb"],
             "storage": self.report["storage"],
             "os": self.report["os"],
-            "capabilities": ["benchmark", "sleep"]
-            + (["command"] if self.config.allow_command else []),
+            "capabilities": jobs.capabilities(self.config.allow_command),
             "agentVersion": AGENT_VERSION,
         }
         for key, value in (

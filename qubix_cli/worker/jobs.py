@@ -22,15 +22,23 @@ TAIL_BYTES = 64 * 1024
 _TICK_S = 0.1
 
 
+class JobType:
+    """How this worker runs one job type, and whether the provider must opt in."""
+
+    def __init__(self, runner: Callable[..., Outcome], opt_in: bool = False) -> None:
+        self.runner, self.opt_in = runner, opt_in
+
+
+def capabilities(allow_command: bool) -> list[str]:
+    """The job types this worker runs: what it declares when it registers."""
+    return [name for name, kind in JOB_TYPES.items() if not kind.opt_in or allow_command]
+
+
 def run_job(job: dict[str, Any], cancelled: Cancelled, allow_command: bool, gpus: Any) -> Outcome:
     started = time.monotonic()
     kind = job["type"]
-    if kind == "sleep":
-        status, result, metrics = run_sleep(job["payload"], cancelled)
-    elif kind == "benchmark":
-        status, result, metrics = run_benchmark(job["payload"], cancelled, gpus)
-    elif kind == "command" and allow_command:
-        status, result, metrics = run_command(job, cancelled)
+    if kind in capabilities(allow_command):
+        status, result, metrics = JOB_TYPES[kind].runner(job, cancelled, gpus)
     else:
         status, result, metrics = "failed", {"error": f"this worker does not run {kind!r}"}, {}
     metrics["durationS"] = round(time.monotonic() - started, 3)
@@ -52,16 +60,16 @@ def wait_unless(seconds: float, stop: Cancelled) -> bool:
     return not stop()
 
 
-def run_sleep(payload: dict[str, Any], cancelled: Cancelled) -> Outcome:
-    seconds = float(payload["seconds"])
+def run_sleep(job: dict[str, Any], cancelled: Cancelled, gpus: Any) -> Outcome:
+    seconds = float(job["payload"]["seconds"])
     if not wait_unless(seconds, cancelled):
         return _cancelled_result()
     return "completed", {"sleptS": seconds}, {}
 
 
-def run_benchmark(payload: dict[str, Any], cancelled: Cancelled, gpus: Any) -> Outcome:
+def run_benchmark(job: dict[str, Any], cancelled: Cancelled, gpus: Any) -> Outcome:
     """SHA-256 over 1 MiB blocks for a fixed time: the score is MiB hashed per second."""
-    seconds = float(payload.get("seconds", 2.0))
+    seconds = float(job["payload"].get("seconds", 2.0))
     block = os.urandom(2**20)
     deadline = time.monotonic() + seconds
     started, hashed = time.monotonic(), 0
@@ -82,7 +90,7 @@ def job_environment(extra: dict[str, str]) -> dict[str, str]:
     return env
 
 
-def run_command(job: dict[str, Any], cancelled: Cancelled) -> Outcome:
+def run_command(job: dict[str, Any], cancelled: Cancelled, gpus: Any) -> Outcome:
     """argv without a shell, in a fresh directory, at low priority, with a timeout that
     kills the whole process tree, and the last 64 KiB of stdout and stderr."""
     payload = job["payload"]
@@ -184,3 +192,11 @@ def _tail(path: str) -> str:
         size = f.tell()
         f.seek(max(0, size - TAIL_BYTES))
         return f.read().decode("utf-8", "replace")
+
+
+# The job types this worker runs (the server's schemas for them: server/schemas.py JOB_TYPES).
+JOB_TYPES: dict[str, JobType] = {
+    "benchmark": JobType(run_benchmark),
+    "sleep": JobType(run_sleep),
+    "command": JobType(run_command, opt_in=True),
+}

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from starlette.testclient import TestClient
 
-from qubix_cli.errors import ValidationError
+from qubix_cli.errors import InvalidInput
 from qubix_cli.installer.pack import build_worker_pyz
 from qubix_cli.installer.render import render
 from tests.helpers import ADDRESS
@@ -58,14 +58,14 @@ HOSTILE_ADDRESSES = [
 @pytest.mark.parametrize("os_name", OSES)
 @pytest.mark.parametrize("url", HOSTILE_URLS)
 def test_hostile_server_urls_are_refused_before_rendering(os_name: str, url: str) -> None:
-    with pytest.raises(ValidationError):
+    with pytest.raises(InvalidInput):
         render(os_name, url, ADDRESS)
 
 
 @pytest.mark.parametrize("os_name", OSES)
 @pytest.mark.parametrize("address", HOSTILE_ADDRESSES)
 def test_hostile_addresses_are_refused(os_name: str, address: str) -> None:
-    with pytest.raises(ValidationError):
+    with pytest.raises(InvalidInput):
         render(os_name, "http://127.0.0.1:8000", address)
 
 
@@ -87,7 +87,7 @@ def test_plain_urls_are_accepted_and_quoted(url: str) -> None:
 
 
 def test_the_unknown_os_is_refused() -> None:
-    with pytest.raises(ValidationError, match="windows, linux or macos"):
+    with pytest.raises(InvalidInput, match="windows, linux or macos"):
         render("beos", "http://127.0.0.1:8000")
 
 
@@ -203,7 +203,7 @@ def test_refused_values_never_reach_a_script() -> None:
     for url in ["http://ok.example:1/x", *HOSTILE_URLS]:
         try:
             text = render("linux", url).content.decode()
-        except ValidationError:
+        except InvalidInput:
             continue
         (found,) = pattern.findall(text)
         assert found == url and re.fullmatch(r"[A-Za-z0-9.:/_~\[\]-]+", found)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
@@ -29,7 +30,7 @@ def _data_dir_with_a_snapshot_and_a_journal(tmp_path: Path) -> Path:
 
     store = JournalStore(data)
     store.compact()
-    store.close()
+    asyncio.run(store.close())
     server.start()
     for i in range(30, 40):
         body = register_body(f"w{i}")

@@ -4,7 +4,6 @@ and cancel (hypothesis), through the HTTP API, against a model of the rules in D
 from __future__ import annotations
 
 import tempfile
-import types
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,6 @@ from hypothesis.stateful import (
 )
 from starlette.testclient import TestClient
 
-from qubix_cli.server import jobs as jobs_module
 from qubix_cli.server.app import create_app
 from qubix_cli.server.settings import Settings
 from tests.conftest import auth
@@ -30,7 +28,7 @@ TERMINAL = ("completed", "failed", "cancelled")
 
 
 class FrozenClock:
-    """The job queue's clock: it moves only when the test says so."""
+    """The server's clock: it moves only when the test says so."""
 
     def __init__(self) -> None:
         self.now = 1_800_000_000.0
@@ -56,10 +54,9 @@ class JobMachine(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
         self.clock = FrozenClock()
-        self._real_time = jobs_module.time
-        jobs_module.time = types.SimpleNamespace(time=self.clock.time)  # type: ignore[assignment]
         self.dir = tempfile.TemporaryDirectory()
-        app = create_app(Settings(data_dir=Path(self.dir.name) / "data", api_key=API_KEY))
+        settings = Settings(data_dir=Path(self.dir.name) / "data", api_key=API_KEY)
+        app = create_app(settings, clock=self.clock.time)
         self.client = TestClient(app)
         self.client.__enter__()
         self.queue = app.state.jobs
@@ -72,7 +69,6 @@ class JobMachine(RuleBasedStateMachine):
 
     def teardown(self) -> None:
         self.client.__exit__(None, None, None)
-        jobs_module.time = self._real_time
         self.dir.cleanup()
 
     # -- rules -------------------------------------------------------------------------

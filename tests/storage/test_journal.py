@@ -1,4 +1,5 @@
-"""The journaled TinyDB store on a real directory."""
+"""What is particular to the embedded store: its journal, snapshots and group commit, on a
+real directory. (What every backend does is in test_contract.py.)"""
 
 from __future__ import annotations
 
@@ -17,52 +18,72 @@ def _provider(i: int) -> dict[str, object]:
     return {"workerId": f"w{i}", "n": i}
 
 
+def put(store: JournalStore, *docs: dict[str, object]) -> None:
+    async def body() -> None:
+        async with store.transaction() as tx:
+            for doc in docs:
+                tx.put("providers", doc)
+
+    asyncio.run(body())
+
+
+def count(store: JournalStore) -> int:
+    return asyncio.run(store.count("providers"))
+
+
+def close(store: JournalStore) -> None:
+    asyncio.run(store.close())
+
+
 def test_changes_survive_a_reopen(tmp_path: Path) -> None:
     store = JournalStore(tmp_path)
     for i in range(10):
-        store.put("providers", _provider(i))
-    store.delete("providers", "w3")
-    store.put("providers", {"workerId": "w4", "n": 40})
-    asyncio.run(store.sync())
-    store.close()
+        put(store, _provider(i))
+
+    async def change() -> None:
+        async with store.transaction() as tx:
+            tx.delete("providers", "w3")
+            tx.put("providers", {"workerId": "w4", "n": 40})
+
+    asyncio.run(change())
+    close(store)
     again = JournalStore(tmp_path)
-    assert again.count("providers") == 9
-    assert again.get("providers", "w3") is None
-    assert again.get("providers", "w4") == {"workerId": "w4", "n": 40}
-    again.close()
+    assert count(again) == 9
+    assert asyncio.run(again.get("providers", "w3")) is None
+    assert asyncio.run(again.get("providers", "w4")) == {"workerId": "w4", "n": 40}
+    close(again)
 
 
 def test_compaction_writes_a_tinydb_snapshot_and_drops_old_journals(tmp_path: Path) -> None:
     store = JournalStore(tmp_path)
-    for i in range(100):
-        store.put("providers", _provider(i))
+    put(store, *(_provider(i) for i in range(100)))
     store.compact()
-    store.put("providers", _provider(100))
-    store.close()
+    put(store, _provider(100))
+    close(store)
     journals = sorted(p.name for p in tmp_path.glob("journal-*.jsonl"))
     assert journals == ["journal-00000002.jsonl"]
     db = TinyDB(tmp_path / SNAPSHOT_NAME, storage=AtomicJSONStorage)
     assert len(db.table("providers").all()) == 100  # the snapshot is a TinyDB database
     again = JournalStore(tmp_path)
-    assert again.count("providers") == 101
-    again.close()
+    assert count(again) == 101
+    close(again)
 
 
 def test_a_crash_during_compaction_loses_nothing(tmp_path: Path) -> None:
     store = JournalStore(tmp_path)
     for i in range(5):
-        store.put("providers", _provider(i))
-    store.close()
+        put(store, _provider(i))
+    close(store)
     # as if a compaction switched to journal 2 and died before its snapshot was renamed
     (tmp_path / "journal-00000002.jsonl").write_text(
         json.dumps({"t": "providers", "k": "w9", "d": _provider(9)}) + "\n"
     )
     (tmp_path / f".{SNAPSHOT_NAME}.tmp").write_text("{half a snap")
     again = JournalStore(tmp_path)
-    assert again.count("providers") == 6
-    again.put("providers", _provider(10))
-    again.close()
-    assert JournalStore(tmp_path).count("providers") == 7
+    assert count(again) == 6
+    put(again, _provider(10))
+    close(again)
+    assert count(JournalStore(tmp_path)) == 7
 
 
 def test_background_compaction_when_the_journal_outgrows_the_snapshot(
@@ -71,25 +92,36 @@ def test_background_compaction_when_the_journal_outgrows_the_snapshot(
     monkeypatch.setattr("qubix_cli.server.store._MIN_COMPACT_BYTES", 2000)
     store = JournalStore(tmp_path)
     for i in range(500):
-        store.put("providers", _provider(i))
-    store.close()
+        put(store, _provider(i))
+    close(store)
     assert (tmp_path / SNAPSHOT_NAME).exists()
     assert len(list(tmp_path.glob("journal-*.jsonl"))) <= 2
-    assert JournalStore(tmp_path).count("providers") == 500
+    assert count(JournalStore(tmp_path)) == 500
 
 
 def test_a_torn_last_line_is_dropped(tmp_path: Path) -> None:
     store = JournalStore(tmp_path)
-    store.put("providers", _provider(1))
-    store.close()
+    put(store, _provider(1))
+    close(store)
     journal = next(tmp_path.glob("journal-*.jsonl"))
     with open(journal, "ab") as f:
-        f.write(b'{"t":"providers","k":"w2","d":{"workerId":"w')
+        f.write(b'{"w":[["providers","w2",{"workerId":"w')
     again = JournalStore(tmp_path)
-    assert again.count("providers") == 1
-    again.put("providers", _provider(3))
-    again.close()
-    assert sorted(d["workerId"] for d in JournalStore(tmp_path).values("providers")) == ["w1", "w3"]
+    assert count(again) == 1
+    put(again, _provider(3))
+    close(again)
+    docs = asyncio.run(JournalStore(tmp_path).scan("providers"))
+    assert sorted(d["workerId"] for d in docs) == ["w1", "w3"]
+
+
+def test_journals_of_earlier_versions_are_read(tmp_path: Path) -> None:
+    journal = tmp_path / "journal-00000001.jsonl"
+    journal.write_text(
+        '{"t":"providers","k":"w1","d":{"workerId":"w1"}}\n'
+        '{"t":"providers","k":"w2","d":{"workerId":"w2"}}\n{"t":"providers","k":"w1"}\n'
+    )
+    docs = asyncio.run(JournalStore(tmp_path).scan("providers"))
+    assert docs == [{"workerId": "w2"}]
 
 
 def test_a_damaged_journal_line_in_the_middle_is_an_error(tmp_path: Path) -> None:
@@ -124,29 +156,29 @@ def test_concurrent_syncs_share_fsyncs(tmp_path: Path, monkeypatch: pytest.Monke
     monkeypatch.setattr("qubix_cli.server.store.os.fsync", counting_fsync)
 
     async def writer(i: int) -> None:
-        store.put("providers", _provider(i))
-        await store.sync()
+        async with store.transaction() as tx:
+            tx.put("providers", _provider(i))
 
     async def main() -> None:
         await asyncio.gather(*(writer(i) for i in range(200)))
 
     asyncio.run(main())
     assert len(calls) < 50  # 200 acknowledged writes, a few group commits
-    store.close()
-    assert JournalStore(tmp_path).count("providers") == 200
+    close(store)
+    assert count(JournalStore(tmp_path)) == 200
 
 
 def test_a_failed_append_changes_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     store = JournalStore(tmp_path)
-    store.put("providers", _provider(1))
+    put(store, _provider(1))
 
     def full(fd: int, data: bytes) -> int:
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr("qubix_cli.server.store.os.write", full)
     with pytest.raises(StorageError, match="disk is full"):
-        store.put("providers", _provider(2))
+        put(store, _provider(2))
     monkeypatch.undo()
-    assert store.get("providers", "w2") is None
-    store.close()
-    assert JournalStore(tmp_path).count("providers") == 1
+    assert asyncio.run(store.get("providers", "w2")) is None
+    close(store)
+    assert count(JournalStore(tmp_path)) == 1

@@ -1,0 +1,58 @@
+"""Dispatch: which queued job a worker is handed, in one place (DESIGN.md "Dispatch").
+
+A worker asks for work; of the queued jobs, those it may take (`ELIGIBLE`: every step must
+agree) are ordered (`order`) and the first is leased to it. Each later rule is one more
+step in `ELIGIBLE` or one more part of `order`; a backend that claims in one statement
+(PostgreSQL) expresses the same steps as its WHERE and ORDER BY.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from qubix_cli.server.schemas import JOB_TYPES
+from qubix_cli.server.store import Doc
+
+Step = Callable[[Doc, Doc], bool]
+
+
+def runs_the_type(provider: Doc, job: Doc) -> bool:
+    """The worker runs this job type and has every capability the job asks for."""
+    capabilities = set(provider.get("capabilities", []))
+    capabilities |= {name for name, kind in JOB_TYPES.items() if kind.always}
+    needed = {job["type"], *job["requirements"].get("capabilities", [])}
+    return needed <= capabilities
+
+
+def meets_requirements(provider: Doc, job: Doc) -> bool:
+    """VRAM is compared with the best single GPU, because a job runs on one GPU; the
+    vendor must be that of one of its GPUs."""
+    needs = job["requirements"]
+    gpus = provider.get("gpus", [])
+    vendor, min_vram = needs.get("gpuVendor"), needs.get("minVramMb")
+    if vendor and not any(g["vendor"] == vendor for g in gpus):
+        return False
+    best = max((g["vramMb"] for g in gpus), default=0)
+    return min_vram is None or best >= min_vram
+
+
+def not_pinned_elsewhere(provider: Doc, job: Doc) -> bool:
+    return not job.get("providerId") or job["providerId"] == provider["workerId"]
+
+
+ELIGIBLE: tuple[Step, ...] = (runs_the_type, meets_requirements, not_pinned_elsewhere)
+
+
+def eligible(provider: Doc, job: Doc) -> bool:
+    return all(step(provider, job) for step in ELIGIBLE)
+
+
+def order(job: Doc) -> tuple[Any, ...]:
+    """Oldest first (the id breaks ties between jobs made in the same instant)."""
+    return (job["createdAt"], job["id"])
+
+
+def choose(provider: Doc, queued: Iterable[Doc]) -> Doc | None:
+    """The job this provider is handed next, of those queued, or None."""
+    return next((job for job in sorted(queued, key=order) if eligible(provider, job)), None)

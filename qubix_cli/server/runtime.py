@@ -1,0 +1,78 @@
+"""Running the coordinator as a process: what `qubix serve` does around `create_app`.
+
+uvicorn serves the app with `DeadlineProtocol` (a request must arrive in full within a
+deadline), the collector is tuned for tens of thousands of open connections, and the
+open-file limit is raised to what the system allows, since each connection is a descriptor.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import threading
+import time
+
+from starlette.types import ASGIApp
+
+from qubix_cli.server.protocol import DeadlineProtocol
+
+log = logging.getLogger("qubix.server")
+
+
+def serve(app: ASGIApp, host: str, port: int) -> None:
+    """Serve `app` until stopped (Ctrl+C or SIGTERM: five seconds to finish requests)."""
+    import uvicorn  # imported here: importing the app's modules stays light
+
+    raise_descriptor_limit()
+    tune_garbage_collector()
+    # Per-request access lines would be mostly heartbeats; the server logs events instead.
+    uvicorn.run(
+        app,
+        host=host,
+        port=port,
+        log_level="info",
+        access_log=False,
+        http=DeadlineProtocol,
+        timeout_graceful_shutdown=5,
+    )
+
+
+def raise_descriptor_limit() -> None:
+    """Lift the soft open-file limit to the hard one (often 1,024 -> much more): 10,000
+    workers each hold a connection."""
+    try:
+        import resource
+    except ImportError:  # Windows has no such limit to raise
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError) as exc:
+            log.warning("cannot raise the open-file limit from %d: %s", soft, exc)
+
+
+def tune_garbage_collector() -> None:
+    """Keep collector pauses short with 10,000 connections open.
+
+    Each open long-poll holds about 140 tracked objects (coroutines, futures, the protocol),
+    so 10,000 workers mean 1.4 million objects that live for seconds. CPython's collector
+    rescans survivors in its older generations, and its young collections are triggered by
+    allocation counts that connections ending elsewhere keep resetting: passes over hundreds
+    of thousands of objects held the event loop for up to a second. Measured under uvloop,
+    requests leave no cyclic garbage (heartbeats, long-polls answered or abandoned,
+    submissions: 0 objects). So the automatic collector is off; a thread collects the young
+    generation ten times a second and moves what survived out of the collector's view
+    (`gc.freeze()`): it is still freed by reference counting as usual, and each pause covers
+    only the objects made in the last 100 ms. The loaded registry is frozen at start.
+    """
+    gc.freeze()
+    gc.disable()
+
+    def collect_young() -> None:
+        while True:
+            time.sleep(0.1)
+            gc.collect(0)
+            gc.freeze()
+
+    threading.Thread(target=collect_young, name="young-gc", daemon=True).start()

@@ -1,0 +1,61 @@
+"""One endpoint table gives the routes and the OpenAPI paths; the lists they share agree."""
+
+from __future__ import annotations
+
+import re
+
+from starlette.routing import Route
+from starlette.testclient import TestClient
+
+from qubix_cli.errors import QubixError, ServerError
+from qubix_cli.server.http import STATUS, error_status
+from qubix_cli.server.openapi import openapi_document
+from qubix_cli.server.schemas import JOB_TYPES
+from qubix_cli.worker import jobs as worker_jobs
+
+# Routes outside the API document: the pages, the document itself and static files.
+NOT_DOCUMENTED = {"/", "/marketplace", "/openapi.json"}
+
+
+def test_every_route_is_documented_and_every_documented_operation_routed(
+    client: TestClient,
+) -> None:
+    routed = {
+        (method, route.path)
+        for route in client.app.routes  # type: ignore[attr-defined]
+        if isinstance(route, Route) and route.path not in NOT_DOCUMENTED
+        for method in (route.methods or ()) - {"HEAD"}
+    }
+    paths = openapi_document()["paths"]
+    documented = {(method.upper(), path) for path, ops in paths.items() for method in ops}
+    assert routed == documented
+    assert len(documented) == 14
+    for path, ops in paths.items():  # path parameters are declared
+        for op in ops.values():
+            declared = {p["name"] for p in op.get("parameters", []) if p["in"] == "path"}
+            assert declared == set(re.findall(r"{(\w+)}", path))
+
+
+def test_a_documented_operation_answers_as_documented(client: TestClient) -> None:
+    ops = openapi_document()["paths"]["/api/jobs"]
+    assert ops["post"]["security"] == [{"apiKey": []}]
+    assert client.post("/api/jobs", json={"type": "sleep"}).status_code == 401
+    assert "401" in ops["post"]["responses"]
+
+
+def test_the_server_and_the_worker_know_the_same_job_types() -> None:
+    assert list(JOB_TYPES) == list(worker_jobs.JOB_TYPES)
+    opt_in = {name for name, kind in worker_jobs.JOB_TYPES.items() if kind.opt_in}
+    assert opt_in.isdisjoint({name for name, kind in JOB_TYPES.items() if kind.always})
+    assert worker_jobs.capabilities(False) == ["benchmark", "sleep"]
+    assert worker_jobs.capabilities(True) == ["benchmark", "sleep", "command"]
+
+
+def test_every_domain_error_has_one_status() -> None:
+    def subclasses(cls: type[QubixError]) -> set[type[QubixError]]:
+        found = set(cls.__subclasses__())
+        return found | {s for c in found for s in subclasses(c)}
+
+    for cls in subclasses(QubixError) - {ServerError}:  # ServerError is the client's
+        assert error_status(cls("x")) in dict(STATUS).values(), cls
+    assert error_status(QubixError("x")) == 500
