@@ -80,7 +80,7 @@ async def _housekeeping(app: Starlette, tick_s: float) -> None:
     while True:
         await asyncio.sleep(tick_s)
         try:
-            await registry.sweep()
+            jobs.release(await registry.sweep())
             await jobs.expire_leases()
             if loop.time() >= next_save:
                 next_save = loop.time() + VOLATILE_SAVE_S

@@ -13,7 +13,7 @@ import asyncio
 import json
 import secrets
 from collections import OrderedDict
-from typing import Any
+from typing import Any, NamedTuple
 
 from qubix_cli.errors import Conflict, StorageError, TooLarge
 from qubix_cli.server import dispatch
@@ -24,6 +24,15 @@ from qubix_cli.server.schemas import FINISHED, JobListQuery, JobReport, JobSubmi
 from qubix_cli.server.store import Doc, Store, Transaction
 
 RESULT_LIMIT_BYTES = 1024 * 1024
+
+
+class Waiter(NamedTuple):
+    """A worker in a long-poll: its record as its poll found it, and what the poll awaits."""
+
+    provider: Doc
+    future: asyncio.Future[Doc | None]
+
+
 AGENT_LOST = "agent lost"
 RESTART_GRACE_S = 60.0
 
@@ -34,7 +43,7 @@ class JobQueue:
         self.lease_s = registry.settings.lease_s
         # Workers waiting in a long-poll, in the order they came: only this process can
         # answer their connections, so they live here, not in the store.
-        self._waiters: OrderedDict[str, asyncio.Future[Doc | None]] = OrderedDict()
+        self._waiters: OrderedDict[str, Waiter] = OrderedDict()
 
     async def recover(self) -> None:
         """At start: workers may be in their reconnect backoff (up to 60 s), so every
@@ -61,11 +70,29 @@ class JobQueue:
             metrics=None,
             history=[{"event": "created", "at": now}],
         )
+        taker = self._taker(job)
+        try:
+            leased = await self._create(job, taker.provider if taker else None)
+        except BaseException:
+            if taker and not taker.future.done():
+                taker.future.set_result(None)  # handed nothing: the worker polls again
+            raise
+        self.events.publish("JOB_QUEUED", job)
+        if taker:
+            view = await self._leased(leased) if leased else None
+            if not taker.future.done():
+                taker.future.set_result(view)
+        return await self.get(job["id"])
+
+    async def _create(self, job: Doc, taker: Doc | None) -> Doc | None:
+        """Store a new job, leased in the same commit to the waiting worker `taker` (unless
+        it deregistered while it waited); the leased job, if it was."""
         async with self.store.transaction() as tx:
             tx.put("jobs", job)
-        self.events.publish("JOB_QUEUED", job)
-        await self._offer(job["id"])
-        return await self.get(job["id"])
+            if taker is None or await tx.get("providers", taker["workerId"]) is None:
+                return None
+            leased = self._lease(tx, job, taker)
+        return leased
 
     async def cancel(self, job_id: str) -> Doc:
         async with self.store.transaction() as tx:
@@ -110,7 +137,7 @@ class JobQueue:
         """The job `dispatch` chooses for this provider, leased to it, or None after `wait_s`."""
         job = await self._claim(provider, None)
         if job is None and wait_s > 0:
-            job = await self._wait_for_job(provider["workerId"], wait_s)
+            job = await self._wait_for_job(provider, wait_s)
         return job
 
     async def _claim(self, provider: Doc, job_id: str | None) -> Doc | None:
@@ -124,48 +151,75 @@ class JobQueue:
             job = dispatch.choose(provider, queued)
             if job is None:
                 return None
-            attempt, worker_id = job["attempt"] + 1, provider["workerId"]
-            entry = {"event": "leased", "workerId": worker_id, "attempt": attempt}
-            job = self._change(tx, job, "assigned", entry, attempt=attempt, workerId=worker_id)
+            job = self._lease(tx, job, provider)
+        return await self._leased(job)
+
+    def _lease(self, tx: Transaction, job: Doc, provider: Doc) -> Doc:
+        attempt, worker_id = job["attempt"] + 1, provider["workerId"]
+        entry = {"event": "leased", "workerId": worker_id, "attempt": attempt}
+        return self._change(tx, job, "assigned", entry, attempt=attempt, workerId=worker_id)
+
+    async def _leased(self, job: Doc) -> Doc:
+        """After a lease is durable: its expiry starts, and it is announced."""
         self.store.remember("leases", job["id"], {"expiresAt": self.clock() + self.lease_s})
         self.events.publish("JOB_ASSIGNED", job)
         return await self.view(job)
 
-    async def _wait_for_job(self, worker_id: str, wait_s: float) -> Doc | None:
+    async def _wait_for_job(self, provider: Doc, wait_s: float) -> Doc | None:
+        worker_id = provider["workerId"]
         previous = self._waiters.pop(worker_id, None)
-        if previous is not None and not previous.done():
-            previous.set_result(None)  # a newer poll from the same worker replaces it
+        if previous is not None and not previous.future.done():
+            previous.future.set_result(None)  # a newer poll from the same worker replaces it
         future: asyncio.Future[Doc | None] = asyncio.get_running_loop().create_future()
-        self._waiters[worker_id] = future
+        self._waiters[worker_id] = Waiter(provider, future)
         try:
             return await asyncio.wait_for(asyncio.shield(future), wait_s)
         except TimeoutError:
-            # A job handed over just as the wait ran out is still this worker's.
+            if not future.done() and not self._waiting(worker_id, future):
+                # Taken by a submission that is committing this worker's lease (the oldest
+                # waiters, the ones about to time out, are taken first): its answer is due.
+                return await future
             return future.result() if future.done() else None
         finally:
-            if self._waiters.get(worker_id) is future:
+            if self._waiting(worker_id, future):
                 del self._waiters[worker_id]
             if not future.done():
                 future.set_result(None)
 
-    async def _offer(self, job_id: str) -> None:
-        """Hand a queued job straight to the first waiting worker that can run it: the lease
-        is durable before the worker hears of it."""
-        for worker_id, future in list(self._waiters.items()):
-            provider = await self.store.get("providers", worker_id)
-            if future.done() or provider is None or not await self.registry.is_online(worker_id):
-                continue
-            if not dispatch.eligible(provider, await _job(self.store, job_id)):
-                continue
-            if self._waiters.get(worker_id) is future:
-                del self._waiters[worker_id]  # no other job is offered to it meanwhile
-            try:
-                job = await self._claim(provider, job_id)
-            except StorageError:
-                job = None  # the job stays queued; the worker polls again
-            if not future.done():
-                future.set_result(job)
+    def _waiting(self, worker_id: str, future: asyncio.Future[Doc | None]) -> bool:
+        waiter = self._waiters.get(worker_id)
+        return waiter is not None and waiter.future is future
+
+    def release(self, worker_ids: list[str]) -> None:
+        """End the long-polls of workers that went silent (offline): they are handed no job."""
+        for worker_id in worker_ids:
+            waiter = self._waiters.pop(worker_id, None)
+            if waiter is not None and not waiter.future.done():
+                waiter.future.set_result(None)
+
+    def _taker(self, job: Doc) -> Waiter | None:
+        """The waiting worker that has waited longest of those that may run `job`, taken
+        off the waiters so that no other job is offered to it meanwhile. (Waiters are online:
+        a silent one is released. Their records are the ones their polls were checked
+        against, so no read is needed here, and 10,000 waiters cost no copy.)"""
+        for worker_id, waiter in self._waiters.items():
+            if not waiter.future.done() and dispatch.eligible(waiter.provider, job):
+                del self._waiters[worker_id]
+                return waiter
+        return None
+
+    async def _offer(self, job: Doc) -> None:
+        """Hand a requeued job straight to a waiting worker: the lease is durable before the
+        worker hears of it."""
+        taker = self._taker(job)
+        if taker is None:
             return
+        try:
+            leased = await self._claim(taker.provider, job["id"])
+        except StorageError:
+            leased = None  # the job stays queued; the worker polls again
+        if not taker.future.done():
+            taker.future.set_result(leased)
 
     async def heartbeat(self, worker_id: str, current_job_id: str | None) -> list[str]:
         """Renew the lease of the job the worker names; return jobs it must cancel."""
@@ -228,7 +282,7 @@ class JobQueue:
             self.events.publish("JOB_FAILED", job)
             return
         self.events.publish("JOB_REQUEUED", job)
-        await self._offer(job_id)
+        await self._offer(job)
 
     # -- state -----------------------------------------------------------------------
 

@@ -113,16 +113,19 @@ class Registry:
         live = await self.store.recall("liveness", worker_id)
         return live is not None and live["status"] != "offline"
 
-    async def sweep(self) -> None:
-        """Turn providers offline after three missed heartbeats."""
+    async def sweep(self) -> list[str]:
+        """Turn providers offline after three missed heartbeats; the ones it turned."""
         cutoff = self.clock() - self.settings.offline_after_s
+        turned = []
         for worker_id, live in list((await self.store.recall_all("liveness")).items()):
             if live["status"] != "offline" and live["lastSeenAt"] < cutoff:
                 gone = {**live, "status": "offline", "currentJobId": None}
                 self.store.remember("liveness", worker_id, gone)
+                turned.append(worker_id)
                 doc = await self.store.get("providers", worker_id)
                 if doc is not None:
                     self.events.publish("PROVIDER_OFFLINE", public(doc, gone))
+        return turned
 
     # -- reading ---------------------------------------------------------------------
 

@@ -227,7 +227,7 @@ class JournalStore:
         self._tx_lock = asyncio.Lock()
         self._sync_lock = asyncio.Lock()
         self._seq = self._durable_seq = self._lost_seq = 0
-        self._lost = StorageError("the change was not saved; try again")
+        self._lost = "the change was not saved; try again"  # why pending changes were undone
         self._undo: list[
             tuple[int, str, str, Doc | None]
         ] = []  # pending: (seq, table, key, before)
@@ -378,14 +378,15 @@ class JournalStore:
             if seq <= self._durable_seq:
                 return
             if seq <= self._lost_seq:
-                raise self._lost
+                raise StorageError(self._lost)
             target, size = self._seq, self._journal_bytes
             try:
                 await asyncio.to_thread(os.fsync, self._fd)
             except OSError as exc:
-                self._lost = _disk_error(exc)
+                error = _disk_error(exc)
+                self._lost = error.message
                 self._undo_pending()
-                raise self._lost from exc
+                raise error from exc
             self._advance(target, size)
             try:
                 self._maybe_compact()

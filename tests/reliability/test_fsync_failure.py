@@ -8,7 +8,9 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -128,3 +130,32 @@ def test_report(server: Server) -> None:
     assert done.status_code == 200 and done.json()["job"]["status"] == "completed"
     server.restart()
     assert _job(server, job_id)["status"] == "completed"
+
+
+def test_submission_straight_to_a_waiting_worker(server: Server) -> None:
+    """A job handed to a worker that waits in a long-poll is leased in the submission's own
+    commit: when that fails, the worker is handed nothing."""
+    answer = server.client.post("/api/providers/quick-register", json=register_body("w1"))
+    token = auth(answer.json()["workerToken"])
+    waiters = server.client.app.state.jobs._waiters  # type: ignore[attr-defined]
+    job = {"type": "sleep", "payload": {"seconds": 0}}
+    with ThreadPoolExecutor(1) as pool:
+        poll = pool.submit(server.client.get, "/api/jobs/pending/w1?wait=10", headers=token)
+        deadline = time.monotonic() + 10
+        while "w1" not in waiters and time.monotonic() < deadline:
+            time.sleep(0.01)
+        with failing_fsync():
+            _refused(server.client.post("/api/jobs", json=job, headers=KEY))
+        assert poll.result(timeout=20).status_code == 204
+    assert server.client.get("/api/jobs", headers=KEY).json()["total"] == 0
+    server.restart()
+    assert server.client.get("/api/jobs", headers=KEY).json()["total"] == 0
+    waiters = server.client.app.state.jobs._waiters  # type: ignore[attr-defined]
+    with ThreadPoolExecutor(1) as pool:
+        poll = pool.submit(server.client.get, "/api/jobs/pending/w1?wait=10", headers=token)
+        deadline = time.monotonic() + 10
+        while "w1" not in waiters and time.monotonic() < deadline:
+            time.sleep(0.01)
+        submitted = server.client.post("/api/jobs", json=job, headers=KEY).json()["job"]
+        leased = poll.result(timeout=20)
+    assert submitted["status"] == "assigned" and leased.json()["job"]["id"] == submitted["id"]

@@ -310,3 +310,37 @@ def test_job_events(client: TestClient) -> None:
         "JOB_QUEUED",
         "JOB_CANCELLED",
     ]
+
+
+def test_a_worker_whose_wait_ends_while_its_lease_is_committed_gets_the_job(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A submission hands its job to the oldest waiting worker, the one about to time out;
+    the lease is durable before the worker hears of it, so the worker's wait may run out
+    meanwhile. It must still be handed the job, not a 204 for a job leased to it."""
+    token = register(client)
+    waiters = client.app.state.jobs._waiters  # type: ignore[attr-defined]
+    polled: dict[str, Any] = {}
+    poll = threading.Thread(target=lambda: polled.update(a=lease(client, "worker-1", token, 1)))
+    poll.start()
+    while "worker-1" not in waiters:
+        time.sleep(0.01)
+    gate, entered = threading.Event(), threading.Event()
+    real_fsync = __import__("os").fsync
+
+    def slow_fsync(fd: int) -> None:
+        entered.set()
+        gate.wait(10)
+        real_fsync(fd)
+
+    monkeypatch.setattr("qubix_cli.server.store.os.fsync", slow_fsync)
+    submitted: dict[str, Any] = {}
+    submitter = threading.Thread(target=lambda: submitted.update(job=submit(client)))
+    submitter.start()
+    assert entered.wait(10)
+    time.sleep(1.5)  # the worker's wait of 1 s runs out while the lease is being committed
+    gate.set()
+    submitter.join(10)
+    poll.join(10)
+    assert submitted["job"]["status"] == "assigned"
+    assert polled["a"] is not None and polled["a"]["job"]["id"] == submitted["job"]["id"]
