@@ -191,21 +191,32 @@ def _matches(doc: Doc, where: Mapping[str, Any] | None) -> bool:
     return where is None or all(doc.get(field) == value for field, value in where.items())
 
 
-def _page(
-    docs: Iterable[Doc],
-    table: str,
-    order_by: str | None,
-    descending: bool,
-    offset: int,
-    limit: int | None,
-) -> list[Doc]:
-    if order_by is not None:
-        key = TABLES[table].key
-        docs = sorted(docs, key=lambda d: (d.get(order_by), d[key]), reverse=descending)
-    return list(docs)[offset : None if limit is None else offset + limit]
+class _Scans:
+    """`scan` and `count` over the documents a reader sees (`_matching`)."""
+
+    def _matching(self, table: str, where: Mapping[str, Any] | None) -> list[Doc]:
+        raise NotImplementedError
+
+    async def scan(
+        self,
+        table: str,
+        where: Mapping[str, Any] | None = None,
+        order_by: str | None = None,
+        descending: bool = False,
+        offset: int = 0,
+        limit: int | None = None,
+    ) -> list[Doc]:
+        docs = self._matching(table, where)
+        if order_by is not None:
+            key = TABLES[table].key
+            docs.sort(key=lambda d: (d.get(order_by), d[key]), reverse=descending)
+        return docs[offset : None if limit is None else offset + limit]
+
+    async def count(self, table: str, where: Mapping[str, Any] | None = None) -> int:
+        return len(self._matching(table, where))
 
 
-class JournalStore:
+class JournalStore(_Scans):
     """The embedded default store: a TinyDB snapshot plus an append-only journal.
 
     Memory holds the newest state, which transactions read. A committed transaction whose
@@ -310,20 +321,6 @@ class JournalStore:
             return self._before[(table, key)]
         return self._tables[table].get(key)
 
-    async def scan(
-        self,
-        table: str,
-        where: Mapping[str, Any] | None = None,
-        order_by: str | None = None,
-        descending: bool = False,
-        offset: int = 0,
-        limit: int | None = None,
-    ) -> list[Doc]:
-        return _page(self._durable(table, where), table, order_by, descending, offset, limit)
-
-    async def count(self, table: str, where: Mapping[str, Any] | None = None) -> int:
-        return sum(1 for _ in self._durable(table, where))
-
     def _newest(self, table: str, where: Mapping[str, Any] | None) -> Iterator[Doc]:
         """The newest documents (pending changes included) that match `where`."""
         docs = self._tables[table]
@@ -334,7 +331,8 @@ class JournalStore:
         keys = list(self._indexes[table][indexed[0]].get(where[indexed[0]], {}))
         return (docs[k] for k in keys if _matches(docs[k], where))
 
-    def _durable(self, table: str, where: Mapping[str, Any] | None) -> list[Doc]:
+    def _matching(self, table: str, where: Mapping[str, Any] | None) -> list[Doc]:
+        """The durable documents that match `where`."""
         pending = {k: doc for (t, k), doc in self._before.items() if t == table}
         key = TABLES[table].key
         found = [d for d in self._newest(table, where) if d[key] not in pending]
@@ -510,7 +508,7 @@ class JournalStore:
             self._compacting = None
 
 
-class _JournalTransaction:
+class _JournalTransaction(_Scans):
     """Writes are kept here until the commit; reads see them over the store's newest state
     (the store's transaction lock keeps any other transaction out meanwhile)."""
 
@@ -523,21 +521,7 @@ class _JournalTransaction:
             return self.writes[(table, key)]
         return self.store._tables[table].get(key)
 
-    async def scan(
-        self,
-        table: str,
-        where: Mapping[str, Any] | None = None,
-        order_by: str | None = None,
-        descending: bool = False,
-        offset: int = 0,
-        limit: int | None = None,
-    ) -> list[Doc]:
-        return _page(self._newest(table, where), table, order_by, descending, offset, limit)
-
-    async def count(self, table: str, where: Mapping[str, Any] | None = None) -> int:
-        return len(self._newest(table, where))
-
-    def _newest(self, table: str, where: Mapping[str, Any] | None) -> list[Doc]:
+    def _matching(self, table: str, where: Mapping[str, Any] | None) -> list[Doc]:
         mine = {k: doc for (t, k), doc in self.writes.items() if t == table}
         key = TABLES[table].key
         found = [d for d in self.store._newest(table, where) if d[key] not in mine]

@@ -42,20 +42,34 @@ def detect_text(report: dict) -> str:  # type: ignore[type-arg]
     return "\n".join(lines)
 
 
+class _Help(argparse.HelpFormatter):
+    """Help that begins "Usage:", as every other qubix command's does."""
+
+    def add_usage(self, usage, actions, groups, prefix=None):  # type: ignore[no-untyped-def]
+        super().add_usage(usage, actions, groups, "Usage: " if prefix is None else prefix)
+
+
 def parser(prog: str = "qubix_worker") -> argparse.ArgumentParser:
     """The worker's command line: the one definition of its options, which both the zipapp
     and `qubix worker` parse."""
-    parser = argparse.ArgumentParser(prog=prog, description="The Qubix worker agent.")
+    parser = argparse.ArgumentParser(
+        prog=prog, description="The Qubix worker agent.", formatter_class=_Help
+    )
     parser.add_argument("--version", action="version", version=f"qubix-worker {AGENT_VERSION}")
     commands = parser.add_subparsers(dest="command", required=True)
-    detect = commands.add_parser("detect", help="Print what hardware this machine has.")
+    detect = commands.add_parser(
+        "detect", help="Print what hardware this machine has.", formatter_class=_Help
+    )
     detect.add_argument("--json", action="store_true", help="Print the report as JSON.")
-    commands.add_parser("id", help="Print the worker id that `run` uses by default.")
+    commands.add_parser(
+        "id", help="Print the worker id that `run` uses by default.", formatter_class=_Help
+    )
     run = commands.add_parser(
         "run",
         help="Register and run jobs until stopped.",
         description="Register with the server, heartbeat, and run jobs until stopped "
         "(Ctrl+C or SIGTERM finishes the current job first; a second one cancels it).",
+        formatter_class=_Help,
     )
     _env_option(run, "--server", "QUBIX_SERVER", "The coordinator's URL.")
     _env_option(run, "--qubic-address", "QUBIC_ADDRESS", "Your 60-letter Qubic address.")
