@@ -67,7 +67,9 @@ class Registry:
 
     async def authenticate(self, worker_id: str, token: str) -> Doc:
         """The provider whose token this is: NotFound if unknown, Forbidden if not its token."""
-        doc = await self._doc(worker_id)
+        doc = await self.store.get("providers", worker_id)  # (every heartbeat: no _doc call)
+        if doc is None:
+            raise not_found(f"provider {worker_id!r}")
         if not token_matches(token, doc["tokenHash"]):
             raise Forbidden(f"this token does not belong to {worker_id!r}")
         return doc
@@ -92,10 +94,10 @@ class Registry:
     # -- liveness --------------------------------------------------------------------
 
     async def heartbeat(self, worker_id: str, body: Heartbeat) -> None:
-        was_online = await self.is_online(worker_id)
+        live = await self.store.recall("liveness", worker_id)
         usage = body.usage.model_dump(exclude_none=True) if body.usage else None
         self._touch(worker_id, body.status, usage, body.currentJobId)
-        if not was_online:
+        if live is None or live["status"] == "offline":
             self.events.publish("PROVIDER_ONLINE", await self.get(worker_id))
 
     async def polled(self, worker_id: str) -> None:
@@ -106,8 +108,13 @@ class Registry:
             self.events.publish("PROVIDER_ONLINE", await self.get(worker_id))
 
     def _touch(self, worker_id: str, status: str, usage: Any, job_id: str | None) -> None:
-        live = {"status": status, "lastSeenAt": self.clock(), "usage": usage}
-        self.store.remember("liveness", worker_id, {**live, "currentJobId": job_id})
+        live = {
+            "status": status,
+            "lastSeenAt": self.clock(),
+            "usage": usage,
+            "currentJobId": job_id,
+        }
+        self.store.remember("liveness", worker_id, live)
 
     async def is_online(self, worker_id: str) -> bool:
         live = await self.store.recall("liveness", worker_id)
