@@ -54,8 +54,10 @@ def serve(
     data_dir = (data_dir or default_data_dir()).expanduser().resolve()
     if api_key is None:
         api_key, created = load_or_create_api_key(data_dir)
-        if created:
+        if created and console.is_terminal:  # never into a log that journald or CI keeps
             console.print(f"Created the API key (shown once): [bold]{api_key}[/bold]")
+        elif created:
+            console.print("Created the API key; read it from its file (mode 0600).")
         console.print(escape(f"API key file: {data_dir / API_KEY_FILE}"))
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"

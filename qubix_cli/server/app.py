@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 from starlette.applications import Starlette
@@ -15,7 +15,7 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, Response
 from starlette.routing import Mount, Route, compile_path
 from starlette.staticfiles import StaticFiles
-from starlette.types import Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from qubix_cli.errors import QubixError, StorageError
 from qubix_cli.server.events import EventBus
@@ -89,11 +89,39 @@ async def _housekeeping(app: Starlette, tick_s: float) -> None:
             log.error("housekeeping: %s", exc)
 
 
-def _page(path: Path) -> Callable[[Request], Awaitable[Response]]:
-    async def page(request: Request) -> Response:
-        return FileResponse(path, media_type="text/html")
+# What the pages may do: their own scripts, styles and API only (no inline script), and no
+# framing; nothing is sniffed and no referrer leaves them.
+PAGE_HEADERS = [
+    (
+        b"content-security-policy",
+        b"default-src 'self'; connect-src 'self'; img-src 'self' data:; "
+        b"frame-ancestors 'none'; base-uri 'none'; form-action 'none'",
+    ),
+    (b"x-content-type-options", b"nosniff"),
+    (b"referrer-policy", b"no-referrer"),
+]
 
-    return page
+
+class _Page:
+    """An ASGI app (a page, or the static files) whose answers carry `PAGE_HEADERS`."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", []), *PAGE_HEADERS]}
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+
+def _page(path: Path, url: str) -> Route:
+    async def page(scope: Scope, receive: Receive, send: Send) -> None:
+        await FileResponse(path, media_type="text/html")(scope, receive, send)
+
+    return Route(url, _Page(page), methods=["GET"])
 
 
 def create_app(settings: Settings, clock: Clock = time.time) -> Starlette:
@@ -130,9 +158,9 @@ def create_app(settings: Settings, clock: Clock = time.time) -> Starlette:
         routes=[
             *api.routes(),
             Route("/openapi.json", openapi),
-            Route("/", _page(web / "index.html")),
-            Route("/marketplace", _page(web / "marketplace.html")),
-            Mount("/static", StaticFiles(directory=web), name="static"),
+            _page(web / "index.html", "/"),
+            _page(web / "marketplace.html", "/marketplace"),
+            Mount("/static", _Page(StaticFiles(directory=web)), name="static"),
         ],
         lifespan=lifespan,
         exception_handlers={

@@ -24,6 +24,7 @@ from qubix_cli.server.schemas import FINISHED, JobListQuery, JobReport, JobSubmi
 from qubix_cli.server.store import Doc, Store, Transaction
 
 RESULT_LIMIT_BYTES = 1024 * 1024
+METRICS_LIMIT_BYTES = 64 * 1024
 
 
 class Waiter(NamedTuple):
@@ -252,6 +253,9 @@ class JobQueue:
                 )
             if len(json.dumps(report.result)) > RESULT_LIMIT_BYTES:
                 raise TooLarge("the job result is over 1 MiB; report less", code="result_too_large")
+            if len(json.dumps(report.metrics)) > METRICS_LIMIT_BYTES:
+                message = "the job metrics are over 64 KiB; report less"
+                raise TooLarge(message, code="metrics_too_large")
             entry = {"event": "reported", "workerId": worker_id, "attempt": report.attempt}
             fields = {"result": report.result, "metrics": report.metrics}
             job = self._change(tx, job, report.status, entry, **fields)

@@ -3,6 +3,7 @@ document is generated from both), and the one spelling of each list the API uses
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal, get_args
 
@@ -43,16 +44,33 @@ ProviderStatus = Literal["online", "busy", "offline"]
 GpuVendor = Literal["nvidia", "amd", "apple", "intel", "other"]
 
 
+def _finite(value: Any) -> Any:
+    """JSON as the standard has it: NaN and Infinity (which Python's parser lets through)
+    would make the database file something that is not JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError("NaN and Infinity are not JSON numbers")
+    if isinstance(value, dict):
+        for item in value.values():
+            _finite(item)
+    elif isinstance(value, list):
+        for item in value:
+            _finite(item)
+    return value
+
+
+AnyJson = Annotated[Any, AfterValidator(_finite)]
+
+
 class Body(BaseModel):
     """Bodies are strict: wrong types and unknown fields are errors, not guesses."""
 
-    model_config = ConfigDict(strict=True, extra="forbid")
+    model_config = ConfigDict(strict=True, extra="forbid", allow_inf_nan=False)
 
 
 class Query(BaseModel):
     """Query strings arrive as text, so they are converted, and unknown keys are ignored."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", allow_inf_nan=False)
 
 
 class Gpu(Body):
@@ -194,7 +212,7 @@ class JobSubmit(Body):
     """POST /api/jobs. `payload` is checked against the schema of its `type`."""
 
     type: JobTypeName
-    payload: dict[str, Any] = Field(default_factory=dict)
+    payload: dict[str, AnyJson] = Field(default_factory=dict)
     requirements: Requirements = Field(default_factory=Requirements)
     providerId: WorkerId | None = None
     timeoutS: int = Field(default=3600, ge=1, le=7 * 86_400)
@@ -206,8 +224,8 @@ class JobReport(Body):
 
     attempt: int = Field(ge=1)
     status: ReportStatus
-    result: Any = None
-    metrics: dict[str, Any] = Field(default_factory=dict, max_length=64)
+    result: AnyJson = None
+    metrics: dict[str, AnyJson] = Field(default_factory=dict, max_length=64)
 
 
 class PendingQuery(Query):

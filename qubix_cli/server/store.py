@@ -109,6 +109,18 @@ class Store(Reader, Protocol):
 # -- files ---------------------------------------------------------------------------
 
 
+def private(data_dir: Path) -> None:
+    """Only its owner may read the data dir (tokens' hashes, jobs' secrets): a directory
+    that others could read is tightened to 0700, and its files to 0600, once."""
+    if os.name == "nt" or data_dir.stat().st_mode & 0o077 == 0:
+        return
+    log.warning("the data directory %s was readable by others; it is now 0700", data_dir)
+    data_dir.chmod(0o700)
+    for path in data_dir.iterdir():
+        if path.is_file():
+            path.chmod(0o600)
+
+
 def fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -120,7 +132,7 @@ def fsync_dir(path: Path) -> None:
 def write_atomically(path: Path, data: bytes) -> None:
     """Replace `path` with `data`: temp file, fsync, rename, fsync the directory."""
     tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
+    with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as f:
         f.write(data)
         f.flush()
         os.fsync(f.fileno())
@@ -228,6 +240,7 @@ class JournalStore(_Scans):
         self.data_dir = data_dir
         try:
             data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+            private(data_dir)
         except OSError as exc:
             raise StorageError(f"cannot create the data directory {data_dir}: {exc}") from exc
         self._snapshot = AtomicJSONStorage(data_dir / SNAPSHOT_NAME)

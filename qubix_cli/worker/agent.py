@@ -21,7 +21,7 @@ from typing import Any, Callable, Iterator
 
 from qubix_cli.worker import AGENT_VERSION, hardware, jobs, state
 from qubix_cli.worker.client import Client, Transient, message
-from qubix_cli.worker.outbox import Outbox
+from qubix_cli.worker.outbox import Outbox, valid_lease
 
 log = logging.getLogger("qubix.worker")
 BACKOFF_CAP_S = 60.0
@@ -274,8 +274,16 @@ class Agent:
         return answer if status == 200 else None
 
     def _run(self, lease: dict[str, Any]) -> None:
-        job, attempt = lease["job"], lease["attempt"]
-        job_id = job["id"]
+        job, attempt = lease.get("job"), lease.get("attempt")
+        job_id = job.get("id") if isinstance(job, dict) else None
+        if (
+            not isinstance(job, dict)
+            or not isinstance(job_id, str)
+            or not valid_lease(job_id, attempt)
+        ):
+            # Not what a Qubix server makes: its id would become a file name and a URL path.
+            log.error("refused a job whose id or attempt is malformed: %r, %r", job_id, attempt)
+            return
         log.info("running job %s (%s, attempt %d)", job_id, job["type"], attempt)
         self.current_job = job_id
 

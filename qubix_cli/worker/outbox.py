@@ -6,12 +6,21 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 from typing import Any
 
 from qubix_cli.worker.client import Client, message
 from qubix_cli.worker.state import write_private
 
 log = logging.getLogger("qubix.worker")
+_JOB_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")  # what the server makes (and its schemas allow)
+
+
+def valid_lease(job_id: Any, attempt: Any) -> bool:
+    """Whether a job id and attempt have the shapes the server makes: server text goes into
+    file names and URL paths only after this."""
+    well_formed = isinstance(job_id, str) and _JOB_ID.fullmatch(job_id) is not None
+    return well_formed and type(attempt) is int and 1 <= attempt <= 1000
 
 
 class Outbox:
@@ -20,10 +29,12 @@ class Outbox:
         os.makedirs(self.path, mode=0o700, exist_ok=True)
 
     def put(self, job_id: str, report: dict[str, Any]) -> None:
-        name = f"{job_id}.{report['attempt']}.json"
-        write_private(
-            os.path.join(self.path, name), json.dumps({"jobId": job_id, **report}).encode()
-        )
+        if not valid_lease(job_id, report["attempt"]):
+            raise ValueError(f"not a job id and attempt the server makes: {job_id!r}")
+        path = os.path.join(self.path, f"{job_id}.{report['attempt']}.json")
+        if os.path.dirname(os.path.realpath(path)) != os.path.realpath(self.path):
+            raise ValueError(f"the report of job {job_id!r} would leave {self.path}")
+        write_private(path, json.dumps({"jobId": job_id, **report}).encode())
 
     def pending(self) -> list[str]:
         return sorted(n for n in os.listdir(self.path) if n.endswith(".json"))
@@ -35,6 +46,10 @@ class Outbox:
             with open(path) as f:
                 entry = json.load(f)
             job_id = entry.pop("jobId")
+            if not valid_lease(job_id, entry.get("attempt")):
+                log.error("dropped %s from the outbox: not a report this worker writes", name)
+                os.unlink(path)
+                continue
             status, answer = client.request("POST", f"/api/jobs/{job_id}/complete", entry)
             if status == 200:
                 log.info(

@@ -344,3 +344,37 @@ def test_a_worker_whose_wait_ends_while_its_lease_is_committed_gets_the_job(
     poll.join(10)
     assert submitted["job"]["status"] == "assigned"
     assert polled["a"] is not None and polled["a"]["job"]["id"] == submitted["job"]["id"]
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        '{"attempt": 1, "status": "completed", "result": {"x": NaN}}',
+        '{"attempt": 1, "status": "completed", "result": [1, -Infinity]}',
+        '{"attempt": 1, "status": "completed", "metrics": {"y": Infinity}}',
+    ],
+)
+def test_nan_and_infinity_are_refused(client: TestClient, raw: str) -> None:
+    token = register(client)
+    job = submit(client)
+    assert lease(client, "worker-1", token) is not None
+    headers = {**auth(token), "Content-Type": "application/json"}
+    answer = client.post(f"/api/jobs/{job['id']}/complete", content=raw, headers=headers)
+    assert answer.status_code == 422, answer.text
+    assert client.get(f"/api/jobs/{job['id']}", headers=KEY).json()["job"]["status"] == "assigned"
+    refused = client.post(
+        "/api/jobs",
+        content='{"type": "sleep", "payload": {"seconds": NaN}}',
+        headers={**KEY, "Content-Type": "application/json"},
+    )
+    assert refused.status_code == 422
+
+
+def test_metrics_are_capped_like_results(client: TestClient) -> None:
+    token = register(client)
+    job = submit(client)
+    assert lease(client, "worker-1", token) is not None
+    big = {f"m{i}": "x" * 30_000 for i in range(60)}  # 1.8 MB
+    answer = report(client, job["id"], token, 1, metrics=big)
+    assert answer.status_code == 413 and answer.json()["error"] == "metrics_too_large"
+    assert report(client, job["id"], token, 1, metrics={"ok": 1}).status_code == 200

@@ -39,7 +39,8 @@ def test_serve_prints_where_data_lives_and_creates_a_private_api_key(tmp_path: P
     assert key_file.stat().st_mode & 0o777 == 0o600
     assert f"Data directory: {tmp_path / 'qd'}" in output
     assert f"http://127.0.0.1:{port}" in output
-    assert key in output and str(key_file) in output
+    assert str(key_file) in output
+    assert key not in output  # stderr is not a terminal: the key stays out of logs
     assert "Application shutdown complete" in output  # SIGTERM shuts down cleanly
 
 

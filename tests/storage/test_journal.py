@@ -182,3 +182,24 @@ def test_a_failed_append_changes_nothing(tmp_path: Path, monkeypatch: pytest.Mon
     assert asyncio.run(store.get("providers", "w2")) is None
     close(store)
     assert count(JournalStore(tmp_path)) == 1
+
+
+def test_every_data_file_is_private_and_an_open_data_dir_is_tightened(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    data.chmod(0o755)
+    (data / "liveness.json").write_text("{}")
+    (data / "liveness.json").chmod(0o644)
+    store = JournalStore(data)
+    assert "now 0700" in caplog.text
+    put(store, _provider(1))
+    store.compact()
+    store.remember("liveness", "w1", {"status": "online"})
+    asyncio.run(store.save_volatile())
+    close(store)
+    assert data.stat().st_mode & 0o777 == 0o700
+    files = sorted(p.name for p in data.iterdir())
+    assert "qubix.json" in files and "liveness.json" in files
+    assert {p.name: p.stat().st_mode & 0o777 for p in data.iterdir()} == dict.fromkeys(files, 0o600)
