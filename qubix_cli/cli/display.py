@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import re
 from typing import Annotated, Any
 
 import typer
@@ -37,9 +38,20 @@ STATUS_COLOURS = {
 }
 
 
+# C0 and C1 controls, DEL, and the bidirectional overrides and isolates.
+_CONTROLS = re.compile("[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+
+
+def safe(text: str) -> str:
+    """Text from elsewhere (a server, a worker's result), ready for Rich: control
+    characters are shown as escapes (\\x1b, \\u202e), never obeyed by the terminal, and
+    brackets are never read as markup."""
+    return escape(_CONTROLS.sub(lambda m: ascii(m.group())[1:-1], text))
+
+
 def status(value: str) -> str:
     colour = STATUS_COLOURS.get(value, "cyan")
-    return f"[{colour}]{escape(value)}[/{colour}]"
+    return f"[{colour}]{safe(value)}[/{colour}]"
 
 
 def gpus(provider: dict[str, Any]) -> str:
@@ -47,7 +59,7 @@ def gpus(provider: dict[str, Any]) -> str:
         f"{g['model']} ({g['vramMb'] / 1024:.0f} GB{' shared' if g.get('sharedMemory') else ''})"
         for g in provider.get("gpus", [])
     ]
-    return escape(", ".join(items) or "no GPU")
+    return safe(", ".join(items) or "no GPU")
 
 
 def ago(at: float | None) -> str:
@@ -62,15 +74,15 @@ def provider_panel(provider: dict[str, Any], title: str) -> Panel:
     cpu = provider.get("cpu", {})
     price = provider.get("pricePerHour")
     rows = [
-        ("worker id", escape(provider["workerId"])),
-        ("name", escape(provider.get("name") or "-")),
+        ("worker id", safe(provider["workerId"])),
+        ("name", safe(provider.get("name") or "-")),
         ("status", status(provider["status"])),
         ("GPUs", gpus(provider)),
-        ("CPU", escape(f"{cpu.get('model', '?')}, {cpu.get('cores', '?')} cores")),
+        ("CPU", safe(f"{cpu.get('model', '?')}, {cpu.get('cores', '?')} cores")),
         ("RAM", f"{provider.get('ramMb', 0) / 1024:.0f} GB"),
-        ("location", escape(provider.get("location") or "-")),
+        ("location", safe(provider.get("location") or "-")),
         ("price", "-" if price is None else f"{price:g} per hour"),
-        ("address", escape(provider["qubicAddress"])),
+        ("address", safe(provider["qubicAddress"])),
         ("last seen", ago(provider.get("lastSeenAt"))),
     ]
     for key, value in rows:
@@ -93,14 +105,14 @@ def fleet_table(providers: list[dict[str, Any]]) -> Table:
     for p in providers:
         price = p.get("pricePerHour")
         table.add_row(
-            escape(p["workerId"]),
+            safe(p["workerId"]),
             status(p["status"]),
             gpus(p),
             str(p.get("cpu", {}).get("cores", "?")),
             f"{p.get('ramMb', 0) / 1024:.0f} GB",
-            escape(p.get("location") or "-"),
+            safe(p.get("location") or "-"),
             "-" if price is None else f"{price:g}",
             ago(p.get("lastSeenAt")),
-            escape(p.get("currentJobId") or "-"),
+            safe(p.get("currentJobId") or "-"),
         )
     return table

@@ -7,12 +7,11 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
-from rich.markup import escape
 from rich.table import Table
 
 from qubix_cli import config
 from qubix_cli.cli import display
-from qubix_cli.cli.display import ApiKeyOpt, JsonOpt, ServerOpt
+from qubix_cli.cli.display import ApiKeyOpt, JsonOpt, ServerOpt, safe
 from qubix_cli.client import Client
 from qubix_cli.server.schemas import JOB_STATUSES, JOB_TYPES
 
@@ -65,7 +64,7 @@ def submit(
     with _client(server, api_key) as client:
         job = client.submit_job(body)
         if not as_json:
-            console.print(escape(f"Submitted {job['id']} ({job['type']}), status {job['status']}"))
+            console.print(safe(f"Submitted {job['id']} ({job['type']}), status {job['status']}"))
         if wait:
             job = _wait(client, job["id"], as_json)
     _show(job, as_json)
@@ -92,11 +91,11 @@ def list_(
     table = Table("id", "type", "status", "attempt", "worker", "created")
     for job in answer["jobs"]:
         table.add_row(
-            job["id"],
-            job["type"],
+            safe(job["id"]),
+            safe(job["type"]),
             display.status(job["status"]),
             str(job["attempt"]),
-            job["workerId"] or "-",
+            safe(job["workerId"] or "-"),
             _time(job["createdAt"]),
         )
     console.print(table)
@@ -154,7 +153,7 @@ def _show(job: dict[str, Any], as_json: bool) -> None:
         table.add_row(key, text)
     for entry in job["history"]:
         detail = ", ".join(f"{k}={v}" for k, v in entry.items() if k not in ("event", "at"))
-        table.add_row(_time(entry["at"]), escape(f"{entry['event']} {detail}"))
+        table.add_row(_time(entry["at"]), safe(f"{entry['event']} {detail}"))
     console.print(table)
 
 
@@ -162,7 +161,7 @@ def _text(value: Any) -> str:
     """A value as table text; never read as Rich markup (it comes from elsewhere)."""
     if value is None:
         return "-"
-    return escape(value if isinstance(value, str) else json.dumps(value))
+    return safe(value if isinstance(value, str) else json.dumps(value))
 
 
 def _time(at: float) -> str:

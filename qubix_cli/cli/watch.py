@@ -22,7 +22,7 @@ from rich.progress import (
 from rich.text import Text
 
 from qubix_cli import config
-from qubix_cli.cli.display import JsonOpt, ServerOpt, fleet_table, provider_panel
+from qubix_cli.cli.display import JsonOpt, ServerOpt, fleet_table, provider_panel, safe
 from qubix_cli.client import Client
 from qubix_cli.watch import Attempt, Watch
 
@@ -121,7 +121,7 @@ def report(provider: dict[str, Any] | None, last: Attempt, watcher: Watch, as_js
                 )
             )
         )
-        err.print(f"[red]error:[/red] {escape(reason)}")
+        err.print(f"[red]error:[/red] {safe(reason)}")
     raise typer.Exit(1)
 
 
@@ -146,5 +146,5 @@ def follow_fleet(client: Client) -> None:
                                 providers[data["workerId"]] = data
                             live.update(fleet_table(list(providers.values())))
             except (OSError, WebSocketException) as exc:
-                live.console.print(f"events: {escape(str(exc))}; reconnecting")
+                live.console.print(f"events: {safe(str(exc))}; reconnecting")
                 time.sleep(2)

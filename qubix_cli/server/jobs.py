@@ -35,6 +35,8 @@ class Waiter(NamedTuple):
 
 
 AGENT_LOST = "agent lost"
+PROVIDER_REMOVED = "provider removed"
+HOLDER = "leaseHolder"  # the hash of the token that took the lease: never shown
 RESTART_GRACE_S = 60.0
 
 
@@ -78,7 +80,7 @@ class JobQueue:
             if taker and not taker.future.done():
                 taker.future.set_result(None)  # handed nothing: the worker polls again
             raise
-        self.events.publish("JOB_QUEUED", job)
+        self.events.publish("JOB_QUEUED", shown(job))
         if taker:
             view = await self._leased(leased) if leased else None
             if not taker.future.done():
@@ -107,7 +109,7 @@ class JobQueue:
             pending = await self.store.recall("cancels", holder)
             ids = sorted({*(pending or {}).get("jobIds", []), job_id})
             self.store.remember("cancels", holder, {"jobIds": ids})
-        self.events.publish("JOB_CANCELLED", job)
+        self.events.publish("JOB_CANCELLED", shown(job))
         return await self.view(job)
 
     async def get(self, job_id: str) -> Doc:
@@ -126,7 +128,7 @@ class JobQueue:
 
     async def view(self, job: Doc) -> Doc:
         lease = await self._lease_expiry(job) if job["status"] == "assigned" else None
-        return {**job, "leaseExpiresAt": lease}
+        return {**shown(job), "leaseExpiresAt": lease}
 
     async def _lease_expiry(self, job: Doc) -> float:
         renewed = await self.store.recall("leases", job["id"])
@@ -156,14 +158,17 @@ class JobQueue:
         return await self._leased(job)
 
     def _lease(self, tx: Transaction, job: Doc, provider: Doc) -> Doc:
+        """The lease fixes the attempt, the worker and the token it holds (the fence: a
+        report needs both; whoever registers the same workerId later holds another token)."""
         attempt, worker_id = job["attempt"] + 1, provider["workerId"]
         entry = {"event": "leased", "workerId": worker_id, "attempt": attempt}
-        return self._change(tx, job, "assigned", entry, attempt=attempt, workerId=worker_id)
+        fields = {"attempt": attempt, "workerId": worker_id, HOLDER: provider["tokenHash"]}
+        return self._change(tx, job, "assigned", entry, **fields)
 
     async def _leased(self, job: Doc) -> Doc:
         """After a lease is durable: its expiry starts, and it is announced."""
         self.store.remember("leases", job["id"], {"expiresAt": self.clock() + self.lease_s})
-        self.events.publish("JOB_ASSIGNED", job)
+        self.events.publish("JOB_ASSIGNED", shown(job))
         return await self.view(job)
 
     async def _wait_for_job(self, provider: Doc, wait_s: float) -> Doc | None:
@@ -237,14 +242,16 @@ class JobQueue:
         self.store.remember("cancels", worker_id, {"jobIds": still} if still else None)
         return answer
 
-    async def complete(self, job_id: str, worker_id: str, report: JobReport) -> Doc:
+    async def complete(self, job_id: str, provider: Doc, report: JobReport) -> Doc:
         """Accept the report of the lease holder once; the same report again changes nothing."""
+        worker_id = provider["workerId"]
         async with self.store.transaction() as tx:
             job = await _job(tx, job_id)
-            if _is_repeat(job, worker_id, report):
+            holds = job.get(HOLDER) == provider["tokenHash"]
+            if holds and _is_repeat(job, worker_id, report):
                 return await self.view(job)
             holder = (job["workerId"], job["attempt"])
-            if job["status"] != "assigned" or holder != (worker_id, report.attempt):
+            if job["status"] != "assigned" or holder != (worker_id, report.attempt) or not holds:
                 raise Conflict(
                     f"job {job_id} is {job['status']} (attempt {job['attempt']}); this worker "
                     f"does not hold the lease of attempt {report.attempt}, so the report is "
@@ -260,7 +267,7 @@ class JobQueue:
             fields = {"result": report.result, "metrics": report.metrics}
             job = self._change(tx, job, report.status, entry, **fields)
         self.store.remember("leases", job_id, None)
-        self.events.publish(f"JOB_{report.status.upper()}", job)
+        self.events.publish(f"JOB_{report.status.upper()}", shown(job))
         return await self.view(job)
 
     async def expire_leases(self) -> None:
@@ -268,24 +275,30 @@ class JobQueue:
         now = self.clock()
         for job in await self.store.scan("jobs", where={"status": "assigned"}):
             if await self._lease_expiry(job) < now:
-                await self._expire(job["id"], job["attempt"])
+                await self._expire(job["id"], job["attempt"], AGENT_LOST)
 
-    async def _expire(self, job_id: str, attempt: int) -> None:
+    async def requeue_held_by(self, worker_id: str) -> None:
+        """A provider was removed: its leases are requeued at once."""
+        where = {"status": "assigned", "workerId": worker_id}
+        for job in await self.store.scan("jobs", where=where):
+            await self._expire(job["id"], job["attempt"], PROVIDER_REMOVED)
+
+    async def _expire(self, job_id: str, attempt: int, reason: str) -> None:
         async with self.store.transaction() as tx:
             job = await _job(tx, job_id)
             if (job["status"], job["attempt"]) != ("assigned", attempt):
                 return  # reported or cancelled meanwhile
-            entry = {"event": "lease_expired", "reason": AGENT_LOST, "workerId": job["workerId"]}
+            entry = {"event": "lease_expired", "reason": reason, "workerId": job["workerId"]}
             entry["attempt"] = attempt
             if attempt >= job["maxAttempts"]:
-                job = self._change(tx, job, "failed", entry, result={"error": AGENT_LOST})
+                job = self._change(tx, job, "failed", entry, result={"error": reason})
             else:
                 job = self._change(tx, job, "queued", entry)
         self.store.remember("leases", job_id, None)
         if job["status"] == "failed":
-            self.events.publish("JOB_FAILED", job)
+            self.events.publish("JOB_FAILED", shown(job))
             return
-        self.events.publish("JOB_REQUEUED", job)
+        self.events.publish("JOB_REQUEUED", shown(job))
         await self._offer(job)
 
     # -- state -----------------------------------------------------------------------
@@ -305,6 +318,11 @@ async def _job(reader: Store | Transaction, job_id: str) -> Doc:
     if job is None:
         raise not_found(f"job {job_id!r}")
     return job
+
+
+def shown(job: Doc) -> Doc:
+    """A job as answers and events show it: without the lease holder's token hash."""
+    return {k: v for k, v in job.items() if k != HOLDER}
 
 
 def _is_repeat(job: Doc, worker_id: str, report: JobReport) -> bool:

@@ -303,6 +303,7 @@ class Api:
         if not await self._is_api_key(token):
             await self.registry.authenticate(worker_id, token)
         await self.registry.delete(worker_id)
+        await self.jobs.requeue_held_by(worker_id)
         return Response(status_code=204)
 
     # -- jobs --------------------------------------------------------------------------
@@ -343,7 +344,7 @@ class Api:
         provider = await self.registry.worker_for_token(require_token(request.headers))
         job_id = request.path_params["jobId"]
         report = await read_json(request, JobReport, limit=2 * RESULT_LIMIT_BYTES)
-        job = await self.jobs.complete(job_id, provider["workerId"], report)
+        job = await self.jobs.complete(job_id, provider, report)
         return json_response({"job": job})
 
     # -- installers --------------------------------------------------------------------

@@ -12,8 +12,9 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validat
 from qubix_cli.errors import InvalidInput
 from qubix_cli.qubic import validate_identity
 
-# Free text that is shown in terminals and pages: no control characters.
-_TEXT = r"^[^\x00-\x1f\x7f]*$"
+# Free text that is shown in terminals and pages: no C0 or C1 controls, no DEL, no
+# bidirectional overrides or isolates (they reorder what a reader sees).
+_TEXT = r"^[^\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]*$"
 WORKER_ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
 
 

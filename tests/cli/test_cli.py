@@ -152,3 +152,43 @@ def test_help_texts_keep_their_defaults() -> None:
     serve_help = qubix("serve", "--help").stdout
     assert "[default: the" in serve_help and "platform's user data dir" in serve_help
     assert "[default: QUBIX_SERVER" in qubix("watch", "--help").stdout
+
+
+HOSTILE = "\x1b]52;c;cm0gLXJmIH4=\x07\x1b]0;owned\x07\x1b[2J\x9b31m\u202etxt.exe"
+
+
+def test_remote_text_reaches_the_terminal_as_visible_escapes(server: ServerProcess) -> None:
+    """A worker's result and a provider's fields cannot write the clipboard (OSC 52), retitle
+    the window, move the cursor or reorder text in `jobs show`, `jobs list` or `providers`."""
+    token = httpx.post(
+        server.url + "/api/providers/quick-register", json=register_body("w1")
+    ).json()["workerToken"]
+    auth = {"Authorization": f"Bearer {token}"}
+    submitted = qubix(
+        "jobs", "submit", "--type", "sleep", "--seconds", "0", "--json", server=server.url
+    )
+    job = json.loads(submitted.stdout)
+    assert httpx.get(server.url + "/api/jobs/pending/w1", headers=auth).status_code == 200
+    report = {"attempt": 1, "status": "completed", "result": HOSTILE, "metrics": {HOSTILE: 1}}
+    assert (
+        httpx.post(
+            server.url + f"/api/jobs/{job['id']}/complete", json=report, headers=auth
+        ).status_code
+        == 200
+    )
+    shown = qubix("jobs", "show", job["id"], server=server.url)
+    assert shown.returncode == 0, shown.stderr
+    for raw in ("\x1b", "\x07", "\x9b", "\u202e"):
+        assert raw not in shown.stdout
+    assert "\\x1b]52;c;cm0gLXJmIH4=\\x07" in shown.stdout and "\\u202etxt.exe" in shown.stdout
+    exact = json.loads(qubix("jobs", "show", job["id"], "--json", server=server.url).stdout)
+    assert exact["result"] == HOSTILE  # --json stays exact JSON
+
+
+def test_registration_text_refuses_c1_and_bidi_controls(server: ServerProcess) -> None:
+    for text in ("\x9b31m", "invoice\u202etxt.exe", "a\u2066b", "\x85"):
+        body = register_body("w2", name=text)
+        answer = httpx.post(server.url + "/api/providers/quick-register", json=body)
+        assert answer.status_code == 422, (text, answer.text)
+        assert answer.json()["details"][0]["field"] == "body.name"
+    assert httpx.get(server.url + "/api/providers/w2").status_code == 404

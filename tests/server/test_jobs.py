@@ -378,3 +378,25 @@ def test_metrics_are_capped_like_results(client: TestClient) -> None:
     answer = report(client, job["id"], token, 1, metrics=big)
     assert answer.status_code == 413 and answer.json()["error"] == "metrics_too_large"
     assert report(client, job["id"], token, 1, metrics={"ok": 1}).status_code == 200
+
+
+def test_deleting_a_provider_requeues_its_lease_and_its_id_cannot_report_for_it(
+    client: TestClient,
+) -> None:
+    """Deregistration requeues the leases at once, and whoever registers the same workerId
+    afterwards holds another token: the old lease's report is refused (no forged results)."""
+    token = register(client)
+    job = submit(client)
+    assert lease(client, "worker-1", token)["attempt"] == 1  # type: ignore[index]
+    assert client.delete("/api/providers/worker-1", headers=KEY).status_code == 204
+    requeued = client.get(f"/api/jobs/{job['id']}", headers=KEY).json()["job"]
+    assert (requeued["status"], requeued["workerId"]) == ("queued", "worker-1")
+    assert requeued["history"][-1]["reason"] == "provider removed"
+    squatter = register(client)  # the same workerId, a new token
+    forged = report(client, job["id"], squatter, 1, result={"forged": True})
+    assert forged.status_code == 409 and forged.json()["error"] == "lease_not_held"
+    leased = lease(client, "worker-1", squatter)
+    assert leased is not None and leased["attempt"] == 2
+    assert "leaseHolder" not in leased["job"]  # the fence is never shown
+    assert report(client, job["id"], squatter, 1).status_code == 409  # the old attempt
+    assert report(client, job["id"], squatter, 2).status_code == 200
