@@ -36,6 +36,7 @@ class Waiter(NamedTuple):
 
 AGENT_LOST = "agent lost"
 PROVIDER_REMOVED = "provider removed"
+TIMED_OUT = "timeout"
 HOLDER = "leaseHolder"  # the hash of the token that took the lease: never shown
 RESTART_GRACE_S = 60.0
 
@@ -106,11 +107,15 @@ class JobQueue:
             job = self._change(tx, job, "cancelled", {"event": "cancelled"})
         self.store.remember("leases", job_id, None)
         if holder is not None:
-            pending = await self.store.recall("cancels", holder)
-            ids = sorted({*(pending or {}).get("jobIds", []), job_id})
-            self.store.remember("cancels", holder, {"jobIds": ids})
+            await self._tell_to_stop(holder, job_id)
         self.events.publish("JOB_CANCELLED", shown(job))
         return await self.view(job)
+
+    async def _tell_to_stop(self, worker_id: str, job_id: str) -> None:
+        """The worker's next heartbeat answer names the job in `cancelJobIds`."""
+        pending = await self.store.recall("cancels", worker_id)
+        ids = sorted({*(pending or {}).get("jobIds", []), job_id})
+        self.store.remember("cancels", worker_id, {"jobIds": ids})
 
     async def get(self, job_id: str) -> Doc:
         return await self.view(await _job(self.store, job_id))
@@ -144,8 +149,16 @@ class JobQueue:
         return job
 
     async def _claim(self, provider: Doc, job_id: str | None) -> Doc | None:
-        """Lease to `provider` the job dispatch chooses (of all queued, or only `job_id`)."""
+        """Lease to `provider` the job dispatch chooses (of all queued, or only `job_id`).
+        A worker that already holds a lease (its concurrency is 1) is answered that lease
+        again instead: one worker cannot hoard the queue."""
         async with self.store.transaction() as tx:
+            where = {"workerId": provider["workerId"], "status": "assigned"}
+            held = [
+                j for j in await tx.scan("jobs", where) if j.get(HOLDER) == provider["tokenHash"]
+            ]
+            if held:
+                return None if job_id else await self.view(held[0])
             if job_id is None:
                 queued = await tx.scan("jobs", where={"status": "queued"})
             else:
@@ -271,10 +284,15 @@ class JobQueue:
         return await self.view(job)
 
     async def expire_leases(self) -> None:
-        """Requeue jobs whose worker stopped renewing the lease ("agent lost")."""
+        """Requeue jobs whose worker stopped renewing the lease ("agent lost"), and fail those
+        that ran past their `timeoutS` and one heartbeat interval, whatever the heartbeats
+        say: a job's time limit is the server's, not the worker's word."""
         now = self.clock()
+        grace = self.registry.settings.heartbeat_interval_s
         for job in await self.store.scan("jobs", where={"status": "assigned"}):
-            if await self._lease_expiry(job) < now:
+            if job["updatedAt"] + job["timeoutS"] + grace < now:  # updated when leased
+                await self._expire(job["id"], job["attempt"], TIMED_OUT)
+            elif await self._lease_expiry(job) < now:
                 await self._expire(job["id"], job["attempt"], AGENT_LOST)
 
     async def requeue_held_by(self, worker_id: str) -> None:
@@ -290,11 +308,13 @@ class JobQueue:
                 return  # reported or cancelled meanwhile
             entry = {"event": "lease_expired", "reason": reason, "workerId": job["workerId"]}
             entry["attempt"] = attempt
-            if attempt >= job["maxAttempts"]:
+            if reason == TIMED_OUT or attempt >= job["maxAttempts"]:
                 job = self._change(tx, job, "failed", entry, result={"error": reason})
             else:
                 job = self._change(tx, job, "queued", entry)
         self.store.remember("leases", job_id, None)
+        if reason == TIMED_OUT:
+            await self._tell_to_stop(entry["workerId"], job_id)
         if job["status"] == "failed":
             self.events.publish("JOB_FAILED", shown(job))
             return

@@ -49,7 +49,7 @@ class Table:
 
 TABLES = {
     "providers": Table("workerId", ("tokenHash",)),
-    "jobs": Table("id", ("status",)),
+    "jobs": Table("id", ("status", "workerId")),
     "keys": Table("id", ("hash",)),
 }
 # Volatile state, per kind: key -> document. Kept in memory, saved now and then.
@@ -336,12 +336,14 @@ class JournalStore(_Scans):
 
     def _newest(self, table: str, where: Mapping[str, Any] | None) -> Iterator[Doc]:
         """The newest documents (pending changes included) that match `where`."""
-        docs = self._tables[table]
-        indexed = [f for f in (where or {}) if f in self._indexes[table]]
-        if not indexed:
+        docs, indexes = self._tables[table], self._indexes[table]
+        buckets: list[dict[str, None]] = [
+            indexes[f].get(v, {}) for f, v in (where or {}).items() if f in indexes
+        ]
+        if not buckets:
             return (d for d in list(docs.values()) if _matches(d, where))
-        assert where is not None
-        keys = list(self._indexes[table][indexed[0]].get(where[indexed[0]], {}))
+        fewest: dict[str, None] = min(buckets, key=len)  # the fewest candidates
+        keys = list(fewest)
         return (docs[k] for k in keys if _matches(docs[k], where))
 
     def _matching(self, table: str, where: Mapping[str, Any] | None) -> list[Doc]:

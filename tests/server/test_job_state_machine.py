@@ -24,6 +24,7 @@ from tests.conftest import auth
 from tests.helpers import API_KEY, KEY, register_body
 
 WORKERS = ("w1", "w2")
+TIMEOUT_S, INTERVAL_S = 3600, 30.0  # a job's default timeoutS; the heartbeat interval
 TERMINAL = ("completed", "failed", "cancelled")
 
 
@@ -45,6 +46,7 @@ class Expected:
     attempt: int = 0
     holder: str | None = None
     lease_expires: float | None = None
+    leased_at: float = 0.0
     report: tuple[str, int, str] | None = None  # the accepted (worker, attempt, status)
 
 
@@ -85,6 +87,14 @@ class JobMachine(RuleBasedStateMachine):
     @rule(worker=st.sampled_from(WORKERS))
     def lease(self, worker: str) -> None:
         answer = self.client.get(f"/api/jobs/pending/{worker}", headers=self.tokens[worker])
+        held = [j for j, e in self.model.items() if e.status == "assigned" and e.holder == worker]
+        if held:  # a worker holds one lease at a time: its poll gets that lease again
+            assert answer.status_code == 200, answer.text
+            assert (answer.json()["job"]["id"], answer.json()["attempt"]) == (
+                held[0],
+                self.model[held[0]].attempt,
+            )
+            return
         queued = [j for j, e in self.model.items() if e.status == "queued"]
         if not queued:
             assert answer.status_code == 204
@@ -98,6 +108,7 @@ class JobMachine(RuleBasedStateMachine):
         expected.status, expected.holder = "assigned", worker
         expected.attempt += 1
         expected.lease_expires = self.clock.now + self.lease_s
+        expected.leased_at = self.clock.now
         assert answer.json()["attempt"] == expected.attempt
 
     @rule(worker=st.sampled_from(WORKERS), job_id=jobs)
@@ -116,7 +127,10 @@ class JobMachine(RuleBasedStateMachine):
         self.client.portal.call(self.queue.expire_leases)  # type: ignore[union-attr]
         for e in self.model.values():
             if e.status == "assigned" and e.lease_expires is not None:
-                if e.lease_expires < self.clock.now:
+                if e.leased_at + TIMEOUT_S + INTERVAL_S < self.clock.now:
+                    e.status = "failed"  # ran past its timeoutS: failed, whatever the beats
+                    e.holder = e.lease_expires = None
+                elif e.lease_expires < self.clock.now:
                     e.status = "failed" if e.attempt >= e.max_attempts else "queued"
                     e.holder = e.lease_expires = None
 

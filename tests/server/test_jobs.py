@@ -65,7 +65,8 @@ def test_submit_lease_complete_once(client: TestClient) -> None:
     assert leased is not None
     assert leased["job"]["id"] == job["id"] and leased["attempt"] == 1
     assert leased["leaseExpiresAt"] > time.time()
-    assert lease(client, "worker-1", token) is None
+    again_leased = lease(client, "worker-1", token)  # its one lease, answered again
+    assert again_leased is not None and again_leased["attempt"] == 1
     first = report(client, job["id"], token, 1, metrics={"durationS": 0.1})
     assert first.status_code == 200 and first.json()["job"]["status"] == "completed"
     again = report(client, job["id"], token, 1, metrics={"durationS": 0.1})
@@ -153,12 +154,20 @@ def test_matching_vram_vendor_capabilities_and_pin(client: TestClient) -> None:
     vendor = submit(client, requirements={"gpuVendor": "amd"})
     command = submit(client, type="command", payload={"argv": ["true"]})
     pinned = submit(client, type="benchmark", providerId="big")
-    leased_small = [lease(client, "small", small), lease(client, "small", small)]
-    assert [x["job"]["id"] for x in leased_small if x] == [vendor["id"], command["id"]]
-    assert lease(client, "small", small) is None  # neither the vram job nor the pinned one
-    leased_big = [lease(client, "big", big), lease(client, "big", big)]
-    assert [x["job"]["id"] for x in leased_big if x] == [vram["id"], pinned["id"]]
-    assert lease(client, "big", big) is None
+
+    def run(worker: str, token: str) -> str | None:
+        """Lease one job and report it (a worker holds one lease at a time)."""
+        leased = lease(client, worker, token)
+        if leased is None:
+            return None
+        assert report(client, leased["job"]["id"], token, leased["attempt"]).status_code == 200
+        job_id: str = leased["job"]["id"]
+        return job_id
+
+    assert [run("small", small), run("small", small)] == [vendor["id"], command["id"]]
+    assert run("small", small) is None  # neither the vram job nor the pinned one
+    assert [run("big", big), run("big", big)] == [vram["id"], pinned["id"]]
+    assert run("big", big) is None
 
 
 def test_a_command_job_never_goes_to_a_worker_without_that_capability(client: TestClient) -> None:
@@ -400,3 +409,38 @@ def test_deleting_a_provider_requeues_its_lease_and_its_id_cannot_report_for_it(
     assert "leaseHolder" not in leased["job"]  # the fence is never shown
     assert report(client, job["id"], squatter, 1).status_code == 409  # the old attempt
     assert report(client, job["id"], squatter, 2).status_code == 200
+
+
+def test_a_worker_holds_one_lease_at_a_time(client: TestClient) -> None:
+    token = register(client)
+    first, second = submit(client), submit(client)
+    assert lease(client, "worker-1", token)["job"]["id"] == first["id"]  # type: ignore[index]
+    again = lease(client, "worker-1", token, wait=1)
+    assert again is not None and (again["job"]["id"], again["attempt"]) == (first["id"], 1)
+    queued = client.get(f"/api/jobs/{second['id']}", headers=KEY).json()["job"]
+    assert queued["status"] == "queued"  # left for another worker
+    other = register(client, "worker-2")
+    assert lease(client, "worker-2", other)["job"]["id"] == second["id"]  # type: ignore[index]
+    assert report(client, first["id"], token, 1).status_code == 200
+    assert lease(client, "worker-1", token) is None  # free again, and nothing is queued
+
+
+def test_a_job_past_its_timeout_fails_whatever_the_heartbeats_say(make_client: Any) -> None:
+    client = make_client(heartbeat_interval_s=0.2)
+    token = register(client)
+    job = submit(client, timeoutS=1)
+    assert lease(client, "worker-1", token) is not None
+    beat = {"status": "busy", "currentJobId": job["id"]}
+    url = "/api/providers/worker-1/heartbeat"
+    deadline = time.monotonic() + 10
+    cancels: list[str] = []
+    while time.monotonic() < deadline:
+        cancels = client.post(url, json=beat, headers=auth(token)).json()["cancelJobIds"]
+        if cancels:
+            break
+        time.sleep(0.05)
+    assert cancels == [job["id"]]  # the worker is told to stop it
+    failed = client.get(f"/api/jobs/{job['id']}", headers=KEY).json()["job"]
+    assert (failed["status"], failed["result"]) == ("failed", {"error": "timeout"})
+    assert failed["history"][-1]["workerId"] == "worker-1"  # counted against the worker
+    assert time.monotonic() - deadline + 10 >= 1.2  # not before timeoutS plus an interval
