@@ -10,6 +10,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from qubix_cli.installer.render import validate_server_url
 from qubix_cli.server.settings import (
     API_KEY_FILE,
     Settings,
@@ -46,6 +47,31 @@ def serve(
             show_default=False,
         ),
     ] = None,
+    public_url: Annotated[
+        str | None,
+        typer.Option(
+            help="The URL workers and browsers reach this server at (behind a proxy: the "
+            "proxy's). Installers default to it and refuse any other backend "
+            "\\[default: none; installers follow the request's Host header].",
+            show_default=False,
+        ),
+    ] = None,
+    allow_backend: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Another coordinator URL that installers may be built for (with "
+            "--public-url; repeat for more).",
+            show_default=False,
+        ),
+    ] = None,
+    allow_origin: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Another page's origin (https://host) that may open the events stream "
+            "(repeat for more; this server's own pages always may).",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Run the coordinator: provider registry, job queue and events over HTTP."""
     from qubix_cli.server.app import create_app  # the server stack, only for this command
@@ -62,8 +88,20 @@ def serve(
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    settings = Settings(data_dir=data_dir, heartbeat_interval_s=heartbeat_interval, api_key=api_key)
+    settings = Settings(
+        data_dir=data_dir,
+        heartbeat_interval_s=heartbeat_interval,
+        api_key=api_key,
+        public_url=validate_server_url(public_url) if public_url else None,
+        allow_backends=tuple(validate_server_url(url) for url in allow_backend or ()),
+        allow_origins=tuple(validate_server_url(url) for url in allow_origin or ()),
+    )
     app = create_app(settings)
     console.print(escape(f"Data directory: {data_dir}"))
     console.print(f"Qubix coordinator on http://{host}:{port} (Ctrl+C to stop)")
+    if public_url is None:
+        console.print(
+            "Installers point workers at the address each request came to (its Host "
+            "header); set --public-url to fix it."
+        )
     run_server(app, host, port)

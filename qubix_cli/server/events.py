@@ -1,4 +1,7 @@
-"""Server events fanned out to WebSocket subscribers as `{type, data, at}`."""
+"""Server events fanned out to WebSocket subscribers as `{type, data, at}`.
+
+Provider events are public (the marketplace). Job events go only to subscribers that
+showed a key, and carry a job's id, state, attempt and worker, never its payload."""
 
 from __future__ import annotations
 
@@ -11,34 +14,48 @@ from typing import Any
 
 Event = dict[str, Any]
 _QUEUE_SIZE = 1000
+JOB_FIELDS = ("id", "status", "attempt", "workerId")
 log = logging.getLogger("qubix.events")
+
+
+class Subscription:
+    """One subscriber's queue; `jobs` once it has shown a key."""
+
+    def __init__(self, jobs: bool) -> None:
+        self.jobs = jobs
+        self.queue: asyncio.Queue[Event | None] = asyncio.Queue(_QUEUE_SIZE)
 
 
 class EventBus:
     """Publishing never blocks: a subscriber that falls 1,000 events behind is dropped."""
 
     def __init__(self) -> None:
-        self._subscribers: set[asyncio.Queue[Event | None]] = set()
+        self._subscribers: set[Subscription] = set()
 
     def publish(self, type_: str, data: dict[str, Any]) -> None:
+        job = type_.startswith("JOB_")
+        if job:
+            data = {field: data.get(field) for field in JOB_FIELDS}
         event = {"type": type_, "data": data, "at": time.time()}
         log.info("%s %s", type_, _subject(data))
-        for queue in list(self._subscribers):
+        for sub in list(self._subscribers):
+            if job and not sub.jobs:
+                continue
             try:
-                queue.put_nowait(event)
+                sub.queue.put_nowait(event)
             except asyncio.QueueFull:
-                self._subscribers.discard(queue)
-                queue.get_nowait()
-                queue.put_nowait(None)  # tells the subscriber it was dropped
+                self._subscribers.discard(sub)
+                sub.queue.get_nowait()
+                sub.queue.put_nowait(None)  # tells the subscriber it was dropped
 
     @asynccontextmanager
-    async def subscribe(self) -> AsyncIterator[asyncio.Queue[Event | None]]:
-        queue: asyncio.Queue[Event | None] = asyncio.Queue(_QUEUE_SIZE)
-        self._subscribers.add(queue)
+    async def subscribe(self, jobs: bool) -> AsyncIterator[Subscription]:
+        sub = Subscription(jobs)
+        self._subscribers.add(sub)
         try:
-            yield queue
+            yield sub
         finally:
-            self._subscribers.discard(queue)
+            self._subscribers.discard(sub)
 
 
 def _subject(data: dict[str, Any]) -> str:

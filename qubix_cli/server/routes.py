@@ -3,6 +3,8 @@ each endpoint parses its input, calls the registry or the queue, answers JSON.""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
 from dataclasses import dataclass
 
@@ -15,6 +17,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from qubix_cli.errors import InvalidInput, Malformed, QubixError, Unauthorized
 from qubix_cli.installer.render import render
+from qubix_cli.server.events import Subscription
 from qubix_cli.server.http import (
     bearer_token,
     error_response,
@@ -352,6 +355,13 @@ class Api:
     async def installer(self, request: Request) -> Response:
         query = read_query(request, InstallerQuery)
         backend = query.backend or self.settings.public_url or str(request.base_url)
+        public = self.settings.public_url
+        if public and backend.rstrip("/") not in {public, *self.settings.allow_backends}:
+            raise Malformed(
+                f"this server builds installers for {public} only (and the URLs its operator "
+                "allows with --allow-backend), not for another coordinator",
+                code="backend_not_allowed",
+            )
         try:
             built = render(request.path_params["os"], backend.rstrip("/"), query.qubicAddress)
         except InvalidInput as exc:
@@ -363,11 +373,53 @@ class Api:
     # -- events ------------------------------------------------------------------------
 
     async def events(self, websocket: WebSocket) -> None:
+        """WS /api/events: provider events for anyone; job events once a key is shown, as
+        `Authorization: Bearer` on the upgrade or (browsers) a first message
+        `{"type": "auth", "key": ...}`. An upgrade from a foreign `Origin` is refused."""
+        if not self._own_origin(websocket):
+            await websocket.close(code=1008)  # before accepting: the upgrade is answered 403
+            return
+        keyed = await self._is_api_key(bearer_token(websocket.headers))
         await websocket.accept()
-        try:
-            async with self.registry.events.subscribe() as queue:
-                while (event := await queue.get()) is not None:
-                    await websocket.send_json(event)
+        async with self.registry.events.subscribe(jobs=keyed) as sub:
+            tasks = {
+                asyncio.ensure_future(self._send_events(websocket, sub)),
+                asyncio.ensure_future(self._read_auth(websocket, sub)),
+            }
+            try:
+                await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for task in tasks:
+                    task.cancel()
+
+    def _own_origin(self, websocket: WebSocket) -> bool:
+        origin = websocket.headers.get("origin")
+        if origin is None:
+            return True  # not a browser
+        scheme = "https" if websocket.url.scheme == "wss" else "http"
+        allowed = {f"{scheme}://{websocket.url.netloc}", *self.settings.allowed_origins()}
+        return origin.rstrip("/").lower() in {o.lower() for o in allowed}
+
+    async def _send_events(self, websocket: WebSocket, sub: Subscription) -> None:
+        with contextlib.suppress(WebSocketDisconnect):
+            while (event := await sub.queue.get()) is not None:
+                await websocket.send_json(event)
             await websocket.close(code=1013, reason="too slow: reconnect")
-        except WebSocketDisconnect:
-            pass
+
+    async def _read_auth(self, websocket: WebSocket, sub: Subscription) -> None:
+        """Until the client goes away: an `auth` message adds job events, or, with a key
+        that is not valid, closes the stream."""
+        with contextlib.suppress(WebSocketDisconnect):
+            while True:
+                try:
+                    message = await websocket.receive_json()
+                except ValueError:
+                    continue  # not JSON: ignored
+                if not isinstance(message, dict) or message.get("type") != "auth":
+                    continue
+                key = message.get("key")
+                if not isinstance(key, str) or not await self._is_api_key(key):
+                    await websocket.close(code=1008, reason="this key is not valid")
+                    return
+                sub.jobs = True
+                await websocket.send_json({"type": "AUTHENTICATED", "data": {}, "at": time.time()})

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,7 +26,14 @@ class Settings:
     data_dir: Path
     heartbeat_interval_s: float = 30.0
     api_key: str | None = None
-    public_url: str | None = None
+    public_url: str | None = None  # where workers and browsers reach this server
+    allow_backends: tuple[str, ...] = ()  # other coordinators installers may be built for
+    allow_origins: tuple[str, ...] = ()  # other pages' origins that may open /api/events
+
+    def allowed_origins(self) -> list[str]:
+        """Origins besides the request's own that may open the events stream."""
+        public = [origin_of(self.public_url)] if self.public_url else []
+        return [*public, *(origin_of(o) for o in self.allow_origins)]
 
     @property
     def offline_after_s(self) -> float:
@@ -41,6 +49,12 @@ class Settings:
     def poll_wait_s(self) -> float:
         """How long a worker's long-poll for a job waits (below common proxy timeouts)."""
         return 25.0
+
+
+def origin_of(url: str) -> str:
+    """scheme://host[:port] of a URL, as a browser sends it in `Origin`."""
+    parts = urllib.parse.urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}".lower()
 
 
 def load_or_create_api_key(data_dir: Path) -> tuple[str, bool]:

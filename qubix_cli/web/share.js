@@ -178,7 +178,7 @@ async function sha256(blob, answer) {
 }
 
 function installerQuery() {
-  return `backend=${encodeURIComponent(location.origin)}&qubicAddress=${address.value}`;
+  return `qubicAddress=${address.value}`; // the server knows its own URL (--public-url)
 }
 
 async function installNative() {

@@ -241,7 +241,8 @@ def test_lease_expiry_requeues_then_fails_after_max_attempts(make_client: Any) -
     first = lease(client, "lost", lost)
     assert first is not None and first["attempt"] == 1
     other = register(client, "other")
-    with keep_alive(client, "other", other), client.websocket_connect("/api/events") as ws:
+    events = client.websocket_connect("/api/events", headers=KEY)  # job events need a key
+    with keep_alive(client, "other", other), events as ws:
         second = lease(client, "other", other, wait=5)  # waits for the first lease to expire
         types = [ws.receive_json()["type"] for _ in range(3)]
     assert [t for t in types if t.startswith("JOB_")] == ["JOB_REQUEUED", "JOB_ASSIGNED"]
@@ -297,7 +298,7 @@ def test_listing_is_newest_first_and_paginated(client: TestClient) -> None:
 
 def test_job_events(client: TestClient) -> None:
     token = register(client)
-    with client.websocket_connect("/api/events") as ws:
+    with client.websocket_connect("/api/events", headers=KEY) as ws:
         ws_types = []
         job = submit(client)
         lease(client, "worker-1", token)

@@ -41,6 +41,7 @@ def test_serve_prints_where_data_lives_and_creates_a_private_api_key(tmp_path: P
     assert f"http://127.0.0.1:{port}" in output
     assert str(key_file) in output
     assert key not in output  # stderr is not a terminal: the key stays out of logs
+    assert "Host" in output and "--public-url" in output  # where installers point
     assert "Application shutdown complete" in output  # SIGTERM shuts down cleanly
 
 
