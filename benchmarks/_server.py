@@ -33,6 +33,8 @@ class Server:
         argv = [sys.executable, "-m", "qubix_cli", "serve", "--port", str(self.port)]
         argv += ["--data-dir", str(self.data_dir / "data")]
         argv += ["--heartbeat-interval", str(heartbeat_interval_s)]
+        # A simulated fleet registers from one address: the per-IP limits are lifted.
+        argv += ["--max-registrations-per-minute", "0", "--max-providers-per-ip", "0"]
         env = {**os.environ, "QUBIX_API_KEY": API_KEY}
         log = open(self.data_dir / "server.log", "w")  # noqa: SIM115
         self.proc = subprocess.Popen(argv, stdout=log, stderr=log, env=env)

@@ -37,6 +37,18 @@ class Client:
             raise ServerError(_error_sentence(response))
         return response.json() if response.content else None
 
+    def list_providers(self, **params: Any) -> list[dict[str, Any]]:
+        """Every provider that matches, following the pages of `GET /api/providers`."""
+        found: list[dict[str, Any]] = []
+        cursor = None
+        while True:
+            query = {**params, "limit": 1000, **({"cursor": cursor} if cursor else {})}
+            page = self.call("GET", "/api/providers", params=query)
+            found += page["providers"]
+            cursor = page["nextCursor"]
+            if cursor is None:
+                return found
+
     def submit_job(self, body: dict[str, Any]) -> dict[str, Any]:
         job: dict[str, Any] = self.call("POST", "/api/jobs", json=body)["job"]
         return job

@@ -10,10 +10,13 @@ from qubix_cli.server.app import create_app
 from qubix_cli.server.settings import Settings
 from tests.helpers import API_KEY, ServerProcess, register_body
 
+# Tests register many providers from one address; the limits have tests of their own.
+NO_LIMITS = {"max_registrations_per_minute": 0, "max_providers_per_ip": 0}
+
 
 @pytest.fixture
 def client(tmp_path: Path) -> Iterator[TestClient]:
-    app = create_app(Settings(data_dir=tmp_path / "data", api_key=API_KEY))
+    app = create_app(Settings(data_dir=tmp_path / "data", api_key=API_KEY, **NO_LIMITS))
     with TestClient(app) as c:
         yield c
 
@@ -24,6 +27,7 @@ def make_client(tmp_path: Path) -> Iterator[object]:
     opened: list[TestClient] = []
 
     def make(**settings: object) -> TestClient:
+        settings = {**NO_LIMITS, **settings}
         app = create_app(Settings(data_dir=tmp_path / "data", api_key=API_KEY, **settings))  # type: ignore[arg-type]
         c = TestClient(app)
         c.__enter__()

@@ -69,6 +69,8 @@ class ServerProcess:
         argv = [sys.executable, "-m", "qubix_cli", "serve", "--port", str(self.port)]
         argv += ["--data-dir", str(self.data_dir)]
         argv += ["--heartbeat-interval", str(self.heartbeat_interval_s)]
+        # Tests register many providers from one address; the limits have tests of their own.
+        argv += ["--max-registrations-per-minute", "0", "--max-providers-per-ip", "0"]
         with open(self.log, "a") as log:
             self.proc = subprocess.Popen(argv, stdout=log, stderr=log, text=True, env=env)
         wait_until_responds(self.url + "/healthz")
@@ -144,3 +146,16 @@ def submit(server: ServerProcess, **body: Any) -> str:
 def job(server: ServerProcess, job_id: str) -> dict[str, Any]:
     answer: dict[str, Any] = httpx.get(f"{server.url}/api/jobs/{job_id}", headers=KEY).json()["job"]
     return answer
+
+
+def all_providers(url: str) -> list[dict[str, Any]]:
+    """Every provider, page after page (`GET /api/providers` follows `nextCursor`)."""
+    found: list[dict[str, Any]] = []
+    cursor = None
+    while True:
+        params: dict[str, Any] = {"limit": 1000, **({"cursor": cursor} if cursor else {})}
+        page = httpx.get(url + "/api/providers", params=params, timeout=10).json()
+        found += page["providers"]
+        cursor = page["nextCursor"]
+        if cursor is None:
+            return found

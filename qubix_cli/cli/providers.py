@@ -30,14 +30,12 @@ def list_(
     """List the providers, oldest registration first."""
     params = {"status": status, "minVramMb": min_vram_mb}
     with Client(config.server_url(server)) as client:
-        answer = client.call(
-            "GET", "/api/providers", params={k: v for k, v in params.items() if v is not None}
-        )
+        providers = client.list_providers(**{k: v for k, v in params.items() if v is not None})
     if as_json:
-        typer.echo(json.dumps(answer["providers"], indent=2))
+        typer.echo(json.dumps(providers, indent=2))
         return
-    console.print(fleet_table(answer["providers"]))
-    console.print(f"{len(answer['providers'])} providers")
+    console.print(fleet_table(providers))
+    console.print(f"{len(providers)} providers")
 
 
 @app.command()

@@ -16,6 +16,7 @@ from qubix_cli.server.settings import (
     Settings,
     default_data_dir,
     load_or_create_api_key,
+    parse_duration,
 )
 
 console = Console(stderr=True, highlight=False, soft_wrap=True)  # paths stay whole
@@ -64,6 +65,33 @@ def serve(
             show_default=False,
         ),
     ] = None,
+    trusted_proxy: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="A reverse proxy's address whose X-Forwarded-For is believed for the "
+            "client's IP (repeat for more) \\[default: none; the client is the socket's peer].",
+            show_default=False,
+        ),
+    ] = None,
+    max_registrations_per_minute: Annotated[
+        int,
+        typer.Option(min=0, help="New workers a client IP may register a minute (0: no limit)."),
+    ] = 30,
+    max_providers_per_ip: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            help="Registered providers per client IP; raise it for a farm behind one NAT "
+            "(0: no limit).",
+        ),
+    ] = 64,
+    forget_offline_after: Annotated[
+        str,
+        typer.Option(
+            help="Remove providers offline this long (30d, 12h, 4s; browser providers after "
+            "a day at most).",
+        ),
+    ] = "30d",
     allow_origin: Annotated[
         list[str] | None,
         typer.Option(
@@ -95,6 +123,10 @@ def serve(
         public_url=validate_server_url(public_url) if public_url else None,
         allow_backends=tuple(validate_server_url(url) for url in allow_backend or ()),
         allow_origins=tuple(validate_server_url(url) for url in allow_origin or ()),
+        trusted_proxies=tuple(trusted_proxy or ()),
+        max_registrations_per_minute=max_registrations_per_minute,
+        max_providers_per_ip=max_providers_per_ip,
+        forget_offline_after_s=parse_duration(forget_offline_after),
     )
     app = create_app(settings)
     console.print(escape(f"Data directory: {data_dir}"))

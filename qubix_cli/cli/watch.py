@@ -130,7 +130,7 @@ def follow_fleet(client: Client) -> None:
     from websockets.exceptions import WebSocketException
     from websockets.sync.client import connect
 
-    providers = {p["workerId"]: p for p in client.call("GET", "/api/providers")["providers"]}
+    providers = {p["workerId"]: p for p in client.list_providers()}
     ws_url = "ws" + client.server.removeprefix("http") + "/api/events"
     with Live(fleet_table(list(providers.values())), console=console) as live:
         while True:

@@ -84,6 +84,8 @@ async def _housekeeping(app: Starlette, tick_s: float) -> None:
             await jobs.expire_leases()
             if loop.time() >= next_save:
                 next_save = loop.time() + VOLATILE_SAVE_S
+                for worker_id in await registry.forget():
+                    await jobs.requeue_held_by(worker_id)
                 await store.save_volatile()
         except (StorageError, OSError) as exc:
             log.error("housekeeping: %s", exc)

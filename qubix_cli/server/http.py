@@ -65,7 +65,22 @@ def error_response(exc: QubixError, status: int | None = None) -> Response:
     response = json_response(body, status)
     if status == 401:
         response.headers["WWW-Authenticate"] = "Bearer"
+    if isinstance(exc.details, dict) and "retryAfterS" in exc.details:
+        response.headers["Retry-After"] = str(exc.details["retryAfterS"])
     return response
+
+
+def client_ip(scope: Scope, trusted_proxies: tuple[str, ...]) -> str:
+    """Who sent a request: the socket's peer, or, when the peer is a proxy the operator
+    trusts (`--trusted-proxy`), the nearest address in X-Forwarded-For that is not one."""
+    peer: str = scope["client"][0] if scope.get("client") else "unknown"
+    if peer not in trusted_proxies:
+        return peer
+    forwarded = request_headers(scope, b"x-forwarded-for").get("x-forwarded-for", "")
+    for hop in reversed([h.strip() for h in forwarded.split(",") if h.strip()]):
+        if hop not in trusted_proxies:
+            return hop
+    return peer
 
 
 def not_found(what: str) -> NotFound:

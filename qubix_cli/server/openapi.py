@@ -25,6 +25,7 @@ _CODES = {
     409: "Conflict",
     413: "Body too large",
     422: "Invalid fields",
+    429: "Too many (see Retry-After)",
     503: "Storage unavailable",
 }
 

@@ -3,19 +3,23 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import json
+import math
 import secrets
 from collections.abc import Callable
 from typing import Any
 
-from qubix_cli.errors import Conflict, Forbidden, Unauthorized
+from qubix_cli.errors import Conflict, Forbidden, InvalidInput, RateLimited, Unauthorized
 from qubix_cli.server.events import EventBus
 from qubix_cli.server.http import not_found, token_hash, token_matches
 from qubix_cli.server.schemas import CheckNewQuery, Heartbeat, ProviderListQuery, Register
 from qubix_cli.server.settings import Settings
-from qubix_cli.server.store import Doc, Store
+from qubix_cli.server.store import Doc, Store, Transaction
 
 CHECK_NEW_DEFAULT_S = 300.0
 OFFLINE: Doc = {"status": "offline", "lastSeenAt": None}
+PRIVATE = ("tokenHash", "clientIp")  # fields of a provider's record that no answer shows
 Clock = Callable[[], float]
 
 
@@ -28,8 +32,11 @@ class Registry:
 
     # -- registration ----------------------------------------------------------------
 
-    async def register(self, body: Register, token: str | None) -> tuple[Doc, str | None]:
-        """Create or update a provider. Returns its record and a new token if created."""
+    async def register(
+        self, body: Register, token: str | None, client_ip: str
+    ) -> tuple[Doc, str | None]:
+        """Create or update a provider. Returns its record and a new token if created.
+        New registrations are limited per client IP (re-registering with the token is not)."""
         now = self.clock()
         async with self.store.transaction() as tx:
             existing = await tx.get("providers", body.workerId)
@@ -39,6 +46,8 @@ class Registry:
                     "worker token (Authorization: Bearer <token>), or use another workerId.",
                     code="worker_id_taken",
                 )
+            if existing is None:
+                await self._admit(tx, client_ip, now)
             new_token = None if existing else secrets.token_urlsafe(32)
             doc = body.model_dump(exclude={"gpu", "gpus"}, exclude_none=True)
             doc.update(
@@ -46,6 +55,7 @@ class Registry:
                 registeredAt=existing["registeredAt"] if existing else now,
                 lastRegisteredAt=now,
                 tokenHash=existing["tokenHash"] if existing else token_hash(new_token or ""),
+                clientIp=existing["clientIp"] if existing else client_ip,
             )
             tx.put("providers", doc)
         was_online = await self.is_online(body.workerId)
@@ -57,6 +67,31 @@ class Registry:
         self._registered.set()
         self._registered = asyncio.Event()
         return doc, new_token
+
+    async def _admit(self, tx: Transaction, client_ip: str, now: float) -> None:
+        """A new provider from `client_ip`, within the per-IP limits, or RateLimited."""
+        most = self.settings.max_providers_per_ip
+        if most and await tx.count("providers", {"clientIp": client_ip}) >= most:
+            raise RateLimited(
+                f"{client_ip} already has {most} providers registered: deregister those you "
+                "no longer use, or ask the operator to raise --max-providers-per-ip (a farm "
+                "behind one address)",
+                code="too_many_providers",
+            )
+        per_minute = self.settings.max_registrations_per_minute
+        if not per_minute:
+            return
+        window = await self.store.recall("registrations", client_ip)
+        if window is None or window["start"] + 60 <= now:
+            window = {"start": now, "count": 0}
+        if window["count"] >= per_minute:
+            wait_s = math.ceil(window["start"] + 60 - now)
+            raise RateLimited(
+                f"{per_minute} new registrations a minute from one address at most; "
+                f"try again in {wait_s} s",
+                details={"retryAfterS": wait_s},
+            )
+        self.store.remember("registrations", client_ip, {**window, "count": window["count"] + 1})
 
     async def _doc(self, worker_id: str) -> Doc:
         """The stored record of a provider, or NotFound."""
@@ -81,7 +116,7 @@ class Registry:
             raise Unauthorized("this worker token is not valid; register again")
         return found[0]
 
-    async def delete(self, worker_id: str) -> None:
+    async def delete(self, worker_id: str, event: str = "PROVIDER_OFFLINE") -> None:
         async with self.store.transaction() as tx:
             doc = await tx.get("providers", worker_id)
             if doc is None:
@@ -89,7 +124,7 @@ class Registry:
             tx.delete("providers", worker_id)
         view = {**await self.public(doc), "status": "offline", "deleted": True}
         self.store.remember("liveness", worker_id, None)
-        self.events.publish("PROVIDER_OFFLINE", view)
+        self.events.publish(event, view)
 
     # -- liveness --------------------------------------------------------------------
 
@@ -142,11 +177,40 @@ class Registry:
     async def get(self, worker_id: str) -> Doc:
         return await self.public(await self._doc(worker_id))
 
-    async def search(self, query: ProviderListQuery) -> list[Doc]:
+    async def search(self, query: ProviderListQuery) -> tuple[list[Doc], str | None]:
+        """One page of the marketplace, oldest registration first, and the cursor of the
+        next page (None after the last)."""
+        after = _decode_cursor(query.cursor) if query.cursor else None
         liveness = await self.store.recall_all("liveness")
         docs = await self.store.scan("providers", order_by="registeredAt")
-        views = (public(doc, liveness.get(doc["workerId"])) for doc in docs)
-        return [view for view in views if _matches_listing(view, query)]
+        page: list[Doc] = []
+        for doc in docs:
+            if after is not None and (doc["registeredAt"], doc["workerId"]) <= after:
+                continue
+            view = public(doc, liveness.get(doc["workerId"]))
+            if not _matches_listing(view, query):
+                continue
+            if len(page) == query.limit:
+                last = page[-1]
+                return page, _encode_cursor(last["registeredAt"], last["workerId"])
+            page.append(view)
+        return page, None
+
+    async def forget(self) -> list[str]:
+        """Remove providers offline longer than `--forget-offline-after` (browsers: a day);
+        the ones removed (their leases are the queue's to requeue)."""
+        now = self.clock()
+        liveness = await self.store.recall_all("liveness")
+        removed = []
+        for doc in await self.store.scan("providers"):
+            live = liveness.get(doc["workerId"]) or {}
+            last = live.get("lastSeenAt") or doc["lastRegisteredAt"]
+            if live.get("status", "offline") != "offline":
+                continue
+            if last + self.settings.forget_after_s(doc["type"]) < now:
+                await self.delete(doc["workerId"], "PROVIDER_REMOVED")
+                removed.append(doc["workerId"])
+        return removed
 
     async def check_new(self, query: CheckNewQuery) -> list[Doc]:
         """Providers (re)registered after `since`; with `wait`, answers as soon as one is."""
@@ -168,9 +232,9 @@ class Registry:
 
 
 def public(doc: Doc, live: Doc | None) -> Doc:
-    """What anyone may see of a provider: never its token hash."""
+    """What anyone may see of a provider: never its token hash nor its address."""
     live = live or OFFLINE
-    view = {k: v for k, v in doc.items() if k != "tokenHash"}
+    view = {k: v for k, v in doc.items() if k not in PRIVATE}
     view.update(
         status=live["status"],
         lastSeenAt=live["lastSeenAt"],
@@ -197,3 +261,20 @@ def _matches_listing(view: Doc, query: ProviderListQuery) -> bool:
         return False
     gpu = (query.gpu or "").lower()
     return not gpu or any(gpu in g["model"].lower() for g in view.get("gpus", []))
+
+
+def _encode_cursor(registered_at: float, worker_id: str) -> str:
+    raw = json.dumps([registered_at, worker_id]).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str) -> tuple[float, str]:
+    try:
+        value = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+        registered_at, worker_id = value
+        return float(registered_at), str(worker_id)
+    except (ValueError, TypeError) as exc:
+        raise InvalidInput(
+            "query.cursor: not a cursor this server made; pass nextCursor as it came",
+            details=[{"field": "query.cursor", "message": "not a cursor this server made"}],
+        ) from exc

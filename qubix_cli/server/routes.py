@@ -20,6 +20,7 @@ from qubix_cli.installer.render import render
 from qubix_cli.server.events import Subscription
 from qubix_cli.server.http import (
     bearer_token,
+    client_ip,
     error_response,
     internal_error,
     json_response,
@@ -53,13 +54,14 @@ from qubix_cli.server.schemas import (
     OneProvider,
     PendingQuery,
     ProviderListQuery,
-    Providers,
+    ProviderPage,
     Register,
     Registered,
 )
 from qubix_cli.server.store import Doc
 
 HEARTBEAT_PATH = "/api/providers/{workerId}/heartbeat"
+REGISTRATION_LIMIT_BYTES = 16 * 1024
 
 
 class Heartbeats:
@@ -149,7 +151,7 @@ ENDPOINTS = (
         "/api/providers/quick-register",
         "quick_register",
         "Register or re-register a provider",
-        (200, 201, 400, 409, 413, 422),
+        (200, 201, 400, 409, 413, 422, 429),
         body=Register,
         answer=Registered,
     ),
@@ -166,10 +168,10 @@ ENDPOINTS = (
         "GET",
         "/api/providers",
         "list_providers",
-        "Marketplace list",
+        "Marketplace list, a page at a time",
         (200, 422),
         query=ProviderListQuery,
-        answer=Providers,
+        answer=ProviderPage,
     ),
     Endpoint(
         "GET",
@@ -280,8 +282,9 @@ class Api:
     # -- providers ---------------------------------------------------------------------
 
     async def quick_register(self, request: Request) -> Response:
-        body = await read_json(request, Register)
-        doc, token = await self.registry.register(body, bearer_token(request.headers))
+        body = await read_json(request, Register, limit=REGISTRATION_LIMIT_BYTES)
+        ip = client_ip(request.scope, self.settings.trusted_proxies)
+        doc, token = await self.registry.register(body, bearer_token(request.headers), ip)
         answer: Doc = {"provider": await self.registry.public(doc)}
         if token is not None:
             answer["workerToken"] = token
@@ -293,8 +296,8 @@ class Api:
         return json_response({"providers": providers, "serverTime": time.time()})
 
     async def list_providers(self, request: Request) -> Response:
-        providers = await self.registry.search(read_query(request, ProviderListQuery))
-        return json_response({"providers": providers})
+        page, cursor = await self.registry.search(read_query(request, ProviderListQuery))
+        return json_response({"providers": page, "nextCursor": cursor})
 
     async def get_provider(self, request: Request) -> Response:
         provider = await self.registry.get(request.path_params["workerId"])

@@ -87,7 +87,7 @@ class Gpu(Body):
 
 
 class Cpu(Body):
-    model: str = Text(256, 1)
+    model: str = Text(128, 1)
     cores: int = Field(ge=1, le=4096)
     threads: int | None = Field(default=None, ge=1, le=8192)
     arch: str | None = Text(32, default=None)
@@ -112,7 +112,7 @@ class Register(Body):
     name: str | None = Text(64, default=None)
     location: str | None = Text(64, default=None)
     pricePerHour: float | None = Field(default=None, ge=0, le=1_000_000)
-    gpus: list[Gpu] | None = Field(default=None, max_length=64)
+    gpus: list[Gpu] | None = Field(default=None, max_length=16)
     gpu: Gpu | None = Field(default=None, description="The seed's single GPU; use gpus.")
     cpu: Cpu
     ramMb: int = Field(ge=0, le=1 << 32)
@@ -158,6 +158,10 @@ class ProviderListQuery(Query):
     status: ProviderStatus | None = None
     minVramMb: int | None = Field(default=None, ge=0)
     gpu: str | None = Field(default=None, max_length=128)
+    limit: int = Field(default=100, ge=1, le=1000)
+    cursor: str | None = Field(
+        default=None, max_length=200, description="`nextCursor` of the previous page."
+    )
 
 
 class Requirements(Body):
@@ -282,6 +286,10 @@ class OneProvider(Answer):
 
 class Providers(Answer):
     providers: list[Provider]
+
+
+class ProviderPage(Providers):
+    nextCursor: str | None = Field(description="Pass it as `cursor` for the next page.")
 
 
 class NewProviders(Providers):

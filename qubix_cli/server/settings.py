@@ -10,7 +10,7 @@ from pathlib import Path
 
 import platformdirs
 
-from qubix_cli.errors import StorageError
+from qubix_cli.errors import InvalidInput, StorageError
 
 API_KEY_FILE = "api-key"
 
@@ -29,11 +29,22 @@ class Settings:
     public_url: str | None = None  # where workers and browsers reach this server
     allow_backends: tuple[str, ...] = ()  # other coordinators installers may be built for
     allow_origins: tuple[str, ...] = ()  # other pages' origins that may open /api/events
+    trusted_proxies: tuple[str, ...] = ()  # peers whose X-Forwarded-For is believed
+    max_registrations_per_minute: int = 30  # new workerIds per client IP; 0: no limit
+    max_providers_per_ip: int = 64  # registered providers per client IP; 0: no limit
+    forget_offline_after_s: float = 30 * 86_400  # remove providers offline this long
 
     def allowed_origins(self) -> list[str]:
         """Origins besides the request's own that may open the events stream."""
         public = [origin_of(self.public_url)] if self.public_url else []
         return [*public, *(origin_of(o) for o in self.allow_origins)]
+
+    def forget_after_s(self, provider_type: str) -> float:
+        """Browser providers are forgotten after a day offline (a closed tab rarely comes
+        back), native ones after `forget_offline_after_s`."""
+        if provider_type == "browser":
+            return min(86_400.0, self.forget_offline_after_s)
+        return self.forget_offline_after_s
 
     @property
     def offline_after_s(self) -> float:
@@ -49,6 +60,15 @@ class Settings:
     def poll_wait_s(self) -> float:
         """How long a worker's long-poll for a job waits (below common proxy timeouts)."""
         return 25.0
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in a duration such as `30d`, `12h`, `15m` or `4s`."""
+    units = {"d": 86_400, "h": 3_600, "m": 60, "s": 1}
+    number, unit = text[:-1], text[-1:].lower()
+    if unit not in units or not number.replace(".", "", 1).isdigit() or float(number) <= 0:
+        raise InvalidInput(f"{text!r} is not a duration: write it as 30d, 12h, 15m or 4s")
+    return float(number) * units[unit]
 
 
 def origin_of(url: str) -> str:

@@ -48,12 +48,12 @@ class Table:
 
 
 TABLES = {
-    "providers": Table("workerId", ("tokenHash",)),
+    "providers": Table("workerId", ("tokenHash", "clientIp")),
     "jobs": Table("id", ("status", "workerId")),
     "keys": Table("id", ("hash",)),
 }
 # Volatile state, per kind: key -> document. Kept in memory, saved now and then.
-VOLATILE = ("liveness", "leases", "cancels")
+VOLATILE = ("liveness", "leases", "cancels", "registrations")
 
 
 class Reader(Protocol):

@@ -40,10 +40,18 @@ function render() {
 
 async function load() {
   try {
-    const answer = await fetch("/api/providers");
-    if (!answer.ok) throw new Error(`the server answered ${answer.status}`);
+    const all = new Map();
+    let cursor = null;
+    do { // a page at a time, as the server sends them
+      const query = `limit=1000${cursor ? `&cursor=${encodeURIComponent(cursor)}` : ""}`;
+      const answer = await fetch(`/api/providers?${query}`);
+      if (!answer.ok) throw new Error(`the server answered ${answer.status}`);
+      const page = await answer.json();
+      for (const p of page.providers) all.set(p.workerId, p);
+      cursor = page.nextCursor;
+    } while (cursor);
     providers.clear();
-    for (const p of (await answer.json()).providers) providers.set(p.workerId, p);
+    for (const [id, p] of all) providers.set(id, p);
     $("error").hidden = true;
     render();
   } catch (error) {

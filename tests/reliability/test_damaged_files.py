@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.helpers import API_KEY, ServerProcess, register_body
+from tests.helpers import API_KEY, ServerProcess, all_providers, register_body
 
 
 def _data_dir_with_a_snapshot_and_a_journal(tmp_path: Path) -> Path:
@@ -99,7 +99,7 @@ def test_the_undamaged_data_dir_loads_every_provider(tmp_path: Path) -> None:
     data = _data_dir_with_a_snapshot_and_a_journal(tmp_path)
     server = ServerProcess(data).start()
     try:
-        ids = {p["workerId"] for p in httpx.get(server.url + "/api/providers").json()["providers"]}
+        ids = {p["workerId"] for p in all_providers(server.url)}
         assert ids == {f"w{i}" for i in range(40)}
     finally:
         server.stop()

@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from tests.conftest import auth
-from tests.helpers import API_KEY, ServerProcess, register_body
+from tests.helpers import API_KEY, ServerProcess, all_providers, register_body
 
 
 def _mount(disk: Path, size: str, *options: str) -> subprocess.CompletedProcess[str]:
@@ -67,7 +67,7 @@ def test_a_full_disk_refuses_writes_loses_nothing_and_recovers(small_disk: Path)
         path = f"/api/providers/{some}/heartbeat"
         beat = http.post(path, json={"status": "online"}, headers=auth(acknowledged[some]))
         assert beat.status_code == 200
-        assert len(http.get("/api/providers").json()["providers"]) == len(acknowledged)
+        assert len(all_providers(server.url)) == len(acknowledged)
 
         assert _mount(small_disk, "4m", "remount").returncode == 0  # space returns
         again = http.post("/api/providers/quick-register", json=register_body(refused_id))
@@ -80,7 +80,7 @@ def test_a_full_disk_refuses_writes_loses_nothing_and_recovers(small_disk: Path)
 
         server.stop()
         server.start()  # and everything acknowledged is still there
-        listed = {p["workerId"] for p in http.get("/api/providers").json()["providers"]}
+        listed = {p["workerId"] for p in all_providers(server.url)}
         assert listed == set(acknowledged)
         kept = http.get(f"/api/jobs/{job.json()['job']['id']}", headers=auth(API_KEY))
         assert kept.status_code == 200

@@ -7,16 +7,14 @@ import signal
 import time
 from pathlib import Path
 
-import httpx
-
 from qubix_cli.installer.pack import build_worker_pyz
-from tests.helpers import ServerProcess, Worker, job, submit, wait_for
+from tests.helpers import ServerProcess, Worker, all_providers, job, submit, wait_for
 
 WORKERS = 100
 
 
 def providers(server: ServerProcess) -> list[dict[str, object]]:
-    listed: list[dict[str, object]] = httpx.get(server.url + "/api/providers").json()["providers"]
+    listed: list[dict[str, object]] = all_providers(server.url)
     return listed
 
 

@@ -19,7 +19,7 @@ from starlette.testclient import TestClient
 
 from qubix_cli.server.app import create_app
 from qubix_cli.server.settings import Settings
-from tests.conftest import auth
+from tests.conftest import NO_LIMITS, auth
 from tests.helpers import API_KEY, KEY, register_body
 
 
@@ -27,7 +27,7 @@ class Server:
     """The coordinator on one data directory, restarted at will."""
 
     def __init__(self, data_dir: Path) -> None:
-        self.settings = Settings(data_dir=data_dir, api_key=API_KEY)
+        self.settings = Settings(data_dir=data_dir, api_key=API_KEY, **NO_LIMITS)
         self.client = self._start()
 
     def _start(self) -> TestClient:

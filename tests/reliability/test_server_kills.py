@@ -11,7 +11,7 @@ from typing import Any
 
 import httpx
 
-from tests.helpers import KEY, ServerProcess, register_body
+from tests.helpers import KEY, ServerProcess, all_providers, register_body
 
 ROUNDS = 20
 
@@ -94,7 +94,7 @@ def _step(http: httpx.Client, ack: Acknowledged, name: str, kind: str) -> None:
 
 def _check(url: str, ack: Acknowledged) -> None:
     with httpx.Client(base_url=url, timeout=10) as http:
-        listed = http.get("/api/providers").json()["providers"]
+        listed = all_providers(url)
         ids = [p["workerId"] for p in listed]
         assert len(ids) == len(set(ids))
         assert set(ack.providers) - ack.maybe_deleted <= set(ids)

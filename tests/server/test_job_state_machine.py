@@ -20,7 +20,7 @@ from starlette.testclient import TestClient
 
 from qubix_cli.server.app import create_app
 from qubix_cli.server.settings import Settings
-from tests.conftest import auth
+from tests.conftest import NO_LIMITS, auth
 from tests.helpers import API_KEY, KEY, register_body
 
 WORKERS = ("w1", "w2")
@@ -57,7 +57,7 @@ class JobMachine(RuleBasedStateMachine):
         super().__init__()
         self.clock = FrozenClock()
         self.dir = tempfile.TemporaryDirectory()
-        settings = Settings(data_dir=Path(self.dir.name) / "data", api_key=API_KEY)
+        settings = Settings(data_dir=Path(self.dir.name) / "data", api_key=API_KEY, **NO_LIMITS)
         app = create_app(settings, clock=self.clock.time)
         self.client = TestClient(app)
         self.client.__enter__()

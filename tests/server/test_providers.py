@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from starlette.testclient import TestClient
 
-from tests.conftest import auth, register
+from tests.conftest import NO_LIMITS, auth, register
 from tests.helpers import ADDRESS, OTHER_ADDRESS, register_body
 
 
@@ -382,7 +382,7 @@ def test_liveness_is_saved_at_shutdown_and_restored(tmp_path: Any) -> None:
     from qubix_cli.server.settings import Settings
     from tests.helpers import API_KEY
 
-    settings = Settings(data_dir=tmp_path / "data", api_key=API_KEY)
+    settings = Settings(data_dir=tmp_path / "data", api_key=API_KEY, **NO_LIMITS)
     usage = {"cpuPercent": 12.5, "ramPercent": 40.0}
     with TestClient(create_app(settings)) as first:
         tokens = [register(first, f"w{i}") for i in range(1200)]  # more than one piece

@@ -15,7 +15,14 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.helpers import KEY, ServerProcess, free_port, register_body, wait_until_responds
+from tests.helpers import (
+    KEY,
+    ServerProcess,
+    all_providers,
+    free_port,
+    register_body,
+    wait_until_responds,
+)
 
 
 def test_serve_prints_where_data_lives_and_creates_a_private_api_key(tmp_path: Path) -> None:
@@ -85,7 +92,7 @@ def test_every_acknowledged_registration_survives_sigkill(tmp_path: Path, kill_a
     for t in threads:
         t.join()
     server.start()
-    listed = httpx.get(server.url + "/api/providers").json()["providers"]
+    listed = all_providers(server.url)
     stored = {p["workerId"] for p in listed}
     assert len(acknowledged) >= kill_after
     assert set(acknowledged) <= stored
