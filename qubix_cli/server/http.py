@@ -7,7 +7,7 @@ import contextlib
 import hashlib
 import hmac
 import logging
-from collections.abc import Awaitable, Mapping
+from collections.abc import Awaitable, Iterator, Mapping
 from typing import Any, TypeVar
 
 import pydantic
@@ -68,6 +68,29 @@ def error_response(exc: QubixError, status: int | None = None) -> Response:
     if isinstance(exc.details, dict) and "retryAfterS" in exc.details:
         response.headers["Retry-After"] = str(exc.details["retryAfterS"])
     return response
+
+
+class PerIp:
+    """At most `most` of something held open at once per client IP (long-polls, streams)."""
+
+    def __init__(self, what: str, most: int) -> None:
+        self.what, self.most = what, most
+        self._open: dict[str, int] = {}
+
+    @contextlib.contextmanager
+    def hold(self, ip: str) -> Iterator[None]:
+        if self._open.get(ip, 0) >= self.most:
+            raise RateLimited(
+                f"{ip} already holds {self.most} open {self.what}; close one first",
+                details={"retryAfterS": 1},
+            )
+        self._open[ip] = self._open.get(ip, 0) + 1
+        try:
+            yield
+        finally:
+            self._open[ip] -= 1
+            if not self._open[ip]:
+                del self._open[ip]
 
 
 def client_ip(scope: Scope, trusted_proxies: tuple[str, ...]) -> str:

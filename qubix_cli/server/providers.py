@@ -28,7 +28,8 @@ class Registry:
 
     def __init__(self, store: Store, events: EventBus, settings: Settings, clock: Clock) -> None:
         self.store, self.events, self.settings, self.clock = store, events, settings, clock
-        self._registered = asyncio.Event()  # wakes check-new long-polls in this process
+        # check-new long-polls waiting in this process, with what each waits for
+        self._watchers: dict[asyncio.Future[Doc], CheckNewQuery] = {}
 
     # -- registration ----------------------------------------------------------------
 
@@ -64,8 +65,7 @@ class Registry:
             self.events.publish("PROVIDER_REGISTERED", await self.public(doc))
         elif not was_online:
             self.events.publish("PROVIDER_ONLINE", await self.public(doc))
-        self._registered.set()
-        self._registered = asyncio.Event()
+        self._announce(doc)
         return doc, new_token
 
     async def _admit(self, tx: Transaction, client_ip: str, now: float) -> None:
@@ -213,22 +213,34 @@ class Registry:
         return removed
 
     async def check_new(self, query: CheckNewQuery) -> list[Doc]:
-        """Providers (re)registered after `since`; with `wait`, answers as soon as one is."""
+        """Providers (re)registered after `since`; with `wait`, answers as soon as one is.
+        A registration wakes only the waiters whose filter it matches, and hands them the
+        provider: nothing is scanned again."""
         since = query.since if query.since is not None else self.clock() - CHECK_NEW_DEFAULT_S
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + query.wait
-        while True:
-            registered = self._registered
-            docs = await self.store.scan("providers")
-            found = [d for d in docs if d["lastRegisteredAt"] > since and _matches_filter(d, query)]
-            remaining = deadline - loop.time()
-            if found or remaining <= 0:
-                found.sort(key=lambda d: d["lastRegisteredAt"])
-                return [await self.public(doc) for doc in found]
+        if query.workerId:
+            one = await self.store.get("providers", query.workerId)
+            docs = [one] if one is not None and _matches_filter(one, query) else []
+        else:
+            where = {"qubicAddress": query.qubicAddress} if query.qubicAddress else None
+            docs = await self.store.scan("providers", where=where)
+        found = sorted(
+            (d for d in docs if d["lastRegisteredAt"] > since), key=lambda d: d["lastRegisteredAt"]
+        )
+        if not found and query.wait > 0:
+            waiter: asyncio.Future[Doc] = asyncio.get_running_loop().create_future()
+            self._watchers[waiter] = query
             try:
-                await asyncio.wait_for(registered.wait(), remaining)
+                found = [await asyncio.wait_for(waiter, query.wait)]
             except TimeoutError:
                 pass
+            finally:
+                del self._watchers[waiter]
+        return [await self.public(doc) for doc in found]
+
+    def _announce(self, doc: Doc) -> None:
+        for waiter, query in self._watchers.items():
+            if not waiter.done() and _matches_filter(doc, query):
+                waiter.set_result(doc)
 
 
 def public(doc: Doc, live: Doc | None) -> Doc:

@@ -15,10 +15,11 @@ from starlette.routing import BaseRoute, Route, WebSocketRoute
 from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from qubix_cli.errors import InvalidInput, Malformed, QubixError, Unauthorized
+from qubix_cli.errors import InvalidInput, Malformed, QubixError, RateLimited, Unauthorized
 from qubix_cli.installer.render import render
 from qubix_cli.server.events import Subscription
 from qubix_cli.server.http import (
+    PerIp,
     bearer_token,
     client_ip,
     error_response,
@@ -62,6 +63,11 @@ from qubix_cli.server.store import Doc
 
 HEARTBEAT_PATH = "/api/providers/{workerId}/heartbeat"
 REGISTRATION_LIMIT_BYTES = 16 * 1024
+# Open check-new long-polls and event streams per client IP (a page or `qubix watch` holds
+# one of each); workers' job polls are bounded by --max-providers-per-ip instead.
+LONG_POLLS_PER_IP = 32
+STREAMS_PER_IP = 32
+SEND_TIMEOUT_S = 10.0  # an event stream whose reader takes longer than this is closed
 
 
 class Heartbeats:
@@ -160,7 +166,7 @@ ENDPOINTS = (
         "/api/providers/check-new",
         "check_new",
         "Providers registered since a time (long-poll)",
-        (200, 422),
+        (200, 422, 429),
         query=CheckNewQuery,
         answer=NewProviders,
     ),
@@ -256,6 +262,8 @@ class Api:
         self.registry, self.jobs, self.settings = registry, jobs, registry.settings
         self.store = registry.store
         self.heartbeats = Heartbeats(registry, jobs)
+        self._polls = PerIp("check-new long-polls", LONG_POLLS_PER_IP)
+        self._streams = PerIp("event streams", STREAMS_PER_IP)
 
     def routes(self) -> list[BaseRoute]:
         """The routes of `ENDPOINTS`, then the events stream."""
@@ -283,7 +291,7 @@ class Api:
 
     async def quick_register(self, request: Request) -> Response:
         body = await read_json(request, Register, limit=REGISTRATION_LIMIT_BYTES)
-        ip = client_ip(request.scope, self.settings.trusted_proxies)
+        ip = self._ip(request.scope)
         doc, token = await self.registry.register(body, bearer_token(request.headers), ip)
         answer: Doc = {"provider": await self.registry.public(doc)}
         if token is not None:
@@ -291,8 +299,9 @@ class Api:
         return json_response(answer, 201 if token else 200)
 
     async def check_new(self, request: Request) -> Response:
-        wait = self.registry.check_new(read_query(request, CheckNewQuery))
-        providers = await unless_disconnected(request, wait) or []
+        query = read_query(request, CheckNewQuery)
+        with self._polls.hold(self._ip(request.scope)) if query.wait else contextlib.nullcontext():
+            providers = await unless_disconnected(request, self.registry.check_new(query)) or []
         return json_response({"providers": providers, "serverTime": time.time()})
 
     async def list_providers(self, request: Request) -> Response:
@@ -384,6 +393,16 @@ class Api:
             return
         keyed = await self._is_api_key(bearer_token(websocket.headers))
         await websocket.accept()
+        try:
+            with self._streams.hold(self._ip(websocket.scope)):
+                await self._stream(websocket, keyed)
+        except RateLimited as exc:
+            await websocket.close(code=1013, reason=exc.message[:120])
+
+    def _ip(self, scope: Scope) -> str:
+        return client_ip(scope, self.settings.trusted_proxies)
+
+    async def _stream(self, websocket: WebSocket, keyed: bool) -> None:
         async with self.registry.events.subscribe(jobs=keyed) as sub:
             tasks = {
                 asyncio.ensure_future(self._send_events(websocket, sub)),
@@ -406,7 +425,10 @@ class Api:
     async def _send_events(self, websocket: WebSocket, sub: Subscription) -> None:
         with contextlib.suppress(WebSocketDisconnect):
             while (event := await sub.queue.get()) is not None:
-                await websocket.send_json(event)
+                try:
+                    await asyncio.wait_for(websocket.send_json(event), SEND_TIMEOUT_S)
+                except TimeoutError:
+                    break  # a reader that does not read
             await websocket.close(code=1013, reason="too slow: reconnect")
 
     async def _read_auth(self, websocket: WebSocket, sub: Subscription) -> None:

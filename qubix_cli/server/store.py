@@ -48,7 +48,7 @@ class Table:
 
 
 TABLES = {
-    "providers": Table("workerId", ("tokenHash", "clientIp")),
+    "providers": Table("workerId", ("tokenHash", "clientIp", "qubicAddress")),
     "jobs": Table("id", ("status", "workerId")),
     "keys": Table("id", ("hash",)),
 }
@@ -263,7 +263,7 @@ class JournalStore(_Scans):
         self._fd = os.open(self._journal_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         self._journal_bytes = self._durable_bytes = os.fstat(self._fd).st_size
         self._volatile = {kind: self._load_volatile(kind) for kind in VOLATILE}
-        self._volatile_dirty = False
+        self._changed: set[str] = set()  # kinds of volatile state changed since saved
 
     # -- loading -----------------------------------------------------------------------
 
@@ -432,7 +432,7 @@ class JournalStore(_Scans):
             self._volatile[kind].pop(key, None)
         else:
             self._volatile[kind][key] = value
-        self._volatile_dirty = True
+        self._changed.add(kind)
 
     async def recall(self, kind: str, key: str) -> Doc | None:
         return self._volatile[kind].get(key)
@@ -455,20 +455,18 @@ class JournalStore(_Scans):
         between for the requests, and written from a thread: one json.dumps of 10,000 entries
         holds the loop for 60 ms, and encoding them in a thread slowed every request for
         longer (the two take turns with the GIL)."""
-        if not self._volatile_dirty:
-            return
-        self._volatile_dirty = False
-        try:
-            for kind, entries in self._volatile.items():
+        for kind in list(self._changed):
+            self._changed.discard(kind)  # a change from now on is saved next time
+            try:
                 members: list[str] = []
-                for member in json_members(entries, per=_VOLATILE_CHUNK):
+                for member in json_members(self._volatile[kind], per=_VOLATILE_CHUNK):
                     members.append(member)
                     await asyncio.sleep(0.005)
                 data = json_object(members).encode()
                 await asyncio.to_thread(write_atomically, self.data_dir / f"{kind}.json", data)
-        except BaseException:
-            self._volatile_dirty = True  # not saved (cancelled at shutdown, or the disk): again
-            raise
+            except BaseException:
+                self._changed.add(kind)  # not saved (cancelled at shutdown, or the disk): again
+                raise
 
     # -- closing and compaction ----------------------------------------------------------
 

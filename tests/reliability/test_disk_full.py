@@ -57,9 +57,9 @@ def test_a_full_disk_refuses_writes_loses_nothing_and_recovers(small_disk: Path)
             assert "disk is full" in answer.json()["message"]
         refused_id = json.loads(refused[-1].request.content)["workerId"]
         assert http.get(f"/api/providers/{refused_id}").status_code == 404  # nothing half-done
-        job = http.post(
-            "/api/jobs", json={"type": "sleep", "payload": {"seconds": 0}}, headers=auth(API_KEY)
-        )
+        # A job larger than a registration: the space a refused registration left is too small.
+        big = {"type": "command", "payload": {"argv": ["x" * 2000]}}
+        job = http.post("/api/jobs", json=big, headers=auth(API_KEY))
         assert job.status_code == 503
         assert http.get("/api/jobs", headers=auth(API_KEY)).json()["total"] == 0
         # What needs no disk goes on: heartbeats, reads.

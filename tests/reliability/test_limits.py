@@ -12,14 +12,19 @@ import time
 import httpx
 
 from qubix_cli.server.protocol import REQUEST_READ_TIMEOUT_S
+from qubix_cli.server.routes import LONG_POLLS_PER_IP
 from tests.conftest import auth
 from tests.helpers import ServerProcess, register_body
 
 LONG_POLLS = 1000
 
 
-async def _long_poll(port: int, started: asyncio.Event, opened: list[int]) -> dict[str, object]:
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+async def _long_poll(
+    port: int, n: int, started: asyncio.Event, opened: list[int]
+) -> dict[str, object]:
+    # From many loopback addresses, as many clients would be (each may hold 32 at once).
+    source = f"127.0.{n // LONG_POLLS_PER_IP}.{2 + n % LONG_POLLS_PER_IP}"
+    reader, writer = await asyncio.open_connection("127.0.0.1", port, local_addr=(source, 0))
     path = "/api/providers/check-new?workerId=late&wait=60"
     writer.write(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
     await writer.drain()
@@ -41,7 +46,8 @@ def test_a_thousand_long_polls_do_not_starve_other_requests(server: ServerProces
     async def scenario() -> None:
         started, opened = asyncio.Event(), []
         polls = [
-            asyncio.create_task(_long_poll(server.port, started, opened)) for _ in range(LONG_POLLS)
+            asyncio.create_task(_long_poll(server.port, n, started, opened))
+            for n in range(LONG_POLLS)
         ]
         await asyncio.wait_for(started.wait(), 30)
         await asyncio.sleep(0.5)  # all of them are waiting in the server now

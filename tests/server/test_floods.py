@@ -4,9 +4,12 @@ marketplace, and providers forgotten once long gone."""
 from __future__ import annotations
 
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import pytest
 from starlette.testclient import TestClient
+from starlette.websockets import WebSocketDisconnect
 
 from tests.conftest import auth, register
 from tests.helpers import KEY, register_body
@@ -109,3 +112,40 @@ def test_providers_offline_too_long_are_forgotten(make_client: Any) -> None:
     requeued = client.get(f"/api/jobs/{job['id']}", headers=KEY).json()["job"]
     assert requeued["status"] == "queued"  # its lease requeued (expired, or by the removal)
     assert requeued["history"][-1]["reason"] in ("agent lost", "provider removed")
+
+
+def test_open_long_polls_and_event_streams_per_ip_are_capped(
+    make_client: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("qubix_cli.server.routes.LONG_POLLS_PER_IP", 2)
+    monkeypatch.setattr("qubix_cli.server.routes.STREAMS_PER_IP", 1)
+    client = make_client()
+    url = "/api/providers/check-new?workerId=nobody&wait=3"
+    with ThreadPoolExecutor(2) as pool:
+        held = [pool.submit(client.get, url) for _ in range(2)]
+        time.sleep(0.5)
+        refused = client.get(url)
+        assert refused.status_code == 429 and "Retry-After" in refused.headers
+        assert client.get("/api/providers/check-new?wait=0").status_code == 200  # no wait
+        assert [f.result().status_code for f in held] == [200, 200]
+    assert client.get(url.replace("wait=3", "wait=0.1")).status_code == 200  # freed again
+    with client.websocket_connect("/api/events"):
+        with client.websocket_connect("/api/events") as second:
+            with pytest.raises(WebSocketDisconnect) as closed:
+                second.receive_json()
+    assert closed.value.code == 1013
+
+
+def test_a_registration_wakes_only_the_check_new_waiters_it_matches(client: TestClient) -> None:
+    with ThreadPoolExecutor(1) as pool:
+        since = time.time()
+        waiting = pool.submit(
+            client.get, f"/api/providers/check-new?workerId=wanted&since={since}&wait=5"
+        )
+        time.sleep(0.3)
+        register(client, "other")
+        time.sleep(0.3)
+        assert not waiting.done()  # not woken by a registration it does not match
+        register(client, "wanted")
+        answer = waiting.result(timeout=5).json()
+    assert [p["workerId"] for p in answer["providers"]] == ["wanted"]
