@@ -28,6 +28,7 @@ def run_installer(
     script: Path, home: Path, *args: str, path: str | None = None, address_env: str | None = None
 ) -> subprocess.CompletedProcess[str]:
     env = {"HOME": str(home), "PATH": path or f"{Path(sys.executable).parent}:/usr/bin:/bin"}
+    env["QUBIX_ALLOW_ROOT"] = "1"  # tests may run as root (CI does)
     if address_env:
         env["QUBIC_ADDRESS"] = address_env
     return subprocess.run(
@@ -142,3 +143,16 @@ def test_a_tampered_worker_is_refused(tmp_path: Path) -> None:
     assert result.returncode != 0
     assert "does not match its SHA-256" in result.stderr
     assert not (tmp_path / ".qubix" / "qubix_worker.pyz").exists()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root: it checks that root is refused")
+def test_the_installer_refuses_root_unless_asked(tmp_path: Path) -> None:
+    script = tmp_path / "qubix-installer-linux.sh"
+    script.write_bytes(render("linux", "http://127.0.0.1:9", ADDRESS).content)
+    env = {"HOME": str(tmp_path), "PATH": "/usr/bin:/bin"}
+    refused = subprocess.run(
+        ["/bin/sh", str(script)], capture_output=True, text=True, env=env, check=False
+    )
+    assert refused.returncode == 1
+    assert "refuses to run as root" in refused.stderr and "QUBIX_ALLOW_ROOT=1" in refused.stderr
+    assert not (tmp_path / ".qubix").exists()  # nothing installed

@@ -31,6 +31,13 @@ for arg in "$@"; do
   esac
 done
 
+# Renters' jobs run as the user who installs the worker: never root, unless asked for.
+if [ "$(id -u)" = 0 ] && [ "${QUBIX_ALLOW_ROOT:-}" != 1 ]; then
+  fail "this installer refuses to run as root: the worker runs strangers' jobs as the user \
+who installs it. Run it as an ordinary user (it needs no sudo), or set QUBIX_ALLOW_ROOT=1 \
+if you really mean to."
+fi
+
 python_hint() {
   if [ "$(uname -s)" = Darwin ]; then echo "brew install python3   (Homebrew: https://brew.sh)"
   elif command -v apt-get >/dev/null 2>&1; then echo "sudo apt-get install -y python3 python3-venv"
