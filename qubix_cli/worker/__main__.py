@@ -12,6 +12,7 @@ import sys
 
 from qubix_cli.worker import AGENT_VERSION, hardware, state
 from qubix_cli.worker.agent import Agent, Config, Fatal, log, setup_logging
+from qubix_cli.worker.client import Client, Transient, message
 
 
 def run_worker(config: Config) -> int:
@@ -64,6 +65,11 @@ def parser(prog: str = "qubix_worker") -> argparse.ArgumentParser:
     commands.add_parser(
         "id", help="Print the worker id that `run` uses by default.", formatter_class=_Help
     )
+    commands.add_parser(
+        "deregister",
+        help="Remove this worker from its server (what --uninstall does first).",
+        formatter_class=_Help,
+    )
     run = commands.add_parser(
         "run",
         help="Register and run jobs until stopped.",
@@ -97,11 +103,38 @@ def _positive(text: str) -> int:
     return value
 
 
+def deregister(state_dir: str) -> int:
+    """Remove this worker's record from its server with its own token, so that the same id
+    can register again after a reinstall. 0 when it is gone (or was never registered)."""
+    saved = state.load_credentials(state_dir)
+    if not saved or not saved.get("token"):
+        print("qubix: this worker was not registered; nothing to deregister")
+        return 0
+    client = Client(saved["server"], timeout_s=10)
+    client.token = saved["token"]
+    worker_id = saved["workerId"]
+    try:
+        status, answer = client.request("DELETE", f"/api/providers/{worker_id}")
+    except Transient as exc:
+        status, answer = 0, {"message": str(exc)}
+    if status in (204, 404):
+        print(f"qubix: worker {worker_id} deregistered from {saved['server']}")
+        return 0
+    print(
+        f"qubix: could not deregister worker {worker_id} from {saved['server']} "
+        f"({message(answer)}); its operator can remove it, or it is forgotten after a "
+        "while offline"
+    )
+    return 1
+
+
 def main(argv: list[str] | None = None, prog: str = "qubix_worker") -> int:
     args = parser(prog).parse_args(argv)
     if args.command == "id":
         print(state.default_worker_id(state.home()))
         return 0
+    if args.command == "deregister":
+        return deregister(state.home())
     if args.command == "detect":
         report = hardware.detect()
         print(json.dumps(report, indent=2) if args.json else detect_text(report))

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import secrets
-import uuid
 from typing import Any
 
 CREDENTIALS = "credentials.json"
@@ -33,11 +31,9 @@ def write_private(path: str, data: bytes) -> None:
 
 
 def default_worker_id(state_dir: str) -> str:
-    """A hash of the MAC address; if the platform made one up (multicast bit set), a
-    random id kept on disk instead, so that the worker keeps its identity."""
-    node = uuid.getnode()
-    if not (node >> 40) & 1:
-        return "qx-" + hashlib.sha256(node.to_bytes(6, "big")).hexdigest()[:16]
+    """This machine's worker id: random (64 bits, so nobody can guess it and register it
+    first), made once and kept in the state dir, so it survives restarts and upgrades. An
+    install from before keeps the id it registered under (its credentials name it)."""
     path = os.path.join(state_dir, WORKER_ID_FILE)
     try:
         with open(path) as f:
@@ -46,9 +42,11 @@ def default_worker_id(state_dir: str) -> str:
             return saved
     except OSError:
         pass
-    generated = "qx-" + secrets.token_hex(8)
-    write_private(path, generated.encode())
-    return generated
+    registered = (load_credentials(state_dir) or {}).get("workerId")
+    chosen = registered if isinstance(registered, str) and registered else None
+    chosen = chosen or "qx-" + secrets.token_hex(8)
+    write_private(path, chosen.encode())
+    return chosen
 
 
 def load_credentials(state_dir: str) -> dict[str, Any] | None:

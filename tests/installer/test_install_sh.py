@@ -104,6 +104,9 @@ def test_install_run_a_job_upgrade_and_uninstall(server: ServerProcess, tmp_path
         assert gone.returncode == 0, gone.stdout + gone.stderr
         assert not qubix.exists()
         assert worker_processes(home) == []
+        # It deregistered itself first: its id is free, and a reinstall registers again.
+        assert f"worker {worker_id} deregistered" in gone.stdout
+        assert httpx.get(f"{server.url}/api/providers/{worker_id}").status_code == 404
     finally:
         for proc in worker_processes(home):
             proc.kill()

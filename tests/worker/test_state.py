@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
+import uuid
 from pathlib import Path
 
 import pytest
@@ -10,24 +12,26 @@ import pytest
 from qubix_cli.worker import state
 
 
-def test_the_default_id_is_a_hash_of_a_real_mac(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+def test_the_default_id_is_random_kept_on_disk_and_not_derived_from_the_mac(
+    tmp_path: Path,
 ) -> None:
-    monkeypatch.setattr(state.uuid, "getnode", lambda: 0x0242AC110002)
-    first = state.default_worker_id(str(tmp_path))
+    """Anyone who knew a machine's MAC could register its id first (the id was its hash)."""
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+    first = state.default_worker_id(str(tmp_path / "a"))
     assert first.startswith("qx-") and len(first) == 19
-    assert state.default_worker_id(str(tmp_path)) == first
-    assert not (tmp_path / state.WORKER_ID_FILE).exists()
+    assert state.default_worker_id(str(tmp_path / "a")) == first  # kept, across restarts
+    assert (tmp_path / "a" / state.WORKER_ID_FILE).stat().st_mode & 0o777 == 0o600
+    mac_hash = "qx-" + hashlib.sha256(uuid.getnode().to_bytes(6, "big")).hexdigest()[:16]
+    assert first != mac_hash
+    assert state.default_worker_id(str(tmp_path / "b")) != first  # another install: another id
 
 
-def test_a_made_up_mac_gives_a_generated_id_kept_on_disk(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
-) -> None:
-    macs = iter([0x010000000001, 0x030000000002])  # multicast bit set: random each call
-    monkeypatch.setattr(state.uuid, "getnode", lambda: next(macs))
-    first = state.default_worker_id(str(tmp_path))
-    assert state.default_worker_id(str(tmp_path)) == first
-    assert (tmp_path / state.WORKER_ID_FILE).stat().st_mode & 0o777 == 0o600
+def test_an_earlier_install_keeps_the_id_it_registered_under(tmp_path: Path) -> None:
+    home = str(tmp_path)
+    os.makedirs(home, exist_ok=True)
+    state.save_credentials(home, "qx-0123456789abcdef", "http://s", "secret")
+    assert state.default_worker_id(home) == "qx-0123456789abcdef"  # upgraded in place
 
 
 def test_credentials_are_private(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

@@ -126,6 +126,11 @@ exit /b 0
 :uninstall
 echo qubix: stopping the worker and removing %QUBIX_DIR%
 call :stop_worker
+rem Free its id on the server first, with its own token (best effort).
+if exist "%QUBIX_DIR%\venv\Scripts\python.exe" if exist "%QUBIX_DIR%\qubix_worker.pyz" (
+  set "QUBIX_HOME=%QUBIX_DIR%"
+  "%QUBIX_DIR%\venv\Scripts\python.exe" "%QUBIX_DIR%\qubix_worker.pyz" deregister || echo qubix: the server keeps this worker's record; it is forgotten after a while offline
+)
 schtasks /Delete /F /TN "Qubix worker" >nul 2>&1
 if exist "%QUBIX_DIR%" rmdir /s /q "%QUBIX_DIR%"
 echo qubix: uninstalled

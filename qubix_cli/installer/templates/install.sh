@@ -74,6 +74,12 @@ stop_worker() {
 uninstall() {
   say "stopping the worker and removing it from $QUBIX_DIR"
   stop_worker
+  # Free its id on the server first, with its own token (best effort: a reinstall is
+  # refused with "workerId taken" while the record stays).
+  if [ -x "$QUBIX_DIR/venv/bin/python" ] && [ -f "$QUBIX_DIR/qubix_worker.pyz" ]; then
+    QUBIX_HOME="$QUBIX_DIR" "$QUBIX_DIR/venv/bin/python" "$QUBIX_DIR/qubix_worker.pyz" deregister ||
+      say "the server keeps this worker's record; it is forgotten after a while offline"
+  fi
   if [ -f "$UNIT" ]; then
     systemctl --user disable qubix-worker.service 2>/dev/null || true
     rm -f "$UNIT"
