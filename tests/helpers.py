@@ -56,9 +56,10 @@ def wait_until_responds(url: str, timeout_s: float = 15.0) -> None:
 class ServerProcess:
     """A real `qubix serve` subprocess on a free loopback port."""
 
-    def __init__(self, data_dir: Path, heartbeat_interval_s: float = 30.0) -> None:
+    def __init__(self, data_dir: Path, heartbeat_interval_s: float = 30.0, *options: str) -> None:
         self.data_dir = data_dir
         self.heartbeat_interval_s = heartbeat_interval_s
+        self.options = options  # more `qubix serve` options (they win over the defaults here)
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen[str] | None = None
@@ -71,6 +72,7 @@ class ServerProcess:
         argv += ["--heartbeat-interval", str(self.heartbeat_interval_s)]
         # Tests register many providers from one address; the limits have tests of their own.
         argv += ["--max-registrations-per-minute", "0", "--max-providers-per-ip", "0"]
+        argv += self.options
         with open(self.log, "a") as log:
             self.proc = subprocess.Popen(argv, stdout=log, stderr=log, text=True, env=env)
         wait_until_responds(self.url + "/healthz")

@@ -13,6 +13,7 @@ import sys
 from qubix_cli.worker import AGENT_VERSION, hardware, state
 from qubix_cli.worker.agent import Agent, Config, Fatal, log, setup_logging
 from qubix_cli.worker.client import Client, Transient, message
+from qubix_cli.worker.qubic import public_key
 
 
 def run_worker(config: Config) -> int:
@@ -65,6 +66,12 @@ def parser(prog: str = "qubix_worker") -> argparse.ArgumentParser:
     commands.add_parser(
         "id", help="Print the worker id that `run` uses by default.", formatter_class=_Help
     )
+    check = commands.add_parser(
+        "check-address",
+        help="Check a Qubic address's form and checksum (exit 2, with why, if it is wrong).",
+        formatter_class=_Help,
+    )
+    check.add_argument("address")
     commands.add_parser(
         "deregister",
         help="Remove this worker from its server (what --uninstall does first).",
@@ -103,6 +110,15 @@ def _positive(text: str) -> int:
     return value
 
 
+def address_problem(address: str) -> str | None:
+    """Why an address is not a Qubic address, or None."""
+    try:
+        public_key(address)
+    except ValueError as exc:
+        return str(exc)
+    return None
+
+
 def deregister(state_dir: str) -> int:
     """Remove this worker's record from its server with its own token, so that the same id
     can register again after a reinstall. 0 when it is gone (or was never registered)."""
@@ -132,6 +148,12 @@ def main(argv: list[str] | None = None, prog: str = "qubix_worker") -> int:
     args = parser(prog).parse_args(argv)
     if args.command == "id":
         print(state.default_worker_id(state.home()))
+        return 0
+    if args.command == "check-address":
+        problem = address_problem(args.address)
+        if problem:
+            print(f"qubix: error: {problem}", file=sys.stderr)
+            return 2
         return 0
     if args.command == "deregister":
         return deregister(state.home())

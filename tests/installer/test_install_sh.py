@@ -14,7 +14,7 @@ import psutil
 import pytest
 
 from qubix_cli.installer.render import render
-from tests.helpers import ADDRESS, KEY, ServerProcess
+from tests.helpers import ADDRESS, KEY, ServerProcess, register_body
 
 
 @pytest.fixture
@@ -159,3 +159,42 @@ def test_the_installer_refuses_root_unless_asked(tmp_path: Path) -> None:
     assert refused.returncode == 1
     assert "refuses to run as root" in refused.stderr and "QUBIX_ALLOW_ROOT=1" in refused.stderr
     assert not (tmp_path / ".qubix").exists()  # nothing installed
+
+
+def test_a_wrong_checksum_is_refused_before_anything_is_installed(tmp_path: Path) -> None:
+    wrong = ADDRESS[:-4] + "AAAA"  # 60 capital letters, but not a Qubic address
+    script = tmp_path / "qubix-installer-linux.sh"
+    script.write_bytes(render("linux", "http://127.0.0.1:9").content)
+    started = time.monotonic()
+    result = run_installer(script, tmp_path, address_env=wrong)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "checksum does not match" in result.stderr
+    assert time.monotonic() - started < 20
+    assert not (tmp_path / ".qubix").exists()  # nothing installed
+
+
+def test_the_installer_stops_waiting_when_the_worker_stops(tmp_path: Path) -> None:
+    """The server refuses this machine's worker (its address already holds as many providers
+    as it may): the installer says so at once instead of waiting out its 60 s."""
+    server = ServerProcess(tmp_path / "data", 30.0, "--max-providers-per-ip", "1").start()
+    try:
+        assert (
+            httpx.post(
+                server.url + "/api/providers/quick-register", json=register_body("first")
+            ).status_code
+            == 201
+        )
+        script = tmp_path / "qubix-installer-linux.sh"
+        script.write_bytes(render("linux", server.url, ADDRESS).content)
+        home = tmp_path / "home"
+        home.mkdir()
+        started = time.monotonic()
+        result = run_installer(script, home)
+        assert result.returncode == 1, result.stdout + result.stderr
+        assert "the worker stopped" in result.stdout
+        assert "429" in result.stdout + result.stderr  # the worker's log, with the reason
+        assert time.monotonic() - started < 45
+    finally:
+        server.stop()
+        for proc in worker_processes(tmp_path / "home"):
+            proc.kill()

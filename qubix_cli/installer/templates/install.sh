@@ -118,6 +118,27 @@ case "$ADDRESS" in
 esac
 [ "${#ADDRESS}" -eq 60 ] || fail "a Qubic address has 60 letters; this one has ${#ADDRESS}"
 
+# The worker, checked against its SHA-256, into a temporary file: nothing is installed until
+# it has checked the address's checksum too.
+WORKER_TMP=$(mktemp "${TMPDIR:-/tmp}/qubix-worker.XXXXXX")
+trap 'rm -f "$WORKER_TMP"' EXIT
+"$PYTHON" - "$SCRIPT" "$WORKER_TMP" "$WORKER_SHA256" <<'PY'
+import base64, hashlib, sys
+script, target, expected = sys.argv[1:4]
+with open(script, "rb") as f:
+    text = f.read()
+marker = b"\n__QUBIX_WORKER_PYZ_BASE64__\n"
+if marker not in text:
+    sys.exit("qubix: error: the embedded worker is missing; download the installer again")
+payload = text.split(marker, 1)[1].split(b"\n__QUBIX_WORKER_END__", 1)[0]
+data = base64.b64decode(b"".join(payload.split()))
+if hashlib.sha256(data).hexdigest() != expected:
+    sys.exit("qubix: error: the embedded worker does not match its SHA-256; download the installer again")
+with open(target, "wb") as f:
+    f.write(data)
+PY
+"$PYTHON" "$WORKER_TMP" check-address "$ADDRESS" || exit 1
+
 # 2. A private virtual environment, with psutil if it can be had
 mkdir -p "$QUBIX_DIR"
 chmod 700 "$QUBIX_DIR"
@@ -133,24 +154,10 @@ if ! "$VENV_PY" -c 'import psutil' 2>/dev/null; then
     say "warning: psutil could not be installed; the worker runs without it"
 fi
 
-# 3. The worker, checked against its SHA-256, and its scripts
+# 3. The worker and its scripts
 stop_worker
-"$VENV_PY" - "$SCRIPT" "$QUBIX_DIR/qubix_worker.pyz" "$WORKER_SHA256" <<'PY'
-import base64, hashlib, os, sys
-script, target, expected = sys.argv[1:4]
-with open(script, "rb") as f:
-    text = f.read()
-marker = b"\n__QUBIX_WORKER_PYZ_BASE64__\n"
-if marker not in text:
-    sys.exit("qubix: error: the embedded worker is missing; download the installer again")
-payload = text.split(marker, 1)[1].split(b"\n__QUBIX_WORKER_END__", 1)[0]
-data = base64.b64decode(b"".join(payload.split()))
-if hashlib.sha256(data).hexdigest() != expected:
-    sys.exit("qubix: error: the embedded worker does not match its SHA-256; download the installer again")
-with open(target + ".new", "wb") as f:
-    f.write(data)
-os.replace(target + ".new", target)
-PY
+cp "$WORKER_TMP" "$QUBIX_DIR/qubix_worker.pyz.new"
+mv "$QUBIX_DIR/qubix_worker.pyz.new" "$QUBIX_DIR/qubix_worker.pyz"
 cat > "$QUBIX_DIR/worker.conf" <<CONF
 QUBIX_SERVER='$QUBIX_SERVER'
 QUBIC_ADDRESS='$ADDRESS'
@@ -220,18 +227,34 @@ UNITEOF
   say "logged out: loginctl enable-linger $(id -un)"
 else
   nohup sh "$QUBIX_DIR/start_worker.sh" >>"$QUBIX_DIR/worker.out" 2>&1 &
-  echo "$!" > "$QUBIX_DIR/worker.pid"
+  WORKER_PID=$!
+  echo "$WORKER_PID" > "$QUBIX_DIR/worker.pid"
   say "started the worker in the background (pid $!); stop it with: sh $QUBIX_DIR/stop_worker.sh"
 fi
 
-# 5. Wait until the server lists this worker
+# 5. Wait until the server lists this worker (or the worker has stopped)
 say "waiting for $QUBIX_SERVER to list worker $WORKER_ID (up to 60 s)"
-if "$VENV_PY" - "$QUBIX_SERVER" "$WORKER_ID" "$SINCE" <<'PY'
-import json, sys, time, urllib.request
-server, worker_id, since = sys.argv[1:4]
+WAITED=0
+"$VENV_PY" - "$QUBIX_SERVER" "$WORKER_ID" "$SINCE" "${WORKER_PID:-}" <<'PY' || WAITED=$?
+import json, os, sys, time, urllib.request
+server, worker_id, since, pid = sys.argv[1:5]
+
+def stopped():
+    if not pid:
+        return False  # a service: its manager restarts it
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        pass
+    return False
+
 deadline = time.time() + 60
 while time.time() < deadline:
-    url = f"{server}/api/providers/check-new?workerId={worker_id}&since={since}&wait=10"
+    if stopped():
+        sys.exit(2)
+    url = f"{server}/api/providers/check-new?workerId={worker_id}&since={since}&wait=2"
     try:
         with urllib.request.urlopen(url, timeout=20) as answer:
             if json.load(answer)["providers"]:
@@ -240,11 +263,14 @@ while time.time() < deadline:
         time.sleep(2)
 sys.exit(1)
 PY
-then
+if [ "$WAITED" = 0 ]; then
   say "worker $WORKER_ID is online at $QUBIX_SERVER. Logs: $QUBIX_DIR/worker.log"
   exit 0
+elif [ "$WAITED" = 2 ]; then
+  say "the worker stopped. Its log:"
+else
+  say "the server has not listed worker $WORKER_ID within 60 s. The worker's log:"
 fi
-say "the server has not listed worker $WORKER_ID within 60 s. The worker's log:"
 tail -n 20 "$QUBIX_DIR/worker.log" "$QUBIX_DIR/worker.out" 2>/dev/null || true
 fail "check that this machine can reach $QUBIX_SERVER and that the address is right, then run the installer again"
 
