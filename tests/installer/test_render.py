@@ -207,3 +207,22 @@ def test_refused_values_never_reach_a_script() -> None:
             continue
         (found,) = pattern.findall(text)
         assert found == url and re.fullmatch(r"[A-Za-z0-9.:/_~\[\]-]+", found)
+
+
+def test_the_bat_runs_python_orgs_installer_only_after_checking_its_sha256() -> None:
+    """No Windows here to run it: the script is read. The pinned hash is the one published
+    for python-3.12.7-amd64.exe (python.org, and winget's manifest of it)."""
+    text = render("windows", "http://127.0.0.1:8000").content.decode()
+    lines = text.splitlines()
+    download = next(i for i, line in enumerate(lines) if "Invoke-WebRequest" in line)
+    check = next(i for i, line in enumerate(lines) if "Get-FileHash -Algorithm SHA256" in line)
+    run = next(i for i, line in enumerate(lines) if 'qubix-python.exe" /quiet' in line)
+    assert download < check < run
+    assert "if errorlevel 1 (" in lines[check + 1] and "exit /b 1" in "\n".join(lines[check:run])
+    assert (
+        'set "PYTHON_SHA256=1206721601A62C925D4E4A0DCFC371E88F2DDBE8C0C07962EBB2BE9B5BDE4570"'
+        in lines
+    )
+    assert (
+        'set "PYTHON_URL=https://www.python.org/ftp/python/3.12.7/python-3.12.7-amd64.exe"' in lines
+    )

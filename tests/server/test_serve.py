@@ -170,3 +170,35 @@ def test_a_vanished_long_poll_is_handed_no_job(server: ServerProcess) -> None:
     job = httpx.post(server.url + "/api/jobs", json={"type": "benchmark"}, headers=KEY).json()
     again = httpx.get(f"{server.url}/api/jobs/{job['job']['id']}", headers=KEY).json()["job"]
     assert again["status"] == "queued"
+
+
+def test_the_open_file_limit_is_raised_to_the_hard_limit(tmp_path: Path) -> None:
+    """1,100 idle sockets exhausted a soft limit of 1,024 and /healthz was refused."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard <= 256:
+        pytest.skip("the hard open-file limit is too low to tell")
+
+    def low_soft_limit() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard))
+
+    port = free_port()
+    env = {**os.environ, "QUBIX_API_KEY": "k" * 20}
+    argv = [sys.executable, "-m", "qubix_cli", "serve", "--port", str(port)]
+    argv += ["--data-dir", str(tmp_path / "d")]
+    proc = subprocess.Popen(
+        argv,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=env,
+        preexec_fn=low_soft_limit,
+    )
+    try:
+        wait_until_responds(f"http://127.0.0.1:{port}/healthz")
+        limits = Path(f"/proc/{proc.pid}/limits").read_text()
+        line = next(x for x in limits.splitlines() if x.startswith("Max open files"))
+        assert line.split()[3] == str(hard)  # the soft limit is now the hard one
+    finally:
+        proc.terminate()
+        proc.wait(10)

@@ -12,6 +12,9 @@ setlocal EnableExtensions EnableDelayedExpansion
 set "QUBIX_SERVER=@SERVER@"
 set "QUBIC_ADDRESS_BUILT=@ADDRESS@"
 set "WORKER_SHA256=@SHA256@"
+rem python.org's installer, used when winget cannot install Python, and its SHA-256
+set "PYTHON_URL=https://www.python.org/ftp/python/3.12.7/python-3.12.7-amd64.exe"
+set "PYTHON_SHA256=1206721601A62C925D4E4A0DCFC371E88F2DDBE8C0C07962EBB2BE9B5BDE4570"
 set "QUBIX_DIR=%USERPROFILE%\.qubix"
 set "SERVICE=0"
 set "UNINSTALL=0"
@@ -37,8 +40,17 @@ if not defined PY (
 )
 if not defined PY (
   echo qubix: winget could not install Python; downloading the installer from python.org
-  powershell -NoProfile -Command "Invoke-WebRequest -UseBasicParsing -Uri https://www.python.org/ftp/python/3.12.7/python-3.12.7-amd64.exe -OutFile $env:TEMP\qubix-python.exe"
+  powershell -NoProfile -Command "Invoke-WebRequest -UseBasicParsing -Uri %PYTHON_URL% -OutFile $env:TEMP\qubix-python.exe"
+  rem Run it only if it is byte for byte the installer python.org published.
+  powershell -NoProfile -Command "if ((Get-FileHash -Algorithm SHA256 $env:TEMP\qubix-python.exe).Hash -ne '%PYTHON_SHA256%') { exit 1 }"
+  if errorlevel 1 (
+    del "%TEMP%\qubix-python.exe" >nul 2>&1
+    echo qubix: error: the downloaded Python installer does not match its SHA-256; it was not run.
+    echo Install Python 3.8 or newer from https://www.python.org/downloads/windows/ and run this installer again.
+    exit /b 1
+  )
   "%TEMP%\qubix-python.exe" /quiet InstallAllUsers=0 PrependPath=1 Include_launcher=1
+  del "%TEMP%\qubix-python.exe" >nul 2>&1
   call :find_python
 )
 if not defined PY (
@@ -54,6 +66,17 @@ if not defined ADDRESS set "ADDRESS=%QUBIC_ADDRESS%"
 if not defined ADDRESS set /p "ADDRESS=qubix: your Qubic address (60 capital letters): "
 if not defined ADDRESS (
   echo qubix: error: a Qubic address is needed
+  exit /b 1
+)
+
+rem The worker, checked against its SHA-256, into a temporary file: nothing is installed until
+rem it has checked the address's checksum too.
+set "WORKER_TMP=%TEMP%\qubix_worker-%RANDOM%%RANDOM%.pyz"
+!PY! -c "import base64,hashlib,sys; t=open(sys.argv[1],'rb').read().replace(b'\r',b''); m=b'\n__QUBIX_WORKER_PYZ_BASE64__\n'; p=t.split(m,1)[1].split(b'\n__QUBIX_WORKER_END__',1)[0]; d=base64.b64decode(b''.join(p.split())); ok=hashlib.sha256(d).hexdigest()==sys.argv[3]; ok or sys.exit('qubix: error: the embedded worker does not match its SHA-256; download the installer again'); open(sys.argv[2],'wb').write(d)" "%~f0" "%WORKER_TMP%" "%WORKER_SHA256%"
+if errorlevel 1 exit /b 1
+!PY! "%WORKER_TMP%" check-address "%ADDRESS%"
+if errorlevel 1 (
+  del "%WORKER_TMP%" >nul 2>&1
   exit /b 1
 )
 
@@ -76,9 +99,9 @@ if errorlevel 1 (
   if errorlevel 1 echo qubix: warning: psutil could not be installed; the worker runs without it
 )
 
-rem 3. The worker, checked against its SHA-256, and its start script
+rem 3. The worker and its start script
 call :stop_worker
-"%VENV_PY%" -c "import base64,hashlib,os,sys; t=open(sys.argv[1],'rb').read().replace(b'\r',b''); m=b'\n__QUBIX_WORKER_PYZ_BASE64__\n'; p=t.split(m,1)[1].split(b'\n__QUBIX_WORKER_END__',1)[0]; d=base64.b64decode(b''.join(p.split())); ok=hashlib.sha256(d).hexdigest()==sys.argv[3]; ok or sys.exit('qubix: error: the embedded worker does not match its SHA-256; download the installer again'); open(sys.argv[2]+'.new','wb').write(d); os.replace(sys.argv[2]+'.new',sys.argv[2])" "%~f0" "%QUBIX_DIR%\qubix_worker.pyz" "%WORKER_SHA256%"
+move /y "%WORKER_TMP%" "%QUBIX_DIR%\qubix_worker.pyz" >nul
 if errorlevel 1 exit /b 1
 (
   echo @echo off
