@@ -79,7 +79,8 @@ class Demo:
 
     def start_install(self, path: Path) -> None:
         """Run the installer as a provider would, in the background, into the demo home."""
-        env = {**os.environ, "HOME": str(self.home)}
+        # A throwaway home, removed afterwards: the installer may run there as root too.
+        env = {**os.environ, "HOME": str(self.home), "QUBIX_ALLOW_ROOT": "1"}
         env.pop("QUBIX_HOME", None)
         with open(self.root / "installer.log", "wb") as log:
             self.install = subprocess.Popen(
