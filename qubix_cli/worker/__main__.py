@@ -9,6 +9,7 @@ import argparse
 import json
 import os
 import sys
+import time
 
 from qubix_cli.worker import AGENT_VERSION, hardware, state
 from qubix_cli.worker.agent import Agent, Config, Fatal, log, setup_logging
@@ -17,13 +18,42 @@ from qubix_cli.worker.qubic import public_key
 
 
 def run_worker(config: Config) -> int:
-    """Run the worker until it is stopped; the exit code for the process."""
-    setup_logging(state.home())
+    """Run the worker until it is stopped; the exit code for the process. Why it stopped,
+    when that was an error, is left in the state dir for `wait-online` (the installers)."""
+    home = state.home()
+    setup_logging(home)
+    state.clear_stop_reason(home)
     try:
         return Agent(config).run()
     except (Fatal, ValueError) as exc:
         log.error("%s", exc)
+        state.save_stop_reason(home, str(exc))
         return 2
+    except BaseException as exc:
+        state.save_stop_reason(home, f"the worker failed: {exc!r}")
+        raise
+
+
+def wait_online(state_dir: str, server: str, since: float, timeout_s: float) -> int:
+    """Wait until `server` lists this worker (0), the worker has stopped (2, with why), or
+    `timeout_s` has passed (1). What the installers run after they start the worker."""
+    worker_id = state.default_worker_id(state_dir)
+    client = Client(server, timeout_s=20)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        reason = state.stop_reason(state_dir, since)
+        if reason is not None:
+            print(f"qubix: the worker stopped: {reason}")
+            return 2
+        path = f"/api/providers/check-new?workerId={worker_id}&since={since}&wait=2"
+        try:
+            status, answer = client.request("GET", path)
+        except Transient:
+            time.sleep(2)
+            continue
+        if status == 200 and answer.get("providers"):
+            return 0
+    return 1
 
 
 def detect_text(report: dict) -> str:  # type: ignore[type-arg]
@@ -72,6 +102,14 @@ def parser(prog: str = "qubix_worker") -> argparse.ArgumentParser:
         formatter_class=_Help,
     )
     check.add_argument("address")
+    wait = commands.add_parser(
+        "wait-online",
+        help="Wait until the server lists this worker, or it has stopped (the installers).",
+        formatter_class=_Help,
+    )
+    wait.add_argument("--server", required=True, help="The coordinator's URL.")
+    wait.add_argument("--since", type=float, required=True, help="Unix time it was started.")
+    wait.add_argument("--timeout", type=float, default=60.0, help="Seconds to wait at most.")
     commands.add_parser(
         "deregister",
         help="Remove this worker from its server (what --uninstall does first).",
@@ -155,6 +193,8 @@ def main(argv: list[str] | None = None, prog: str = "qubix_worker") -> int:
             print(f"qubix: error: {problem}", file=sys.stderr)
             return 2
         return 0
+    if args.command == "wait-online":
+        return wait_online(state.home(), args.server, args.since, args.timeout)
     if args.command == "deregister":
         return deregister(state.home())
     if args.command == "detect":

@@ -9,6 +9,7 @@ from typing import Any
 
 CREDENTIALS = "credentials.json"
 WORKER_ID_FILE = "worker-id"
+STOPPED_FILE = "stopped"  # why the worker last stopped with an error
 
 
 def home() -> str:
@@ -61,3 +62,26 @@ def load_credentials(state_dir: str) -> dict[str, Any] | None:
 def save_credentials(state_dir: str, worker_id: str, server: str, token: str) -> None:
     body = {"workerId": worker_id, "server": server, "token": token}
     write_private(os.path.join(state_dir, CREDENTIALS), json.dumps(body).encode())
+
+
+def save_stop_reason(state_dir: str, reason: str) -> None:
+    write_private(os.path.join(state_dir, STOPPED_FILE), reason.encode())
+
+
+def clear_stop_reason(state_dir: str) -> None:
+    try:
+        os.unlink(os.path.join(state_dir, STOPPED_FILE))
+    except OSError:
+        pass
+
+
+def stop_reason(state_dir: str, since: float) -> str | None:
+    """Why the worker stopped with an error at `since` or later, or None."""
+    path = os.path.join(state_dir, STOPPED_FILE)
+    try:
+        if os.stat(path).st_mtime < since:
+            return None
+        with open(path) as f:
+            return f.read().strip() or "it stopped"
+    except OSError:
+        return None

@@ -119,11 +119,12 @@ if "%SERVICE%"=="1" (
 call "%QUBIX_DIR%\start_worker.bat"
 echo qubix: started the worker; logs in %QUBIX_DIR%\worker.log
 
-rem 5. Wait until the server lists this worker
+rem 5. Wait until the server lists this worker (or the worker has stopped)
 echo qubix: waiting for %QUBIX_SERVER% to list worker !WORKER_ID! (up to 60 s)
-"%VENV_PY%" -c "import json,sys,time,urllib.request as u; s,w,t=sys.argv[1:4]; e=time.time()+60; f=lambda: json.load(u.urlopen(s+'/api/providers/check-new?workerId='+w+'&since='+t+'&wait=10',timeout=20))['providers']; exec('while time.time()<e:\n try:\n  f() and sys.exit(0)\n except (OSError,ValueError,KeyError):\n  time.sleep(2)'); sys.exit(1)" "%QUBIX_SERVER%" "!WORKER_ID!" "!SINCE!"
+set "QUBIX_HOME=%QUBIX_DIR%"
+"%VENV_PY%" "%QUBIX_DIR%\qubix_worker.pyz" wait-online --server "%QUBIX_SERVER%" --since "!SINCE!"
 if errorlevel 1 (
-  echo qubix: the server has not listed the worker within 60 s. The worker's log:
+  echo qubix: the worker is not online. Its log:
   powershell -NoProfile -Command "Get-Content -Tail 20 '%QUBIX_DIR%\worker.log'"
   echo qubix: error: check that this PC can reach %QUBIX_SERVER% and that the address is right
   exit /b 1

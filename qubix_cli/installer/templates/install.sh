@@ -88,7 +88,8 @@ uninstall() {
   rm -f "$PLIST"
   rm -rf "$QUBIX_DIR/venv" "$QUBIX_DIR/outbox"
   for name in qubix_worker.pyz start_worker.sh stop_worker.sh worker.conf worker.pid \
-    worker.out worker.log worker.log.1 worker.log.2 worker.log.3 credentials.json worker-id; do
+    worker.out worker.log worker.log.1 worker.log.2 worker.log.3 credentials.json worker-id \
+    stopped; do
     rm -f "${QUBIX_DIR:?}/$name"
   done
   rmdir "$QUBIX_DIR" 2>/dev/null || say "kept $QUBIX_DIR: it holds files this installer did not make"
@@ -227,47 +228,20 @@ UNITEOF
   say "logged out: loginctl enable-linger $(id -un)"
 else
   nohup sh "$QUBIX_DIR/start_worker.sh" >>"$QUBIX_DIR/worker.out" 2>&1 &
-  WORKER_PID=$!
-  echo "$WORKER_PID" > "$QUBIX_DIR/worker.pid"
+  echo "$!" > "$QUBIX_DIR/worker.pid"
   say "started the worker in the background (pid $!); stop it with: sh $QUBIX_DIR/stop_worker.sh"
 fi
 
 # 5. Wait until the server lists this worker (or the worker has stopped)
 say "waiting for $QUBIX_SERVER to list worker $WORKER_ID (up to 60 s)"
 WAITED=0
-"$VENV_PY" - "$QUBIX_SERVER" "$WORKER_ID" "$SINCE" "${WORKER_PID:-}" <<'PY' || WAITED=$?
-import json, os, sys, time, urllib.request
-server, worker_id, since, pid = sys.argv[1:5]
-
-def stopped():
-    if not pid:
-        return False  # a service: its manager restarts it
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        pass
-    return False
-
-deadline = time.time() + 60
-while time.time() < deadline:
-    if stopped():
-        sys.exit(2)
-    url = f"{server}/api/providers/check-new?workerId={worker_id}&since={since}&wait=2"
-    try:
-        with urllib.request.urlopen(url, timeout=20) as answer:
-            if json.load(answer)["providers"]:
-                sys.exit(0)
-    except (OSError, ValueError, KeyError):
-        time.sleep(2)
-sys.exit(1)
-PY
+QUBIX_HOME="$QUBIX_DIR" "$VENV_PY" "$QUBIX_DIR/qubix_worker.pyz" wait-online \
+  --server "$QUBIX_SERVER" --since "$SINCE" || WAITED=$?
 if [ "$WAITED" = 0 ]; then
   say "worker $WORKER_ID is online at $QUBIX_SERVER. Logs: $QUBIX_DIR/worker.log"
   exit 0
 elif [ "$WAITED" = 2 ]; then
-  say "the worker stopped. Its log:"
+  say "the worker's log:"
 else
   say "the server has not listed worker $WORKER_ID within 60 s. The worker's log:"
 fi
