@@ -197,9 +197,13 @@ class Registry:
         return page, None
 
     async def forget(self) -> list[str]:
-        """Remove providers offline longer than `--forget-offline-after` (browsers: a day);
-        the ones removed (their leases are the queue's to requeue)."""
+        """Remove providers offline longer than `--forget-offline-after` (browsers: a day),
+        and registration windows that have ended; the providers removed (their leases are
+        the queue's to requeue)."""
         now = self.clock()
+        for ip, window in list((await self.store.recall_all("registrations")).items()):
+            if window["start"] + 60 <= now:  # a minute's window that has ended
+                self.store.remember("registrations", ip, None)
         liveness = await self.store.recall_all("liveness")
         removed = []
         for doc in await self.store.scan("providers"):

@@ -5,14 +5,17 @@ from __future__ import annotations
 
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import pytest
 from starlette.testclient import TestClient
 from starlette.websockets import WebSocketDisconnect
 
+from qubix_cli.server.app import create_app
+from qubix_cli.server.settings import Settings
 from tests.conftest import auth, register
-from tests.helpers import KEY, register_body
+from tests.helpers import API_KEY, KEY, register_body
 
 
 def _register(client: TestClient, worker_id: str, **headers: str) -> Any:
@@ -149,3 +152,17 @@ def test_a_registration_wakes_only_the_check_new_waiters_it_matches(client: Test
         register(client, "wanted")
         answer = waiting.result(timeout=5).json()
     assert [p["workerId"] for p in answer["providers"]] == ["wanted"]
+
+
+def test_ended_registration_windows_are_dropped(tmp_path: Path) -> None:
+    """One entry per client IP ever seen would grow without end (IPv6 has many)."""
+    now = [1_800_000_000.0]
+    settings = Settings(data_dir=tmp_path / "data", api_key=API_KEY, max_providers_per_ip=0)
+    app = create_app(settings, clock=lambda: now[0])
+    with TestClient(app) as client:
+        register(client, "w1")
+        store = app.state.store
+        assert client.portal.call(store.recall, "registrations", "testclient") is not None
+        now[0] += 61
+        client.portal.call(app.state.registry.forget)
+        assert client.portal.call(store.recall, "registrations", "testclient") is None
