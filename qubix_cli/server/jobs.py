@@ -154,9 +154,7 @@ class JobQueue:
         again instead: one worker cannot hoard the queue."""
         async with self.store.transaction() as tx:
             where = {"workerId": provider["workerId"], "status": "assigned"}
-            held = [
-                j for j in await tx.scan("jobs", where) if j.get(HOLDER) == provider["tokenHash"]
-            ]
+            held = [j for j in await tx.scan("jobs", where) if _holds(j, provider)]
             if held:
                 return None if job_id else await self.view(held[0])
             if job_id is None:
@@ -260,7 +258,7 @@ class JobQueue:
         worker_id = provider["workerId"]
         async with self.store.transaction() as tx:
             job = await _job(tx, job_id)
-            holds = job.get(HOLDER) == provider["tokenHash"]
+            holds = _holds(job, provider)
             if holds and _is_repeat(job, worker_id, report):
                 return await self.view(job)
             holder = (job["workerId"], job["attempt"])
@@ -338,6 +336,12 @@ async def _job(reader: Store | Transaction, job_id: str) -> Doc:
     if job is None:
         raise not_found(f"job {job_id!r}")
     return job
+
+
+def _holds(job: Doc, provider: Doc) -> bool:
+    """Whether `provider` holds the job's lease: it took it with the token it has now. (A
+    lease from before the token was recorded is its worker's.)"""
+    return bool(job.get(HOLDER, provider["tokenHash"]) == provider["tokenHash"])
 
 
 def shown(job: Doc) -> Doc:

@@ -56,7 +56,7 @@ class Registry:
                 registeredAt=existing["registeredAt"] if existing else now,
                 lastRegisteredAt=now,
                 tokenHash=existing["tokenHash"] if existing else token_hash(new_token or ""),
-                clientIp=existing["clientIp"] if existing else client_ip,
+                clientIp=existing.get("clientIp", client_ip) if existing else client_ip,
             )
             tx.put("providers", doc)
         was_online = await self.is_online(body.workerId)

@@ -203,3 +203,40 @@ def test_every_data_file_is_private_and_an_open_data_dir_is_tightened(
     files = sorted(p.name for p in data.iterdir())
     assert "qubix.json" in files and "liveness.json" in files
     assert {p.name: p.stat().st_mode & 0o777 for p in data.iterdir()} == dict.fromkeys(files, 0o600)
+
+
+def test_a_data_dir_from_before_the_safety_fields_keeps_working(tmp_path: Path) -> None:
+    """A provider stored without `clientIp` re-registers, and a lease taken before leases
+    recorded their token is reported by its worker."""
+    from starlette.testclient import TestClient
+
+    from qubix_cli.server.app import create_app
+    from qubix_cli.server.http import token_hash
+    from qubix_cli.server.settings import Settings
+    from tests.helpers import API_KEY, KEY, register_body
+
+    provider = {
+        **register_body("old"),
+        "gpus": [],
+        "registeredAt": 1.0,
+        "lastRegisteredAt": 1.0,
+        "tokenHash": token_hash("old-token"),
+    }
+    job = {
+        "type": "sleep", "payload": {"seconds": 0}, "requirements": {}, "providerId": None,
+        "timeoutS": 3600, "maxAttempts": 3, "id": "job_old", "status": "assigned",
+        "attempt": 1, "workerId": "old", "createdAt": 1.0, "updatedAt": 9e9, "result": None,
+        "metrics": None, "history": [{"event": "created", "at": 1.0}],
+    }  # fmt: skip
+    lines = [{"t": "providers", "k": "old", "d": provider}, {"t": "jobs", "k": "job_old", "d": job}]
+    (tmp_path / "journal-00000001.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    with TestClient(create_app(Settings(data_dir=tmp_path, api_key=API_KEY))) as client:
+        token = {"Authorization": "Bearer old-token"}
+        again = client.post(
+            "/api/providers/quick-register", json=register_body("old"), headers=token
+        )
+        assert again.status_code == 200, again.text
+        report = {"attempt": 1, "status": "completed", "result": {"ok": True}}
+        done = client.post("/api/jobs/job_old/complete", json=report, headers=token)
+        assert done.status_code == 200, done.text
+        assert client.get("/api/jobs/job_old", headers=KEY).json()["job"]["status"] == "completed"
