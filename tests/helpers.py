@@ -13,6 +13,7 @@ from typing import Any
 
 import httpx
 
+from qubix_cli.client import Client
 from qubix_cli.demo import free_port
 from qubix_cli.qubic import identity_from_public_key
 from tests.worker.fakes import nvidia, path_with
@@ -151,13 +152,6 @@ def job(server: ServerProcess, job_id: str) -> dict[str, Any]:
 
 
 def all_providers(url: str) -> list[dict[str, Any]]:
-    """Every provider, page after page (`GET /api/providers` follows `nextCursor`)."""
-    found: list[dict[str, Any]] = []
-    cursor = None
-    while True:
-        params: dict[str, Any] = {"limit": 1000, **({"cursor": cursor} if cursor else {})}
-        page = httpx.get(url + "/api/providers", params=params, timeout=10).json()
-        found += page["providers"]
-        cursor = page["nextCursor"]
-        if cursor is None:
-            return found
+    """Every provider, page after page, as `qubix providers list` reads them."""
+    with Client(url) as client:
+        return client.list_providers()

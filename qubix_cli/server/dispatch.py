@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from qubix_cli.server.providers import best_vram_mb
 from qubix_cli.server.schemas import JOB_TYPES
 from qubix_cli.server.store import Doc
 
@@ -33,8 +34,7 @@ def meets_requirements(provider: Doc, job: Doc) -> bool:
     vendor, min_vram = needs.get("gpuVendor"), needs.get("minVramMb")
     if vendor and not any(g["vendor"] == vendor for g in gpus):
         return False
-    best = max((g["vramMb"] for g in gpus), default=0)
-    return min_vram is None or best >= min_vram
+    return min_vram is None or best_vram_mb(provider) >= min_vram
 
 
 def not_pinned_elsewhere(provider: Doc, job: Doc) -> bool:

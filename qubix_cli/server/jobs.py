@@ -81,7 +81,7 @@ class JobQueue:
             if taker and not taker.future.done():
                 taker.future.set_result(None)  # handed nothing: the worker polls again
             raise
-        self.events.publish("JOB_QUEUED", shown(job))
+        self.events.publish("JOB_QUEUED", job)
         if taker:
             view = await self._leased(leased) if leased else None
             if not taker.future.done():
@@ -108,7 +108,7 @@ class JobQueue:
         self.store.remember("leases", job_id, None)
         if holder is not None:
             await self._tell_to_stop(holder, job_id)
-        self.events.publish("JOB_CANCELLED", shown(job))
+        self.events.publish("JOB_CANCELLED", job)
         return await self.view(job)
 
     async def _tell_to_stop(self, worker_id: str, job_id: str) -> None:
@@ -179,7 +179,7 @@ class JobQueue:
     async def _leased(self, job: Doc) -> Doc:
         """After a lease is durable: its expiry starts, and it is announced."""
         self.store.remember("leases", job["id"], {"expiresAt": self.clock() + self.lease_s})
-        self.events.publish("JOB_ASSIGNED", shown(job))
+        self.events.publish("JOB_ASSIGNED", job)
         return await self.view(job)
 
     async def _wait_for_job(self, provider: Doc, wait_s: float) -> Doc | None:
@@ -278,7 +278,7 @@ class JobQueue:
             fields = {"result": report.result, "metrics": report.metrics}
             job = self._change(tx, job, report.status, entry, **fields)
         self.store.remember("leases", job_id, None)
-        self.events.publish(f"JOB_{report.status.upper()}", shown(job))
+        self.events.publish(f"JOB_{report.status.upper()}", job)
         return await self.view(job)
 
     async def expire_leases(self) -> None:
@@ -314,9 +314,9 @@ class JobQueue:
         if reason == TIMED_OUT:
             await self._tell_to_stop(entry["workerId"], job_id)
         if job["status"] == "failed":
-            self.events.publish("JOB_FAILED", shown(job))
+            self.events.publish("JOB_FAILED", job)
             return
-        self.events.publish("JOB_REQUEUED", shown(job))
+        self.events.publish("JOB_REQUEUED", job)
         await self._offer(job)
 
     # -- state -----------------------------------------------------------------------

@@ -102,9 +102,7 @@ class Registry:
 
     async def authenticate(self, worker_id: str, token: str) -> Doc:
         """The provider whose token this is: NotFound if unknown, Forbidden if not its token."""
-        doc = await self.store.get("providers", worker_id)  # (every heartbeat: no _doc call)
-        if doc is None:
-            raise not_found(f"provider {worker_id!r}")
+        doc = await self._doc(worker_id)
         if not token_matches(token, doc["tokenHash"]):
             raise Forbidden(f"this token does not belong to {worker_id!r}")
         return doc
