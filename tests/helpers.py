@@ -103,20 +103,30 @@ class Worker:
     `qubix worker run`, or the zipapp the installers ship when `pyz` is given."""
 
     def __init__(
-        self, tmp: Path, server_url: str, worker_id: str, *flags: str, pyz: Path | None = None
+        self,
+        tmp: Path,
+        server_url: str,
+        worker_id: str,
+        *flags: str,
+        pyz: Path | None = None,
+        home: Path | None = None,
+        env: dict[str, str] | None = None,
     ) -> None:
-        self.home = tmp / f"home-{worker_id}"
+        """`home` is its state dir (default: in `tmp`); `env` is added to its environment
+        (a PATH there replaces the one with the fake nvidia-smi)."""
+        self.home = home or tmp / f"home-{worker_id}"
         self.log = tmp / f"{worker_id}.stderr"
         bin_dir = tmp / "bin"
         if not bin_dir.exists():
             nvidia(bin_dir, "nvidia-smi-2gpu.csv")
-        env = {k: v for k, v in os.environ.items() if not k.startswith("QUBIX")}
-        env.update(QUBIX_HOME=str(self.home), PATH=path_with(bin_dir), QUBIX_SECRET_PROBE="x")
+        environ = {k: v for k, v in os.environ.items() if not k.startswith("QUBIX")}
+        environ.update(QUBIX_HOME=str(self.home), PATH=path_with(bin_dir), QUBIX_SECRET_PROBE="x")
+        environ.update(env or {})
         command = [str(pyz)] if pyz else ["-m", "qubix_cli", "worker"]
         argv = [sys.executable, *command, "run", "--server", server_url]
         argv += ["--qubic-address", ADDRESS, "--worker-id", worker_id, *flags]
         with open(self.log, "ab") as err:
-            self.proc = subprocess.Popen(argv, stdout=err, stderr=err, env=env)
+            self.proc = subprocess.Popen(argv, stdout=err, stderr=err, env=environ)
 
     def signal(self, signum: int) -> None:
         self.proc.send_signal(signum)

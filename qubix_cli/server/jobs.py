@@ -145,24 +145,27 @@ class JobQueue:
         """The job `dispatch` chooses for this provider, leased to it, or None after `wait_s`."""
         job = await self._claim(provider, None)
         if job is None and wait_s > 0:
-            job = await self._wait_for_job(provider, wait_s)
+            room = dispatch.with_room(provider, await _held(self.store, provider))
+            if room is not None:
+                job = await self._wait_for_job(room, wait_s)
         return job
 
     async def _claim(self, provider: Doc, job_id: str | None) -> Doc | None:
         """Lease to `provider` the job dispatch chooses (of all queued, or only `job_id`).
-        A worker that already holds a lease (its concurrency is 1) is answered that lease
-        again instead: one worker cannot hoard the queue."""
+        A worker that holds as many leases as it runs jobs at once is answered its oldest
+        lease again instead (it asks only when it has lost track of one): one worker
+        cannot hoard the queue."""
         async with self.store.transaction() as tx:
-            where = {"workerId": provider["workerId"], "status": "assigned"}
-            held = [j for j in await tx.scan("jobs", where) if _holds(j, provider)]
-            if held:
+            held = await _held(tx, provider)
+            room = dispatch.with_room(provider, held)
+            if room is None:
                 return None if job_id else await self.view(held[0])
             if job_id is None:
                 queued = await tx.scan("jobs", where={"status": "queued"})
             else:
                 one = await tx.get("jobs", job_id)
                 queued = [one] if one is not None and one["status"] == "queued" else []
-            job = dispatch.choose(provider, queued)
+            job = dispatch.choose(room, queued)
             if job is None:
                 return None
             job = self._lease(tx, job, provider)
@@ -238,18 +241,17 @@ class JobQueue:
         if not taker.future.done():
             taker.future.set_result(leased)
 
-    async def heartbeat(self, worker_id: str, current_job_id: str | None) -> list[str]:
-        """Renew the lease of the job the worker names; return jobs it must cancel."""
-        if current_job_id is not None:
-            job = await self.store.get("jobs", current_job_id)
+    async def heartbeat(self, worker_id: str, running: list[str]) -> list[str]:
+        """Renew the leases of the jobs the worker runs; return jobs it must cancel."""
+        for job_id in running:
+            job = await self.store.get("jobs", job_id)
             if job is not None and job["status"] == "assigned" and job["workerId"] == worker_id:
-                expires = {"expiresAt": self.clock() + self.lease_s}
-                self.store.remember("leases", current_job_id, expires)
+                self.store.remember("leases", job_id, {"expiresAt": self.clock() + self.lease_s})
         pending = await self.store.recall("cancels", worker_id)
         if pending is None:
             return []
         answer: list[str] = pending["jobIds"]
-        still = [job_id for job_id in answer if job_id == current_job_id]  # repeat while it runs
+        still = [job_id for job_id in answer if job_id in running]  # repeat while it runs
         self.store.remember("cancels", worker_id, {"jobIds": still} if still else None)
         return answer
 
@@ -336,6 +338,13 @@ async def _job(reader: Store | Transaction, job_id: str) -> Doc:
     if job is None:
         raise not_found(f"job {job_id!r}")
     return job
+
+
+async def _held(reader: Store | Transaction, provider: Doc) -> list[Doc]:
+    """The leases this provider holds, oldest first."""
+    where = {"workerId": provider["workerId"], "status": "assigned"}
+    held = [j for j in await reader.scan("jobs", where) if _holds(j, provider)]
+    return sorted(held, key=lambda j: j["updatedAt"])
 
 
 def _holds(job: Doc, provider: Doc) -> bool:

@@ -60,7 +60,7 @@ class Registry:
             )
             tx.put("providers", doc)
         was_online = await self.is_online(body.workerId)
-        self._touch(body.workerId, "online", None, None)
+        self._touch(body.workerId, "online", None, [])
         if existing is None:
             self.events.publish("PROVIDER_REGISTERED", await self.public(doc))
         elif not was_online:
@@ -129,7 +129,7 @@ class Registry:
     async def heartbeat(self, worker_id: str, body: Heartbeat) -> None:
         live = await self.store.recall("liveness", worker_id)
         usage = body.usage.model_dump(exclude_none=True) if body.usage else None
-        self._touch(worker_id, body.status, usage, body.currentJobId)
+        self._touch(worker_id, body.status, usage, body.job_ids())
         if live is None or live["status"] == "offline":
             self.events.publish("PROVIDER_ONLINE", await self.get(worker_id))
 
@@ -137,15 +137,15 @@ class Registry:
         """A job poll is a sign of life: it brings an offline provider back online (after a
         server restart its heartbeats may still be in their reconnect backoff)."""
         if not await self.is_online(worker_id):
-            self._touch(worker_id, "online", None, None)
+            self._touch(worker_id, "online", None, [])
             self.events.publish("PROVIDER_ONLINE", await self.get(worker_id))
 
-    def _touch(self, worker_id: str, status: str, usage: Any, job_id: str | None) -> None:
+    def _touch(self, worker_id: str, status: str, usage: Any, job_ids: list[str]) -> None:
         live = {
             "status": status,
             "lastSeenAt": self.clock(),
             "usage": usage,
-            "currentJobId": job_id,
+            "currentJobIds": job_ids,
         }
         self.store.remember("liveness", worker_id, live)
 
@@ -159,7 +159,7 @@ class Registry:
         turned = []
         for worker_id, live in list((await self.store.recall_all("liveness")).items()):
             if live["status"] != "offline" and live["lastSeenAt"] < cutoff:
-                gone = {**live, "status": "offline", "currentJobId": None}
+                gone = {**live, "status": "offline", "currentJobIds": []}
                 self.store.remember("liveness", worker_id, gone)
                 turned.append(worker_id)
                 doc = await self.store.get("providers", worker_id)
@@ -253,9 +253,17 @@ def public(doc: Doc, live: Doc | None) -> Doc:
         status=live["status"],
         lastSeenAt=live["lastSeenAt"],
         usage=live.get("usage"),
-        currentJobId=live.get("currentJobId"),
+        currentJobIds=_job_ids(live),
     )
+    view["currentJobId"] = (view["currentJobIds"] or [None])[0]
     return view
+
+
+def _job_ids(live: Doc) -> list[str]:
+    """The jobs a provider runs (liveness saved before it ran several held one id)."""
+    if "currentJobIds" in live:
+        return list(live["currentJobIds"])
+    return [live["currentJobId"]] if live.get("currentJobId") else []
 
 
 def best_vram_mb(provider: Doc) -> int:

@@ -99,7 +99,7 @@ class Heartbeats:
         await self.registry.authenticate(worker_id, require_token(headers))
         body = parse_json(await read_body(receive, headers), Heartbeat)
         await self.registry.heartbeat(worker_id, body)
-        cancels = await self.jobs.heartbeat(worker_id, body.currentJobId)
+        cancels = await self.jobs.heartbeat(worker_id, body.job_ids())
         return {
             "ok": True,
             "serverTime": time.time(),

@@ -43,6 +43,7 @@ FINISHED = JOB_STATUSES[2:]  # completed, failed, cancelled: a job never leaves 
 ReportStatus = Literal["completed", "failed"]
 ProviderStatus = Literal["online", "busy", "offline"]
 GpuVendor = Literal["nvidia", "amd", "apple", "intel", "other"]
+Sandbox = Literal["bubblewrap", "none"]
 
 
 def _finite(value: Any) -> Any:
@@ -119,6 +120,13 @@ class Register(Body):
     storage: Disk | None = None
     os: OsInfo | None = None
     capabilities: list[Capability] = Field(default_factory=list, max_length=32)
+    sandbox: Sandbox = Field(
+        default="none", description="How renters' code runs there: `none` means as its user."
+    )
+    networkJobs: bool = Field(default=False, description="Gives the network to jobs that ask.")
+    concurrency: int = Field(
+        default=1, ge=1, le=16, description="How many jobs it runs at once (one per GPU)."
+    )
     agentVersion: str = Text(32, 1)
 
     @model_validator(mode="after")
@@ -131,12 +139,22 @@ class Register(Body):
         return self.gpus if self.gpus is not None else [self.gpu] if self.gpu else []
 
 
+class GpuUsage(Body):
+    """One GPU's use, as `nvidia-smi` reports it (index as it numbers the GPUs)."""
+
+    index: int = Field(ge=0, le=15)
+    percent: Percent | None = None
+    memUsedMb: int | None = Field(default=None, ge=0, le=4_194_304)
+    tempC: float | None = Field(default=None, ge=-50, le=200)
+
+
 class Usage(Body):
     cpuPercent: Percent
     ramPercent: Percent
     gpuPercent: Percent | None = None
     gpuMemUsedMb: int | None = Field(default=None, ge=0, le=4_194_304)
     gpuTempC: float | None = Field(default=None, ge=-50, le=200)
+    gpus: list[GpuUsage] | None = Field(default=None, max_length=16)
 
 
 class Heartbeat(Body):
@@ -144,7 +162,17 @@ class Heartbeat(Body):
 
     status: Literal["online", "busy"]
     usage: Usage | None = None
-    currentJobId: JobId | None = None
+    currentJobIds: list[JobId] = Field(
+        default_factory=list, max_length=16, description="The jobs it runs now."
+    )
+    currentJobId: JobId | None = Field(
+        default=None, description="The one job of an agent that runs one at a time."
+    )
+
+    def job_ids(self) -> list[str]:
+        """The jobs it runs, whichever of the two forms it sent."""
+        extra = [self.currentJobId] if self.currentJobId else []
+        return list(dict.fromkeys([*self.currentJobIds, *extra]))
 
 
 class CheckNewQuery(Query):
@@ -168,6 +196,9 @@ class Requirements(Body):
     minVramMb: int | None = Field(default=None, ge=0, le=4_194_304)
     gpuVendor: GpuVendor | None = None
     capabilities: list[Capability] = Field(default_factory=list, max_length=16)
+    gpus: int = Field(default=0, ge=0, le=16, description="GPUs of its own while it runs.")
+    sandbox: bool = Field(default=False, description="Only workers that run it in a sandbox.")
+    network: bool = Field(default=False, description="It needs the network (off by default).")
 
 
 class SleepPayload(Body):
@@ -273,6 +304,7 @@ class Provider(Register):
     lastSeenAt: float | None
     usage: Usage | None
     currentJobId: str | None
+    currentJobIds: list[str]
 
 
 class Registered(Answer):

@@ -14,6 +14,7 @@ import time
 from qubix_cli.worker import AGENT_VERSION, hardware, state
 from qubix_cli.worker.agent import Agent, Config, Fatal, log, setup_logging
 from qubix_cli.worker.client import Client, Transient, message
+from qubix_cli.worker.jobs import Policy
 from qubix_cli.worker.qubic import public_key
 
 
@@ -129,7 +130,22 @@ def parser(prog: str = "qubix_worker") -> argparse.ArgumentParser:
     run.add_argument("--price", type=float, help="Price per hour.")
     run.add_argument("--worker-id", help="Override the worker id (default: from the MAC).")
     run.add_argument(
-        "--allow-command", action="store_true", help="Accept `command` jobs (runs programs)."
+        "--no-user-jobs",
+        action="store_true",
+        help="Refuse jobs that run the renter's own code (`command`), even in the sandbox.",
+    )
+    run.add_argument(
+        "--allow-unsandboxed",
+        "--allow-command",
+        dest="allow_unsandboxed",
+        action="store_true",
+        help="Where bubblewrap cannot run (not installed, macOS, Windows), run renters' "
+        "code anyway, as your user, without a sandbox. Where it can, jobs always run in it.",
+    )
+    run.add_argument(
+        "--allow-network-jobs",
+        action="store_true",
+        help="Give the network to jobs that ask for it (by default no job has any).",
     )
     run.add_argument("--burst", action="store_true", help="Run what is queued, then exit.")
     run.add_argument("--max-jobs", type=_positive, help="Exit after this many jobs.")
@@ -208,7 +224,11 @@ def main(argv: list[str] | None = None, prog: str = "qubix_worker") -> int:
         location=args.location,
         price_per_hour=args.price,
         worker_id=args.worker_id,
-        allow_command=args.allow_command,
+        policy=Policy(
+            user_jobs=not args.no_user_jobs,
+            allow_unsandboxed=args.allow_unsandboxed,
+            allow_network=args.allow_network_jobs,
+        ),
         burst=args.burst,
         max_jobs=args.max_jobs,
     )

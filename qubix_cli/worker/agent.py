@@ -1,9 +1,10 @@
-"""The worker loop: register, heartbeat in its own thread, long-poll for jobs, run one at a
-time, and report each result through the durable outbox.
+"""The worker loop: register, heartbeat in its own thread, long-poll for jobs, run as many
+at once as the machine has GPUs (one at a time without GPUs), each in its own thread with
+its own GPUs, and report each result through the durable outbox.
 
 Signals only set flags; every wait is short and checks them. The first SIGTERM/SIGINT
-drains (no new jobs, keep heartbeating, finish and report the current job); a second one
-cancels the current job, reports it failed and exits.
+drains (no new jobs, keep heartbeating, finish and report the running jobs); a second one
+cancels them, reports them failed and exits.
 """
 
 from __future__ import annotations
@@ -16,10 +17,10 @@ import random
 import signal
 import sys
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
-from qubix_cli.worker import AGENT_VERSION, hardware, jobs, state
+from qubix_cli.worker import AGENT_VERSION, hardware, jobs, sandbox, state
 from qubix_cli.worker.client import Client, Transient, message
 from qubix_cli.worker.outbox import Outbox, valid_lease
 
@@ -40,7 +41,7 @@ class Config:
     location: str | None = None
     price_per_hour: float | None = None
     worker_id: str | None = None
-    allow_command: bool = False
+    policy: jobs.Policy = field(default_factory=jobs.Policy)
     burst: bool = False
     max_jobs: int | None = None
 
@@ -57,7 +58,10 @@ class Agent:
         self.outbox = Outbox(self.home)
         self.heartbeat_interval_s = 30.0
         self.poll_wait_s = 25.0
-        self.current_job: str | None = None
+        # The jobs running now, each with the positions of the GPUs it was given.
+        self.running: dict[str, list[int]] = {}
+        self.changed = threading.Condition()  # a job started or finished
+        self.slots = max(1, len(self.report["gpus"]))
         self.cancel_ids: set[str] = set()
         self.draining = False
         self.cancelling = False
@@ -66,6 +70,7 @@ class Agent:
         self.beat_now = False
         self.beat_failing = False
         self.jobs_done = 0
+        self.jobs_started = 0
 
     # -- signals ---------------------------------------------------------------------
 
@@ -105,7 +110,10 @@ class Agent:
             "ramMb": self.report["ramMb"],
             "storage": self.report["storage"],
             "os": self.report["os"],
-            "capabilities": jobs.capabilities(self.config.allow_command),
+            "capabilities": jobs.capabilities(self.config.policy),
+            "sandbox": "bubblewrap" if sandbox.available() else "none",
+            "networkJobs": self.config.policy.allow_network,
+            "concurrency": self.slots,
             "agentVersion": AGENT_VERSION,
         }
         for key, value in (
@@ -177,12 +185,13 @@ class Agent:
             jobs.wait_unless(wait, lambda: self.stopped or self.beat_now)
 
     def _heartbeat(self) -> None:
+        with self.changed:
+            running = list(self.running)
         body: dict[str, Any] = {
-            "status": "busy" if self.current_job else "online",
+            "status": "busy" if running else "online",
             "usage": hardware.usage(),
+            "currentJobIds": running,
         }
-        if self.current_job:
-            body["currentJobId"] = self.current_job
         status, answer = self.beats.request(
             "POST", f"/api/providers/{self.worker_id}/heartbeat", body
         )
@@ -207,6 +216,7 @@ class Agent:
             beat.start()
             try:
                 self._loop()
+                self._finish_running()
             finally:
                 self.stopped = True
                 beat.join(5)
@@ -216,6 +226,8 @@ class Agent:
     def _loop(self) -> None:
         attempt = 0
         while not self.draining and not self._enough():
+            if not self._free_slot():
+                continue
             try:
                 if self.lost:
                     log.warning("the server no longer knows this worker; registering again")
@@ -237,10 +249,23 @@ class Agent:
                 if self.config.burst:
                     return
                 continue
-            self._run(job)
+            self._start(job)
 
     def _enough(self) -> bool:
-        return self.config.max_jobs is not None and self.jobs_done >= self.config.max_jobs
+        return self.config.max_jobs is not None and self.jobs_started >= self.config.max_jobs
+
+    def _free_slot(self) -> bool:
+        """Wait a moment for a slot to be free (a job to finish); whether one is."""
+        with self.changed:
+            if len(self.running) >= self.slots:
+                self.changed.wait(_TICK_S)
+            return len(self.running) < self.slots
+
+    def _finish_running(self) -> None:
+        """Let the running jobs finish and report (a second signal cancels them)."""
+        with self.changed:
+            while self.running:
+                self.changed.wait(_TICK_S)
 
     def _next_job(self) -> dict[str, Any] | None:
         """Long-poll in a helper thread so that a signal can cut the wait short."""
@@ -273,7 +298,8 @@ class Agent:
             raise Transient(f"polling for jobs answered {status}: {message(answer)}")
         return answer if status == 200 else None
 
-    def _run(self, lease: dict[str, Any]) -> None:
+    def _start(self, lease: dict[str, Any]) -> None:
+        """Run a leased job in its own thread, on GPUs that no other running job has."""
         job, attempt = lease.get("job"), lease.get("attempt")
         job_id = job.get("id") if isinstance(job, dict) else None
         if (
@@ -284,27 +310,68 @@ class Agent:
             # Not what a Qubix server makes: its id would become a file name and a URL path.
             log.error("refused a job whose id or attempt is malformed: %r, %r", job_id, attempt)
             return
-        log.info("running job %s (%s, attempt %d)", job_id, job["type"], attempt)
-        self.current_job = job_id
+        with self.changed:
+            if job_id in self.running:
+                log.warning("the server handed job %s again while it runs here", job_id)
+                self.changed.wait(1.0)
+                return
+            assigned = self._gpus_for(job)
+            self.running[job_id] = assigned
+            self.jobs_started += 1
+        log.info("running job %s (%s, attempt %d, GPUs %s)", job_id, job["type"], attempt, assigned)
+        thread = threading.Thread(
+            target=self._run, args=(job, attempt, assigned), name=f"job-{job_id}", daemon=True
+        )
+        thread.start()
+
+    def _gpus_for(self, job: dict[str, Any]) -> list[int]:
+        """The first free GPUs, as many as the job asks for (the server leases no more
+        than are free; a job that still finds too few fails when it starts)."""
+        wanted = job.get("requirements", {}).get("gpus") or 0
+        taken = {position for gpus in self.running.values() for position in gpus}
+        free = [p for p in range(len(self.report["gpus"])) if p not in taken]
+        return free[:wanted] if len(free) >= wanted else []
+
+    def _run(self, job: dict[str, Any], attempt: int, assigned: list[int]) -> None:
+        job_id = job["id"]
 
         def cancelled() -> bool:
             return self.cancelling or job_id in self.cancel_ids
 
+        wanted = job.get("requirements", {}).get("gpus") or 0
+        run = jobs.Run(
+            job,
+            cancelled,
+            gpus=self.report["gpus"],
+            assigned=assigned,
+            policy=self.config.policy,
+            memory_mb=self.report["ramMb"] * 3 // 4 // self.slots or None,
+        )
+        outcome: jobs.Outcome = (
+            "failed",
+            {"error": f"the job asks for {wanted} GPUs and fewer are free here"},
+            {},
+        )
         try:
-            status, result, metrics = jobs.run_job(
-                job, cancelled, self.config.allow_command, self.report["gpus"]
-            )
+            if len(assigned) >= wanted:
+                outcome = jobs.run_job(run)
         except Exception as exc:  # a job must never take the worker down with it
             log.exception("job %s crashed", job_id)
-            status, result, metrics = "failed", {"error": f"worker error: {exc}"}, {}
-        finally:
-            self.current_job = None
+            outcome = "failed", {"error": f"worker error: {exc}"}, {}
+        self._finished(job_id, attempt, *outcome)
+
+    def _finished(
+        self, job_id: str, attempt: int, status: str, result: Any, metrics: dict[str, Any]
+    ) -> None:
         self.outbox.put(
             job_id, {"attempt": attempt, "status": status, "result": result, "metrics": metrics}
         )
-        self.jobs_done += 1
         log.info("job %s %s in %.2f s", job_id, status, metrics.get("durationS", 0))
         self._flush_outbox()
+        with self.changed:
+            del self.running[job_id]
+            self.jobs_done += 1
+            self.changed.notify_all()
 
     def _flush_outbox(self) -> None:
         """Send the report now and keep trying while the server is away; a second signal

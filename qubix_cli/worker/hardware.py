@@ -279,13 +279,54 @@ def _cim_gpu(controller: dict[str, Any]) -> Gpu:
 
 
 def usage() -> dict[str, Any]:
-    """CPU and RAM use for a heartbeat (psutil when present, else /proc, else zero)."""
+    """CPU and RAM use for a heartbeat (psutil when present, else /proc, else zero), and
+    each GPU's where `nvidia-smi` reports it."""
+    used: dict[str, Any]
     if psutil is not None:
-        return {
+        used = {
             "cpuPercent": float(psutil.cpu_percent(interval=None)),
             "ramPercent": float(psutil.virtual_memory().percent),
         }
-    return {"cpuPercent": _proc_cpu_percent(), "ramPercent": _proc_ram_percent()}
+    else:
+        used = {"cpuPercent": _proc_cpu_percent(), "ramPercent": _proc_ram_percent()}
+    gpus = nvidia_usage()
+    if gpus:
+        used["gpus"] = gpus
+    return used
+
+
+NVIDIA_USAGE_FIELDS = "index,utilization.gpu,memory.used,temperature.gpu"
+
+
+def nvidia_usage() -> list[dict[str, Any]]:
+    """Each NVIDIA GPU's use (percent busy, memory used, temperature); [] without
+    `nvidia-smi` or when it fails. Values it cannot give, or that make no sense, are left
+    out: a heartbeat must never be refused for a tool's odd output."""
+    try:
+        result = run_tool(
+            ["nvidia-smi", f"--query-gpu={NVIDIA_USAGE_FIELDS}", "--format=csv,noheader,nounits"],
+            timeout=5,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return []
+    if result is None or result[0] != 0:
+        return []
+    gpus = []
+    for row in _csv_rows(result[1]):
+        index = _int(row[0]) if len(row) == 4 else None
+        if index is None or not 0 <= index <= 15:
+            continue
+        entry: dict[str, Any] = {"index": index}
+        for key, text, low, high in (
+            ("percent", row[1], 0, 100),
+            ("memUsedMb", row[2], 0, 4_194_304),
+            ("tempC", row[3], -50, 200),
+        ):
+            value = _int(text)
+            if value is not None and low <= value <= high:
+                entry[key] = value
+        gpus.append(entry)
+    return gpus[:16]
 
 
 _last_cpu: dict[str, float] = {}

@@ -1,6 +1,8 @@
-"""Running jobs: `sleep`, `benchmark` and (only when allowed) `command`.
+"""Running jobs: `sleep`, `benchmark` and the renter's own code (`command`), which runs
+in the sandbox (worker/sandbox.py) wherever there is one.
 
-Each runner takes the job and a `cancelled()` check, and returns (status, result, metrics).
+Each runner takes a `Run` (the job, its GPUs, what the provider allows, a `cancelled()`
+check) and returns (status, result, metrics).
 """
 
 from __future__ import annotations
@@ -12,8 +14,17 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Tuple
+
+from qubix_cli.worker import sandbox, state
+
+try:
+    import resource
+except ImportError:  # Windows
+    resource = None  # type: ignore[assignment]
 
 Outcome = Tuple[str, Any, Dict[str, Any]]
 Cancelled = Callable[[], bool]
@@ -23,22 +34,51 @@ _TICK_S = 0.1
 
 
 class JobType:
-    """How this worker runs one job type, and whether the provider must opt in."""
+    """How this worker runs one job type. A `user` type runs the renter's own code: only in
+    the sandbox (or where the provider allowed unsandboxed jobs), and a provider can refuse
+    them all."""
 
-    def __init__(self, runner: Callable[..., Outcome], opt_in: bool = False) -> None:
-        self.runner, self.opt_in = runner, opt_in
+    def __init__(self, runner: Callable[[Run], Outcome], user: bool = False) -> None:
+        self.runner, self.user = runner, user
 
 
-def capabilities(allow_command: bool) -> list[str]:
+@dataclass
+class Policy:
+    """What the provider allows: renters' code at all (`--no-user-jobs` refuses it),
+    without a sandbox where none works (`--allow-unsandboxed`), and with the network when
+    a job asks (`--allow-network-jobs`)."""
+
+    user_jobs: bool = True
+    allow_unsandboxed: bool = False
+    allow_network: bool = False
+
+    def runs_user_jobs(self) -> bool:
+        return self.user_jobs and (sandbox.available() or self.allow_unsandboxed)
+
+
+@dataclass
+class Run:
+    """One job as a runner sees it: the job, the machine's GPUs and the positions of those
+    assigned to it, what the provider allows, a memory cap, and a `cancelled()` check."""
+
+    job: dict[str, Any]
+    cancelled: Cancelled
+    gpus: list[dict[str, Any]] = field(default_factory=list)
+    assigned: list[int] = field(default_factory=list)
+    policy: Policy = field(default_factory=Policy)
+    memory_mb: int | None = None
+
+
+def capabilities(policy: Policy) -> list[str]:
     """The job types this worker runs: what it declares when it registers."""
-    return [name for name, kind in JOB_TYPES.items() if not kind.opt_in or allow_command]
+    return [name for name, kind in JOB_TYPES.items() if not kind.user or policy.runs_user_jobs()]
 
 
-def run_job(job: dict[str, Any], cancelled: Cancelled, allow_command: bool, gpus: Any) -> Outcome:
+def run_job(run: Run) -> Outcome:
     started = time.monotonic()
-    kind = job["type"]
-    if kind in capabilities(allow_command):
-        status, result, metrics = JOB_TYPES[kind].runner(job, cancelled, gpus)
+    kind = run.job["type"]
+    if kind in capabilities(run.policy):
+        status, result, metrics = JOB_TYPES[kind].runner(run)
     else:
         status, result, metrics = "failed", {"error": f"this worker does not run {kind!r}"}, {}
     metrics["durationS"] = round(time.monotonic() - started, 3)
@@ -60,58 +100,76 @@ def wait_unless(seconds: float, stop: Cancelled) -> bool:
     return not stop()
 
 
-def run_sleep(job: dict[str, Any], cancelled: Cancelled, gpus: Any) -> Outcome:
-    seconds = float(job["payload"]["seconds"])
-    if not wait_unless(seconds, cancelled):
+def run_sleep(run: Run) -> Outcome:
+    seconds = float(run.job["payload"]["seconds"])
+    if not wait_unless(seconds, run.cancelled):
         return _cancelled_result()
     return "completed", {"sleptS": seconds}, {}
 
 
-def run_benchmark(job: dict[str, Any], cancelled: Cancelled, gpus: Any) -> Outcome:
-    """SHA-256 over 1 MiB blocks for a fixed time: the score is MiB hashed per second."""
-    seconds = float(job["payload"].get("seconds", 2.0))
+def run_benchmark(run: Run) -> Outcome:
+    """SHA-256 over 1 MiB blocks for a fixed time: the score is MiB hashed per second. This
+    worker has no GPU engine yet, so the result says plainly that it measured the CPU."""
+    seconds = float(run.job["payload"].get("seconds", 2.0))
     block = os.urandom(2**20)
     deadline = time.monotonic() + seconds
     started, hashed = time.monotonic(), 0
     while time.monotonic() < deadline:
-        if cancelled():
+        if run.cancelled():
             return _cancelled_result()
         hashlib.sha256(block).digest()
         hashed += 1
     elapsed = time.monotonic() - started
     score = round(hashed / elapsed, 1) if elapsed else 0.0
-    return "completed", {"cpuScore": score, "cpuScoreUnit": "MiB/s sha256", "gpus": gpus}, {}
+    result = {
+        "cpuScore": score,
+        "cpuScoreUnit": "MiB/s sha256",
+        "engine": "none",
+        "measured": "cpu",
+        "note": "no GPU engine on this worker: the score is the CPU's, not the GPU's",
+        "gpus": run.gpus,
+    }
+    return "completed", result, {}
 
 
 def job_environment(extra: dict[str, str]) -> dict[str, str]:
-    """The worker's environment without anything of Qubix's own (its secrets live there)."""
+    """The worker's environment without anything of Qubix's own (its secrets live there):
+    what an unsandboxed job gets."""
     env = {k: v for k, v in os.environ.items() if not k.upper().startswith("QUBIX")}
     env.update(extra)
     return env
 
 
-def run_command(job: dict[str, Any], cancelled: Cancelled, gpus: Any) -> Outcome:
-    """argv without a shell, in a fresh directory, at low priority, with a timeout that
-    kills the whole process tree, and the last 64 KiB of stdout and stderr."""
-    payload = job["payload"]
-    timeout_s = float(payload.get("timeoutS") or job.get("timeoutS") or 3600)
+def sandbox_environment(extra: dict[str, str]) -> dict[str, str]:
+    """All a sandboxed job gets: a plain PATH, its work dir as HOME, and what the job and
+    its GPUs set. Nothing of the provider's environment."""
+    env = {"PATH": sandbox.PATH, "HOME": sandbox.WORK, "TMPDIR": "/tmp", "LANG": "C.UTF-8"}
+    env.update(extra)
+    return env
+
+
+def run_command(run: Run) -> Outcome:
+    """argv without a shell, in a fresh work dir, in the sandbox where there is one, at low
+    priority, with a timeout that kills the whole process tree, and the last 64 KiB of
+    stdout and stderr (the rest is read and dropped, never stored)."""
+    payload = run.job["payload"]
+    timeout_s = float(payload.get("timeoutS") or run.job.get("timeoutS") or 3600)
     workdir = tempfile.mkdtemp(prefix="qubix-job-")
     try:
-        out_path, err_path = os.path.join(workdir, ".stdout"), os.path.join(workdir, ".stderr")
-        with open(out_path, "wb") as out, open(err_path, "wb") as err:
-            try:
-                proc = _spawn(
-                    payload["argv"], workdir, job_environment(payload.get("env", {})), out, err
-                )
-            except OSError as exc:
-                return "failed", {"error": f"cannot start {payload['argv'][0]!r}: {exc}"}, {}
-            code, peak_rss_kb, reason = _supervise(proc, timeout_s, cancelled)
-        result = {
+        argv, env = _command_line(run, payload, workdir)
+        try:
+            proc = _spawn(argv, workdir, env, run.memory_mb)
+        except OSError as exc:
+            return "failed", {"error": f"cannot start {payload['argv'][0]!r}: {exc}"}, {}
+        out, err = Tail(proc.stdout), Tail(proc.stderr)
+        code, peak_rss_kb, reason = _supervise(proc, timeout_s, run.cancelled)
+        result = {"exitCode": code, "stdoutTail": out.text(), "stderrTail": err.text()}
+        metrics: dict[str, Any] = {
             "exitCode": code,
-            "stdoutTail": _tail(out_path),
-            "stderrTail": _tail(err_path),
+            "peakRssKb": peak_rss_kb,
+            "sandbox": "bubblewrap" if sandbox.available() else "none",
+            "gpus": run.assigned,
         }
-        metrics: dict[str, Any] = {"exitCode": code, "peakRssKb": peak_rss_kb}
         if reason:
             result["error"] = reason
             return "failed", result, metrics
@@ -120,25 +178,67 @@ def run_command(job: dict[str, Any], cancelled: Cancelled, gpus: Any) -> Outcome
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-def _spawn(argv: list[str], cwd: str, env: dict[str, str], out: Any, err: Any) -> Any:
+def _command_line(
+    run: Run, payload: dict[str, Any], workdir: str
+) -> tuple[list[str], dict[str, str]]:
+    """The argv to start and its environment: wrapped in the sandbox where there is one."""
+    extra = {**payload.get("env", {}), **sandbox.visible_devices(run.gpus, run.assigned)}
+    if not sandbox.available():
+        return list(payload["argv"]), job_environment(extra)
+    network = bool(run.job.get("requirements", {}).get("network")) and run.policy.allow_network
+    argv = sandbox.wrap(
+        list(payload["argv"]),
+        work_dir=workdir,
+        hide=[os.path.expanduser("~"), state.home()],
+        devices=sandbox.device_nodes(run.gpus, run.assigned),
+        network=network,
+    )
+    return argv, sandbox_environment(extra)
+
+
+def _spawn(argv: list[str], cwd: str, env: dict[str, str], memory_mb: int | None) -> Any:
     options: dict[str, Any] = {
         "cwd": cwd,
         "env": env,
         "stdin": subprocess.DEVNULL,
-        "stdout": out,
-        "stderr": err,
+        "stdout": subprocess.PIPE,
+        "stderr": subprocess.PIPE,
     }
     if sys.platform == "win32":
         options["creationflags"] = (
             subprocess.CREATE_NEW_PROCESS_GROUP | subprocess.BELOW_NORMAL_PRIORITY_CLASS  # type: ignore[attr-defined,unused-ignore]
         )
         return subprocess.Popen(argv, **options)
-    proc = subprocess.Popen(argv, start_new_session=True, **options)
-    try:
-        os.setpriority(os.PRIO_PROCESS, proc.pid, 10)  # below the owner's own work
-    except OSError:
-        pass
-    return proc
+
+    def limits() -> None:  # in the child, before exec: plain system calls only
+        os.nice(10)  # below the owner's own work
+        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+        if memory_mb:
+            size = memory_mb * 2**20
+            resource.setrlimit(resource.RLIMIT_DATA, (size, size))
+
+    return subprocess.Popen(argv, start_new_session=True, preexec_fn=limits, **options)
+
+
+class Tail:
+    """Reads a pipe to its end in a thread, keeping only its last `TAIL_BYTES`."""
+
+    def __init__(self, pipe: Any) -> None:
+        self._pipe, self._kept = pipe, bytearray()
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        with self._pipe:
+            for chunk in iter(lambda: self._pipe.read1(65536), b""):
+                self._kept += chunk
+                del self._kept[:-TAIL_BYTES]
+
+    def text(self) -> str:
+        """The tail once the writers are gone (a process that escaped the tree and keeps
+        the pipe open is not waited for long)."""
+        self._thread.join(2)
+        return bytes(self._kept[-TAIL_BYTES:]).decode("utf-8", "replace")
 
 
 def _supervise(proc: Any, timeout_s: float, cancelled: Cancelled) -> tuple[int, int | None, str]:
@@ -186,17 +286,9 @@ def _kill_tree(proc: Any) -> None:
         pass
 
 
-def _tail(path: str) -> str:
-    with open(path, "rb") as f:
-        f.seek(0, os.SEEK_END)
-        size = f.tell()
-        f.seek(max(0, size - TAIL_BYTES))
-        return f.read().decode("utf-8", "replace")
-
-
 # The job types this worker runs (the server's schemas for them: server/schemas.py JOB_TYPES).
 JOB_TYPES: dict[str, JobType] = {
     "benchmark": JobType(run_benchmark),
     "sleep": JobType(run_sleep),
-    "command": JobType(run_command, opt_in=True),
+    "command": JobType(run_command, user=True),
 }

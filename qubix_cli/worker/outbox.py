@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import re
+import threading
 from typing import Any
 
 from qubix_cli.worker.client import Client, message
@@ -26,6 +27,7 @@ def valid_lease(job_id: Any, attempt: Any) -> bool:
 class Outbox:
     def __init__(self, state_dir: str) -> None:
         self.path = os.path.join(state_dir, "outbox")
+        self._sending = threading.Lock()  # jobs finish in several threads
         os.makedirs(self.path, mode=0o700, exist_ok=True)
 
     def put(self, job_id: str, report: dict[str, Any]) -> None:
@@ -41,6 +43,10 @@ class Outbox:
 
     def send(self, client: Client) -> None:
         """Send every stored report; raises `Transient` if the server cannot be reached."""
+        with self._sending:
+            self._send(client)
+
+    def _send(self, client: Client) -> None:
         for name in self.pending():
             path = os.path.join(self.path, name)
             with open(path) as f:

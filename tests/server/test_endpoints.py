@@ -45,10 +45,12 @@ def test_a_documented_operation_answers_as_documented(client: TestClient) -> Non
 
 def test_the_server_and_the_worker_know_the_same_job_types() -> None:
     assert list(JOB_TYPES) == list(worker_jobs.JOB_TYPES)
-    opt_in = {name for name, kind in worker_jobs.JOB_TYPES.items() if kind.opt_in}
-    assert opt_in.isdisjoint({name for name, kind in JOB_TYPES.items() if kind.always})
-    assert worker_jobs.capabilities(False) == ["benchmark", "sleep"]
-    assert worker_jobs.capabilities(True) == ["benchmark", "sleep", "command"]
+    user = {name for name, kind in worker_jobs.JOB_TYPES.items() if kind.user}
+    assert user.isdisjoint({name for name, kind in JOB_TYPES.items() if kind.always})
+    refusing = worker_jobs.Policy(user_jobs=False, allow_unsandboxed=True)
+    assert worker_jobs.capabilities(refusing) == ["benchmark", "sleep"]
+    unsandboxed = worker_jobs.Policy(allow_unsandboxed=True)
+    assert worker_jobs.capabilities(unsandboxed) == ["benchmark", "sleep", "command"]
 
 
 def test_every_domain_error_has_one_status() -> None:

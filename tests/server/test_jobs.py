@@ -445,3 +445,78 @@ def test_a_job_past_its_timeout_fails_whatever_the_heartbeats_say(make_client: A
     assert (failed["status"], failed["result"]) == ("failed", {"error": "timeout"})
     assert failed["history"][-1]["workerId"] == "worker-1"  # counted against the worker
     assert time.monotonic() - deadline + 10 >= 1.2  # not before timeoutS plus an interval
+
+
+GPU = {"vendor": "nvidia", "model": "NVIDIA A40", "vramMb": 46068}
+
+
+def test_a_worker_leases_as_many_jobs_as_it_runs_at_once(client: TestClient) -> None:
+    token = register(client, gpus=[GPU] * 2, concurrency=2)
+    two_gpus, one, other = (submit(client, requirements={"gpus": n}) for n in (2, 1, 1))
+    first = lease(client, "worker-1", token)
+    assert first is not None and first["job"]["id"] == two_gpus["id"]
+    assert lease(client, "worker-1", token) is None  # both GPUs are taken: nothing fits
+    report(client, two_gpus["id"], token, 1)
+    leased = [lease(client, "worker-1", token), lease(client, "worker-1", token)]
+    assert [x["job"]["id"] for x in leased if x] == [one["id"], other["id"]]
+    third = submit(client, requirements={"gpus": 0})
+    again = lease(client, "worker-1", token)  # full: its oldest lease is answered again
+    assert again is not None and again["job"]["id"] == one["id"]
+    beat = {"status": "busy", "currentJobIds": [one["id"], other["id"]]}
+    answer = client.post("/api/providers/worker-1/heartbeat", json=beat, headers=auth(token))
+    assert answer.status_code == 200
+    shown = client.get("/api/providers/worker-1").json()["provider"]
+    assert shown["currentJobIds"] == [one["id"], other["id"]]
+    assert shown["currentJobId"] == one["id"]
+    report(client, other["id"], token, 1)
+    assert lease(client, "worker-1", token)["job"]["id"] == third["id"]  # type: ignore[index]
+
+
+def test_a_long_poll_waits_for_a_job_that_fits_its_free_gpus(client: TestClient) -> None:
+    token = register(client, gpus=[GPU] * 2, concurrency=2)
+    held = submit(client, requirements={"gpus": 1})
+    assert lease(client, "worker-1", token) is not None
+    answers: list[Any] = []
+    poll = threading.Thread(target=lambda: answers.append(lease(client, "worker-1", token, 2)))
+    poll.start()
+    time.sleep(0.3)
+    submit(client, requirements={"gpus": 2})  # one GPU is free: not this one
+    fits = submit(client, requirements={"gpus": 1})
+    poll.join()
+    assert answers[0] is not None and answers[0]["job"]["id"] == fits["id"]
+    assert held["id"] != fits["id"]
+
+
+@pytest.mark.parametrize(
+    ("requirements", "provider", "leased"),
+    [
+        ({"gpus": 3}, {"gpus": [GPU] * 2, "concurrency": 2}, False),
+        ({"sandbox": True}, {"sandbox": "none"}, False),
+        ({"sandbox": True}, {"sandbox": "bubblewrap"}, True),
+        ({"network": True}, {"sandbox": "bubblewrap"}, False),
+        ({"network": True}, {"networkJobs": True}, True),
+    ],
+)
+def test_requirements_on_gpus_sandbox_and_network(
+    client: TestClient, requirements: dict[str, Any], provider: dict[str, Any], leased: bool
+) -> None:
+    token = register(client, **provider)
+    submit(client, requirements=requirements)
+    assert (lease(client, "worker-1", token) is not None) is leased
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"requirements": {"gpus": -1}},
+        {"requirements": {"gpus": 17}},
+        {"requirements": {"gpus": "1"}},
+        {"requirements": {"sandbox": "yes"}},
+        {"requirements": {"network": 1}},
+    ],
+)
+def test_bad_requirements_are_refused(client: TestClient, body: dict[str, Any]) -> None:
+    body = {"type": "sleep", "payload": {"seconds": 1}, **body}
+    response = client.post("/api/jobs", json=body, headers=KEY)
+    assert response.status_code == 422, response.text
+    assert client.get("/api/jobs", headers=KEY).json()["total"] == 0

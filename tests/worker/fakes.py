@@ -40,8 +40,15 @@ def path_with(bin_dir: Path) -> str:
     return os.pathsep.join([str(bin_dir), "/usr/bin", "/bin"])
 
 
-def nvidia(bin_dir: Path, csv: str, header: str = "nvidia-smi-header.txt") -> None:
-    fake_tool(bin_dir, "nvidia-smi", [("--query-gpu", 0, csv), ("", 0, header)])
+def nvidia(
+    bin_dir: Path, csv: str, header: str = "nvidia-smi-header.txt", usage: str | None = None
+) -> None:
+    """`usage`: what it prints for the heartbeat's per-GPU query (else the detection CSV,
+    which the worker does not take for usage)."""
+    rules: list[tuple[str, int, str | None]] = [("--query-gpu", 0, csv), ("", 0, header)]
+    if usage:
+        rules.insert(0, ("utilization.gpu", 0, usage))
+    fake_tool(bin_dir, "nvidia-smi", rules)
 
 
 def old_nvidia(bin_dir: Path) -> None:

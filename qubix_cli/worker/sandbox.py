@@ -1,0 +1,119 @@
+"""The sandbox for renters' code on Linux: bubblewrap (`bwrap`).
+
+Inside it a job sees the system read-only (/usr, /etc, /opt and the /bin, /lib links), a
+private writable work dir (`/work`, its current directory and $HOME) and a private /tmp,
+a fresh /dev with only the device nodes of the GPUs it was given, its own PID namespace
+(the whole tree dies when the sandbox does) and, unless it asked for the network and
+the provider allows it, no network at all. The provider's home, the worker's state dir
+and everything else on the machine are simply not there.
+"""
+
+from __future__ import annotations
+
+import functools
+import glob
+import os
+import shutil
+import subprocess
+import tempfile
+from typing import Any
+
+SYSTEM_DIRS = ("/usr", "/etc", "/opt")
+LINKS = ("/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")  # /usr links or real dirs
+WORK = "/work"
+PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+DEV = "/dev"  # where the GPUs' device nodes are looked for
+# Device nodes that every NVIDIA GPU needs beside its own /dev/nvidiaN.
+NVIDIA_SHARED = ("nvidiactl", "nvidia-uvm", "nvidia-uvm-tools", "nvidia-modeset")
+
+
+@functools.lru_cache(maxsize=1)
+def available() -> bool:
+    """Whether bwrap is on PATH and can really make a sandbox here (some systems forbid
+    the user namespaces it needs): checked once, by running `true` in one."""
+    if shutil.which("bwrap") is None:
+        return False
+    try:
+        with tempfile.TemporaryDirectory(prefix="qubix-sandbox-") as empty:
+            done = subprocess.run(
+                wrap(["true"], work_dir=empty, hide=[], devices=[], network=False),
+                stdin=subprocess.DEVNULL,
+                capture_output=True,
+                timeout=20,
+                check=False,
+            )
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return done.returncode == 0
+
+
+def wrap(
+    argv: list[str], work_dir: str, hide: list[str], devices: list[str], network: bool
+) -> list[str]:
+    """The bwrap command line that runs `argv` in the sandbox: `work_dir` is bound
+    writable on /work; `hide` are host paths that must not be seen even if they lie in a
+    system dir (the provider's home, the worker's state dir); `devices` are bound in."""
+    args = [shutil.which("bwrap") or "bwrap", "--unshare-all", "--die-with-parent", "--new-session"]
+    if network:
+        args.append("--share-net")
+    for path in SYSTEM_DIRS:
+        args += ["--ro-bind-try", path, path]
+    for path in LINKS:
+        if os.path.islink(path):
+            args += ["--symlink", os.readlink(path), path]
+        elif os.path.isdir(path):
+            args += ["--ro-bind", path, path]
+    args += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"]
+    for path in hide:
+        if any(_under(path, root) for root in SYSTEM_DIRS):
+            args += ["--tmpfs", path]
+    if devices:
+        args += ["--ro-bind-try", "/sys", "/sys"]  # GPU libraries read the PCI topology
+    for node in devices:
+        args += ["--dev-bind", node, os.path.join("/dev", os.path.relpath(node, DEV))]
+    args += ["--bind", work_dir, WORK, "--chdir", WORK, "--"]
+    return args + argv
+
+
+def _under(path: str, root: str) -> bool:
+    return os.path.realpath(path) == root or os.path.realpath(path).startswith(root + "/")
+
+
+def device_nodes(gpus: list[dict[str, Any]], assigned: list[int]) -> list[str]:
+    """The device nodes of the assigned GPUs (positions in `gpus`) that exist on this
+    machine: /dev/nvidiaN and the shared NVIDIA nodes, or /dev/dri's card and render nodes
+    (and /dev/kfd for AMD). A GPU's N is its position among the GPUs of its vendor."""
+    nodes: list[str] = []
+    for position in assigned:
+        vendor, n = _vendor_index(gpus, position)
+        if vendor == "nvidia":
+            nodes += [f"nvidia{n}", *NVIDIA_SHARED, *_caps()]
+        else:
+            nodes += [f"dri/card{n}", f"dri/renderD{128 + n}"]
+            nodes += ["kfd"] if vendor == "amd" else []
+    found = [os.path.join(DEV, node) for node in dict.fromkeys(nodes)]
+    return [node for node in found if os.path.exists(node)]
+
+
+def _caps() -> list[str]:
+    return [os.path.relpath(p, DEV) for p in sorted(glob.glob(os.path.join(DEV, "nvidia-caps/*")))]
+
+
+def visible_devices(gpus: list[dict[str, Any]], assigned: list[int]) -> dict[str, str]:
+    """CUDA_VISIBLE_DEVICES / ROCR_VISIBLE_DEVICES naming the assigned GPUs, for each of
+    those vendors this machine has (empty when none of its GPUs was assigned: a job
+    without GPUs must not take one that another job runs on)."""
+    names = {"nvidia": "CUDA_VISIBLE_DEVICES", "amd": "ROCR_VISIBLE_DEVICES"}
+    env: dict[str, list[str]] = {names[g["vendor"]]: [] for g in gpus if g["vendor"] in names}
+    for position in assigned:
+        vendor, n = _vendor_index(gpus, position)
+        if vendor in names:
+            env[names[vendor]].append(str(n))
+    return {name: ",".join(indices) for name, indices in env.items()}
+
+
+def _vendor_index(gpus: list[dict[str, Any]], position: int) -> tuple[str, int]:
+    """A GPU's vendor and its index among that vendor's GPUs (what the vendor's tools and
+    device nodes number it)."""
+    vendor = gpus[position]["vendor"]
+    return vendor, sum(1 for g in gpus[:position] if g["vendor"] == vendor)
