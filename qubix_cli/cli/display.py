@@ -62,6 +62,13 @@ def gpus(provider: dict[str, Any]) -> str:
     return safe(", ".join(items) or "no GPU")
 
 
+def user_code(provider: dict[str, Any]) -> str:
+    """Whether it runs renters' own code, and how (the marketplace page says the same)."""
+    if "command" not in provider.get("capabilities", []):
+        return "no"
+    return "sandboxed" if provider.get("sandbox") == "bubblewrap" else "[red]unsandboxed[/red]"
+
+
 def ago(at: float | None) -> str:
     if at is None:
         return "never"
@@ -95,12 +102,13 @@ def fleet_table(providers: list[dict[str, Any]]) -> Table:
         "worker id",
         "status",
         "GPUs",
+        "renters' code",
         "CPU cores",
         "RAM",
         "location",
         "price",
         "last seen",
-        "current job",
+        "current jobs",
     )
     for p in providers:
         price = p.get("pricePerHour")
@@ -108,11 +116,12 @@ def fleet_table(providers: list[dict[str, Any]]) -> Table:
             safe(p["workerId"]),
             status(p["status"]),
             gpus(p),
+            user_code(p),
             str(p.get("cpu", {}).get("cores", "?")),
             f"{p.get('ramMb', 0) / 1024:.0f} GB",
             safe(p.get("location") or "-"),
             "-" if price is None else f"{price:g}",
             ago(p.get("lastSeenAt")),
-            safe(p.get("currentJobId") or "-"),
+            safe(", ".join(p.get("currentJobIds") or []) or "-"),
         )
     return table

@@ -49,6 +49,16 @@ def submit(
         typer.Option(help="command: one argument each time (--argv python --argv -V)."),
     ] = None,
     min_vram_mb: Annotated[int | None, typer.Option(help="Least VRAM of one GPU, in MB.")] = None,
+    gpus: Annotated[
+        int, typer.Option(min=0, max=16, help="GPUs of its own while it runs (default none).")
+    ] = 0,
+    sandbox: Annotated[
+        bool, typer.Option("--sandbox", help="Only on workers that run it in a sandbox.")
+    ] = False,
+    network: Annotated[
+        bool,
+        typer.Option("--network", help="It needs the network (only workers that allow it)."),
+    ] = False,
     provider: Annotated[str | None, typer.Option(help="Run only on this worker id.")] = None,
     wait: Annotated[bool, typer.Option("--wait", help="Wait until the job ends.")] = False,
     server: ServerOpt = None,
@@ -57,8 +67,8 @@ def submit(
 ) -> None:
     """Submit a job; print its id (or, with --wait, its outcome)."""
     body: dict[str, Any] = {"type": type_, "payload": _payload(type_, seconds, argv)}
-    if min_vram_mb is not None:
-        body["requirements"] = {"minVramMb": min_vram_mb}
+    wanted = {"minVramMb": min_vram_mb, "gpus": gpus, "sandbox": sandbox, "network": network}
+    body["requirements"] = {k: v for k, v in wanted.items() if v not in (None, 0, False)}
     if provider:
         body["providerId"] = provider
     with _client(server, api_key) as client:

@@ -15,6 +15,12 @@ function cell(row, text, className) {
   if (className) td.className = className;
 }
 
+// Whether it runs renters' own code, and how: what a renter with secrets must know.
+function userCode(p) {
+  if (!(p.capabilities || []).includes("command")) return "no";
+  return p.sandbox === "bubblewrap" ? "sandboxed" : "unsandboxed";
+}
+
 function render() {
   const status = $("filter-status").value;
   const minVramMb = Number($("filter-vram").value || 0) * 1024;
@@ -32,6 +38,7 @@ function render() {
     cell(row, p.status, `s-${p.status}`);
     cell(row, p.gpus.map((g) => g.model).join(", ") || "none");
     cell(row, `${Math.round(best / 1024)} GB`);
+    cell(row, userCode(p), `code-${userCode(p)}`);
     cell(row, p.pricePerHour == null ? "-" : String(p.pricePerHour));
     cell(row, p.location || "-");
     cell(row, ago(p.lastSeenAt));

@@ -242,32 +242,35 @@ class Tail:
 
 
 def _supervise(proc: Any, timeout_s: float, cancelled: Cancelled) -> tuple[int, int | None, str]:
-    """Wait for the process; kill its tree on timeout or cancellation."""
+    """Wait for the process (a thread reaps it, so its end is seen at once); kill its tree
+    on timeout or cancellation."""
+    ended: dict[str, Any] = {}
+    done = threading.Event()
+
+    def reap() -> None:
+        ended["code"], ended["peak"] = _reap(proc)
+        done.set()
+
+    threading.Thread(target=reap, name="reap", daemon=True).start()
     deadline = time.monotonic() + timeout_s
-    while True:
-        code, peak = _poll(proc)
-        if code is not None:
-            return code, peak, ""
-        reason = ""
+    reason = ""
+    while not done.wait(_TICK_S):
         if cancelled():
             reason = "cancelled"
         elif time.monotonic() > deadline:
             reason = f"timed out after {timeout_s:g} s"
         if reason:
             _kill_tree(proc)
-            code, peak = _poll(proc, block=True)
-            return code if code is not None else -9, peak, reason
-        time.sleep(_TICK_S)
+            done.wait(30)
+            break
+    return ended.get("code", -9), ended.get("peak"), reason
 
 
-def _poll(proc: Any, block: bool = False) -> tuple[int | None, int | None]:
-    """The exit code and, on POSIX, the peak RSS (KiB) of the finished child."""
+def _reap(proc: Any) -> tuple[int, int | None]:
+    """Wait for the child: its exit code and, on POSIX, its peak RSS (KiB)."""
     if not hasattr(os, "wait4"):
-        code = proc.wait() if block else proc.poll()
-        return code, None
-    pid, status, usage = os.wait4(proc.pid, 0 if block else os.WNOHANG)
-    if pid == 0:
-        return None, None
+        return proc.wait(), None
+    _, status, usage = os.wait4(proc.pid, 0)
     code = -os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)
     proc.returncode = code
     peak = usage.ru_maxrss // 1024 if sys.platform == "darwin" else usage.ru_maxrss

@@ -54,15 +54,32 @@ def worker_processes(home: Path) -> list[psutil.Process]:
     return found
 
 
+def path_without(tmp_path: Path, *missing: str) -> str:
+    """A PATH with every tool of this machine's but `missing` (symlinks in one directory)."""
+    bin_dir = tmp_path / "path-without"
+    bin_dir.mkdir()
+    for directory in (Path(sys.executable).parent, Path("/usr/bin"), Path("/bin")):
+        for tool in directory.iterdir():
+            if tool.name not in missing and not (bin_dir / tool.name).exists():
+                (bin_dir / tool.name).symlink_to(tool)
+    return str(bin_dir)
+
+
 def test_install_run_a_job_upgrade_and_uninstall(server: ServerProcess, tmp_path: Path) -> None:
     home = tmp_path / "home"
     home.mkdir()
     script = tmp_path / "qubix-installer-linux.sh"
     script.write_bytes(render("linux", server.url).content)  # the address comes from the env
+    no_sandbox = path_without(tmp_path, "bwrap", "sudo", "apt-get", "dnf")
     try:
-        first = run_installer(script, home, address_env=ADDRESS)
+        first = run_installer(script, home, path=no_sandbox, address_env=ADDRESS)
         assert first.returncode == 0, first.stdout + first.stderr
         assert "is online at" in first.stdout
+        # No bubblewrap and no way to install it: it says how, and runs no renters' code.
+        assert "bubblewrap is not installed" in first.stdout
+        assert "install bubblewrap with your package manager" in first.stdout
+        (provider,) = httpx.get(server.url + "/api/providers").json()["providers"]
+        assert provider["sandbox"] == "none" and "command" not in provider["capabilities"]
         qubix = home / ".qubix"
         for name in [
             "venv",
@@ -95,8 +112,10 @@ def test_install_run_a_job_upgrade_and_uninstall(server: ServerProcess, tmp_path
         second = run_installer(script, home, address_env=ADDRESS)  # upgrade in place
         assert second.returncode == 0, second.stdout + second.stderr
         assert "creating a virtual environment" not in second.stdout
+        assert "bubblewrap" not in second.stdout  # it is there now
         providers = httpx.get(server.url + "/api/providers").json()["providers"]
         assert [p["workerId"] for p in providers] == [worker_id]
+        assert providers[0]["sandbox"] == "bubblewrap" and "command" in providers[0]["capabilities"]
         (new,) = worker_processes(home)
         assert new.pid != old.pid and not old.is_running()
 

@@ -16,7 +16,14 @@ def test_the_marketplace_follows_registrations_and_departures(
 ) -> None:
     httpx.post(
         web_server.url + "/api/providers/quick-register",
-        json=register_body("first", name="Ada's rig", location="Lisbon", pricePerHour=0.4),
+        json=register_body(
+            "first",
+            name="Ada's rig",
+            location="Lisbon",
+            pricePerHour=0.4,
+            capabilities=["sleep", "command"],
+            sandbox="bubblewrap",
+        ),
     )
     page = open_page(browser)
     page.goto(web_server.url + "/marketplace")
@@ -25,7 +32,8 @@ def test_the_marketplace_follows_registrations_and_departures(
     expect(page.locator("#live")).to_have_text("live")
     small = [{"vendor": "amd", "model": "Radeon RX 6600", "vramMb": 8176}]
     token = httpx.post(
-        web_server.url + "/api/providers/quick-register", json=register_body("second", gpus=small)
+        web_server.url + "/api/providers/quick-register",
+        json=register_body("second", gpus=small, capabilities=["command"]),
     ).json()["workerToken"]
     expect(rows).to_have_count(2)  # pushed over the WebSocket
     row = page.locator('tr[data-worker-id="first"]')
@@ -33,6 +41,9 @@ def test_the_marketplace_follows_registrations_and_departures(
     expect(row).to_contain_text("NVIDIA GeForce RTX 4090")
     expect(row).to_contain_text("24 GB")
     expect(row).to_contain_text("Lisbon")
+    expect(row.locator("td").nth(4)).to_have_text("sandboxed")
+    second = page.locator('tr[data-worker-id="second"] td')
+    expect(second.nth(4)).to_have_text("unsandboxed")  # it runs renters' code as its user
     screenshot(page, tmp_path, "marketplace")
     # no heartbeats: both go offline after 3 intervals of 1 s
     expect(row.locator("td").nth(1)).to_have_text("offline", timeout=10_000)

@@ -140,7 +140,34 @@ with open(target, "wb") as f:
 PY
 "$PYTHON" "$WORKER_TMP" check-address "$ADDRESS" || exit 1
 
-# 2. A private virtual environment, with psutil if it can be had
+# 2. The sandbox that renters' code runs in on Linux (bubblewrap), installed where it can be
+bwrap_hint() {
+  if command -v apt-get >/dev/null 2>&1; then echo "sudo apt-get install -y bubblewrap"
+  elif command -v dnf >/dev/null 2>&1; then echo "sudo dnf install -y bubblewrap"
+  elif command -v pacman >/dev/null 2>&1; then echo "sudo pacman -S --needed bubblewrap"
+  elif command -v zypper >/dev/null 2>&1; then echo "sudo zypper install -y bubblewrap"
+  else echo "install bubblewrap with your package manager"
+  fi
+}
+as_root() {
+  if [ "$(id -u)" = 0 ]; then "$@"; else sudo -n "$@"; fi
+}
+if [ "$(uname -s)" = Linux ] && ! command -v bwrap >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] || { command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; }; then
+    say "installing bubblewrap, the sandbox for renters' jobs"
+    if command -v apt-get >/dev/null 2>&1; then
+      as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bubblewrap >/dev/null 2>&1
+    elif command -v dnf >/dev/null 2>&1; then
+      as_root dnf install -y -q bubblewrap >/dev/null 2>&1
+    fi
+  fi
+  if ! command -v bwrap >/dev/null 2>&1; then
+    say "warning: bubblewrap is not installed, so this worker runs only the built-in jobs, \
+not renters' code. To run renters' jobs in a sandbox: $(bwrap_hint), then run this installer again."
+  fi
+fi
+
+# 3. A private virtual environment, with psutil if it can be had
 mkdir -p "$QUBIX_DIR"
 chmod 700 "$QUBIX_DIR"
 VENV_PY="$QUBIX_DIR/venv/bin/python"
@@ -155,7 +182,7 @@ if ! "$VENV_PY" -c 'import psutil' 2>/dev/null; then
     say "warning: psutil could not be installed; the worker runs without it"
 fi
 
-# 3. The worker and its scripts
+# 4. The worker and its scripts
 stop_worker
 cp "$WORKER_TMP" "$QUBIX_DIR/qubix_worker.pyz.new"
 mv "$QUBIX_DIR/qubix_worker.pyz.new" "$QUBIX_DIR/qubix_worker.pyz"
@@ -186,7 +213,7 @@ rm -f "$dir/worker.pid"
 STOP
 chmod 700 "$QUBIX_DIR/start_worker.sh" "$QUBIX_DIR/stop_worker.sh"
 
-# 4. Start it: in the background, or as a service
+# 5. Start it: in the background, or as a service
 WORKER_ID=$(QUBIX_HOME="$QUBIX_DIR" "$VENV_PY" "$QUBIX_DIR/qubix_worker.pyz" id)
 SINCE=$("$VENV_PY" -c 'import time; print(int(time.time()) - 1)')
 if [ "$SERVICE" = 1 ] && [ "$(uname -s)" = Darwin ]; then
@@ -232,7 +259,7 @@ else
   say "started the worker in the background (pid $!); stop it with: sh $QUBIX_DIR/stop_worker.sh"
 fi
 
-# 5. Wait until the server lists this worker (or the worker has stopped)
+# 6. Wait until the server lists this worker (or the worker has stopped)
 say "waiting for $QUBIX_SERVER to list worker $WORKER_ID (up to 60 s)"
 WAITED=0
 QUBIX_HOME="$QUBIX_DIR" "$VENV_PY" "$QUBIX_DIR/qubix_worker.pyz" wait-online \
