@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import time
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -65,6 +67,47 @@ class Client:
     def cancel_job(self, job_id: str) -> dict[str, Any]:
         job: dict[str, Any] = self.call("POST", f"/api/jobs/{job_id}/cancel")["job"]
         return job
+
+    def upload_input(self, path: Path) -> dict[str, Any]:
+        """Upload a file for jobs to name as an input: its sha256 and size."""
+        with path.open("rb") as f:
+            answer: dict[str, Any] = self.call(
+                "POST",
+                "/api/inputs",
+                content=f,
+                headers={"Content-Type": "application/octet-stream"},
+            )
+        return answer
+
+    def download_artifact(self, job_id: str, artifact: dict[str, Any], target: Path) -> None:
+        """Download one output file of a job to `target`, checking its SHA-256 on the way
+        (ServerError, and nothing left at `target`, if it does not match)."""
+        url = f"/api/jobs/{job_id}/artifacts/{artifact['name']}"
+        digest = hashlib.sha256()
+        partial = target.with_name(f".{target.name}.part")
+        try:
+            with self._http.stream("GET", url) as response:
+                if response.status_code >= 400:
+                    response.read()
+                    raise ServerError(_error_sentence(response))
+                with partial.open("wb") as f:
+                    for chunk in response.iter_bytes(1024 * 1024):
+                        digest.update(chunk)
+                        f.write(chunk)
+        except httpx.HTTPError as exc:
+            partial.unlink(missing_ok=True)
+            raise ServerError(f"the download of {artifact['name']!r} failed: {exc}") from exc
+        if digest.hexdigest() != artifact["sha256"]:
+            partial.unlink(missing_ok=True)
+            raise ServerError(f"{artifact['name']!r} arrived damaged (its SHA-256 differs)")
+        partial.replace(target)
+
+    def logs(self, job_id: str, after: int, wait_s: float) -> dict[str, Any]:
+        params = {"after": after, "wait": wait_s}
+        answer: dict[str, Any] = self.call(
+            "GET", f"/api/jobs/{job_id}/logs", params=params, timeout=wait_s + 10
+        )
+        return answer
 
     def wait_job(self, job_id: str, poll_s: float = 0.5) -> dict[str, Any]:
         """Poll a job until it reaches a final state."""

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import time
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -23,16 +25,57 @@ def _client(server: str | None, api_key: str | None) -> Client:
     return Client(config.server_url(server), config.api_key(api_key))
 
 
-def _payload(kind: str, seconds: float | None, argv: list[str] | None) -> dict[str, Any]:
-    if kind == "command":
-        if not argv:
-            raise typer.BadParameter("a command job needs --argv (repeat it per argument)")
-        return {"argv": argv}
-    if argv:
-        raise typer.BadParameter("--argv is only for --type command")
-    if kind == "sleep" and seconds is None:
-        raise typer.BadParameter("a sleep job needs --seconds")
-    return {} if seconds is None else {"seconds": seconds}
+# The payload options of each job type (the rest of the payload comes from the server's
+# defaults); an option given for another type is an error, not ignored.
+_PAYLOAD_OPTIONS = {
+    "sleep": ("--seconds",),
+    "benchmark": ("--seconds",),
+    "command": ("--argv",),
+    "python": ("--script", "--requirements", "--arg"),
+}
+
+
+def _payload(kind: str, given: dict[str, Any]) -> dict[str, Any]:
+    """The payload from the options given (`given`: option -> value, None when absent)."""
+    stray = [o for o, v in given.items() if v and o not in _PAYLOAD_OPTIONS.get(kind, ())]
+    if stray:
+        raise typer.BadParameter(f"{', '.join(stray)} is not for --type {kind}")
+    needed = {"sleep": "--seconds", "command": "--argv", "python": "--script"}.get(kind)
+    if needed and not given[needed]:
+        raise typer.BadParameter(f"a {kind} job needs {needed}")
+    payload: dict[str, Any] = {
+        "seconds": given["--seconds"],
+        "argv": given["--argv"],
+        "script": _read(given["--script"]),
+        "requirements": _read(given["--requirements"]),
+        "args": given["--arg"],
+    }
+    return {k: v for k, v in payload.items() if v}
+
+
+def _read(path: Path | None) -> str | None:
+    if path is None:
+        return None
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise typer.BadParameter(f"cannot read {path}: {exc}") from exc
+
+
+def _inputs(client: Client, files: list[Path], urls: list[str]) -> list[dict[str, Any]]:
+    """Upload each file (by its name); each URL is SHA256:URL."""
+    inputs = []
+    for path in files:
+        if not path.is_file():
+            raise typer.BadParameter(f"--input {path}: no such file")
+        inputs.append({"name": path.name, "sha256": client.upload_input(path)["sha256"]})
+    for text in urls:
+        sha256, _, url = text.partition(":")
+        name = url.rstrip("/").rsplit("/", 1)[-1].split("?")[0]
+        if len(sha256) != 64 or not url:
+            raise typer.BadParameter(f"--input-url {text!r}: write it as SHA256:URL")
+        inputs.append({"name": name, "sha256": sha256.lower(), "url": url})
+    return inputs
 
 
 @app.command()
@@ -47,6 +90,24 @@ def submit(
     argv: Annotated[
         list[str] | None,
         typer.Option(help="command: one argument each time (--argv python --argv -V)."),
+    ] = None,
+    script: Annotated[
+        Path | None, typer.Option(help="python: the script to run (its text goes with the job).")
+    ] = None,
+    requirements: Annotated[
+        Path | None,
+        typer.Option(help="python: pinned requirements (name==version, --hash allowed)."),
+    ] = None,
+    arg: Annotated[
+        list[str] | None, typer.Option(help="python: one argument of the script each time.")
+    ] = None,
+    input_file: Annotated[
+        list[Path] | None,
+        typer.Option("--input", help="A file the job finds in $QUBIX_INPUT (uploaded; repeat)."),
+    ] = None,
+    input_url: Annotated[
+        list[str] | None,
+        typer.Option(help="SHA256:URL of a file the worker fetches into $QUBIX_INPUT (repeat)."),
     ] = None,
     min_vram_mb: Annotated[int | None, typer.Option(help="Least VRAM of one GPU, in MB.")] = None,
     gpus: Annotated[
@@ -66,12 +127,21 @@ def submit(
     as_json: JsonOpt = False,
 ) -> None:
     """Submit a job; print its id (or, with --wait, its outcome)."""
-    body: dict[str, Any] = {"type": type_, "payload": _payload(type_, seconds, argv)}
+    given = {
+        "--seconds": seconds,
+        "--argv": argv,
+        "--script": script,
+        "--requirements": requirements,
+        "--arg": arg,
+    }
+    body: dict[str, Any] = {"type": type_, "payload": _payload(type_, given)}
     wanted = {"minVramMb": min_vram_mb, "gpus": gpus, "sandbox": sandbox, "network": network}
     body["requirements"] = {k: v for k, v in wanted.items() if v not in (None, 0, False)}
     if provider:
         body["providerId"] = provider
     with _client(server, api_key) as client:
+        if input_file or input_url:
+            body["inputs"] = _inputs(client, input_file or [], input_url or [])
         job = client.submit_job(body)
         if not as_json:
             console.print(safe(f"Submitted {job['id']} ({job['type']}), status {job['status']}"))
@@ -138,6 +208,71 @@ def cancel(
     with _client(server, api_key) as client:
         job = client.cancel_job(job_id)
     _show(job, as_json)
+
+
+@app.command()
+def logs(
+    job_id: Annotated[str, typer.Argument(help="The job's id.")],
+    follow: Annotated[
+        bool, typer.Option("--follow", "-f", help="Keep printing until the job ends.")
+    ] = False,
+    server: ServerOpt = None,
+    api_key: ApiKeyOpt = None,
+) -> None:
+    """Print a job's output (what its worker has sent so far); --follow prints it live.
+    At the end: how many lines were dropped, and the last part of each stream."""
+    after = -1
+    with _client(server, api_key) as client:
+        while True:
+            answer = client.logs(job_id, after, 25.0 if follow else 0.0)
+            for chunk in answer["chunks"]:
+                typer.echo(chunk["text"], nl=False)
+                after = chunk["seq"]
+            if answer["chunks"]:
+                continue
+            if answer["finished"] or not follow:
+                break
+        if answer["finished"]:
+            _print_end(client.get_job(job_id), answer["droppedLines"])
+
+
+def _print_end(job: dict[str, Any], dropped: int) -> None:
+    result: dict[str, Any] = job["result"] if isinstance(job.get("result"), dict) else {}
+    if dropped:
+        typer.echo(f"... {dropped} lines were dropped; the last part of the output:", err=True)
+        typer.echo(result.get("stdoutTail", ""), nl=False)
+    if result.get("stderrTail") and dropped:
+        typer.echo(result["stderrTail"], nl=False, err=True)
+    Console(stderr=True).print(f"job {safe(job['id'])} {display.status(job['status'])}")
+
+
+@app.command()
+def download(
+    job_id: Annotated[str, typer.Argument(help="The job's id.")],
+    directory: Annotated[
+        Path, typer.Option("--dir", help="Where to put the files (made if missing).")
+    ] = Path("."),
+    server: ServerOpt = None,
+    api_key: ApiKeyOpt = None,
+) -> None:
+    """Download the files a job left in $QUBIX_OUTPUT, each checked against its SHA-256."""
+    with _client(server, api_key) as client:
+        job = client.get_job(job_id)
+        artifacts = job.get("artifacts") or []
+        if not artifacts:
+            console.print(f"job {safe(job_id)} has no output files ({safe(job['status'])})")
+            raise typer.Exit(1)
+        directory.mkdir(parents=True, exist_ok=True)
+        for artifact in artifacts:
+            started = time.monotonic()
+            client.download_artifact(job_id, artifact, directory / artifact["name"])
+            took = max(time.monotonic() - started, 1e-6)
+            console.print(
+                safe(
+                    f"{directory / artifact['name']}  {artifact['size']} bytes, SHA-256 ok, "
+                    f"{artifact['size'] / took / 2**20:.0f} MiB/s"
+                )
+            )
 
 
 def _wait(client: Client, job_id: str, quiet: bool) -> dict[str, Any]:

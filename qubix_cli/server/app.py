@@ -18,8 +18,10 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from qubix_cli.errors import QubixError, StorageError
+from qubix_cli.server.blobs import Blobs
 from qubix_cli.server.events import EventBus
 from qubix_cli.server.http import error_response, error_status, internal_error, json_response
+from qubix_cli.server.jobfiles import JobFiles
 from qubix_cli.server.jobs import JobQueue
 from qubix_cli.server.keys import install_start_key
 from qubix_cli.server.openapi import openapi_document
@@ -75,13 +77,19 @@ async def _housekeeping(app: Starlette, tick_s: float) -> None:
     registry: Registry = app.state.registry
     jobs: JobQueue = app.state.jobs
     store: Store = app.state.store
+    files: JobFiles = app.state.files
+    settings: Settings = app.state.settings
     loop = asyncio.get_running_loop()
     next_save = loop.time() + VOLATILE_SAVE_S
+    next_forget = loop.time()
     while True:
         await asyncio.sleep(tick_s)
         try:
             jobs.release(await registry.sweep())
             await jobs.expire_leases()
+            if loop.time() >= next_forget:
+                next_forget = loop.time() + min(600.0, max(1.0, settings.retention_s / 4))
+                await files.forget_old()
             if loop.time() >= next_save:
                 next_save = loop.time() + VOLATILE_SAVE_S
                 for worker_id in await registry.forget():
@@ -155,7 +163,8 @@ def create_app(settings: Settings, clock: Clock = time.time) -> Starlette:
     web = Path(__file__).parent.parent / "web"
 
     jobs = JobQueue(store, events, registry, clock)
-    api = Api(registry, jobs)
+    files = JobFiles(store, Blobs(settings.data_dir / "blobs"), settings, clock)
+    api = Api(registry, jobs, files)
     app = Coordinator(
         routes=[
             *api.routes(),
@@ -176,4 +185,5 @@ def create_app(settings: Settings, clock: Clock = time.time) -> Starlette:
     app.state.store = store
     app.state.registry = registry
     app.state.jobs = jobs
+    app.state.files = files
     return app

@@ -100,7 +100,7 @@ class JobQueue:
 
     async def cancel(self, job_id: str) -> Doc:
         async with self.store.transaction() as tx:
-            job = await _job(tx, job_id)
+            job = await find_job(tx, job_id)
             if job["status"] in FINISHED:
                 raise Conflict(f"job {job_id} is already {job['status']}", code="job_finished")
             holder = job["workerId"] if job["status"] == "assigned" else None
@@ -118,7 +118,7 @@ class JobQueue:
         self.store.remember("cancels", worker_id, {"jobIds": ids})
 
     async def get(self, job_id: str) -> Doc:
-        return await self.view(await _job(self.store, job_id))
+        return await self.view(await find_job(self.store, job_id))
 
     async def search(self, query: JobListQuery) -> tuple[list[Doc], int]:
         where = {
@@ -259,12 +259,12 @@ class JobQueue:
         """Accept the report of the lease holder once; the same report again changes nothing."""
         worker_id = provider["workerId"]
         async with self.store.transaction() as tx:
-            job = await _job(tx, job_id)
-            holds = _holds(job, provider)
-            if holds and _is_repeat(job, worker_id, report):
+            job = await find_job(tx, job_id)
+            held = holds(job, provider)
+            if held and _is_repeat(job, worker_id, report):
                 return await self.view(job)
             holder = (job["workerId"], job["attempt"])
-            if job["status"] != "assigned" or holder != (worker_id, report.attempt) or not holds:
+            if job["status"] != "assigned" or holder != (worker_id, report.attempt) or not held:
                 raise Conflict(
                     f"job {job_id} is {job['status']} (attempt {job['attempt']}); this worker "
                     f"does not hold the lease of attempt {report.attempt}, so the report is "
@@ -303,7 +303,7 @@ class JobQueue:
 
     async def _expire(self, job_id: str, attempt: int, reason: str) -> None:
         async with self.store.transaction() as tx:
-            job = await _job(tx, job_id)
+            job = await find_job(tx, job_id)
             if (job["status"], job["attempt"]) != ("assigned", attempt):
                 return  # reported or cancelled meanwhile
             entry = {"event": "lease_expired", "reason": reason, "workerId": job["workerId"]}
@@ -333,7 +333,7 @@ class JobQueue:
         return job
 
 
-async def _job(reader: Store | Transaction, job_id: str) -> Doc:
+async def find_job(reader: Store | Transaction, job_id: str) -> Doc:
     job = await reader.get("jobs", job_id)
     if job is None:
         raise not_found(f"job {job_id!r}")
@@ -343,11 +343,11 @@ async def _job(reader: Store | Transaction, job_id: str) -> Doc:
 async def _held(reader: Store | Transaction, provider: Doc) -> list[Doc]:
     """The leases this provider holds, oldest first."""
     where = {"workerId": provider["workerId"], "status": "assigned"}
-    held = [j for j in await reader.scan("jobs", where) if _holds(j, provider)]
+    held = [j for j in await reader.scan("jobs", where) if holds(j, provider)]
     return sorted(held, key=lambda j: j["updatedAt"])
 
 
-def _holds(job: Doc, provider: Doc) -> bool:
+def holds(job: Doc, provider: Doc) -> bool:
     """Whether `provider` holds the job's lease: it took it with the token it has now. (A
     lease from before the token was recorded is its worker's.)"""
     return bool(job.get(HOLDER, provider["tokenHash"]) == provider["tokenHash"])

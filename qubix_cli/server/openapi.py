@@ -67,6 +67,12 @@ def _operation(endpoint: Endpoint) -> dict[str, Any]:
     if endpoint.body is not None:
         content = {"application/json": {"schema": _ref(endpoint.body)}}
         op["requestBody"] = {"required": True, "content": content}
+    if endpoint.upload:
+        binary = {"type": "string", "format": "binary"}
+        op["requestBody"] = {
+            "required": True,
+            "content": {"application/octet-stream": {"schema": binary}},
+        }
     if params := _parameters(endpoint):
         op["parameters"] = params
     if endpoint.auth:

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from pydantic import BaseModel
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import FileResponse, Response
 from starlette.routing import BaseRoute, Route, WebSocketRoute
 from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketDisconnect
@@ -35,11 +35,14 @@ from qubix_cli.server.http import (
     unless_disconnected,
     validate,
 )
+from qubix_cli.server.jobfiles import JobFiles
 from qubix_cli.server.jobs import RESULT_LIMIT_BYTES, JobQueue
 from qubix_cli.server.keys import find_key
 from qubix_cli.server.providers import Registry
 from qubix_cli.server.schemas import (
     JOB_TYPES,
+    ArtifactPath,
+    ArtifactQuery,
     CheckNewQuery,
     Health,
     Heartbeat,
@@ -50,7 +53,12 @@ from qubix_cli.server.schemas import (
     Jobs,
     JobSubmit,
     Lease,
+    LogChunk,
+    Logs,
+    LogsQuery,
+    LogStored,
     NewProviders,
+    OneArtifact,
     OneJob,
     OneProvider,
     PendingQuery,
@@ -58,6 +66,7 @@ from qubix_cli.server.schemas import (
     ProviderPage,
     Register,
     Registered,
+    Uploaded,
 )
 from qubix_cli.server.store import Doc
 
@@ -124,8 +133,10 @@ class Endpoint:
     answer: type[BaseModel] | None = None  # the model of its 200/201 answers
     media_type: str = "application/json"  # of its 200 answer
     auth: tuple[str, ...] = ()  # security schemes: "workerToken", "apiKey"
+    upload: bool = False  # its body is a file's bytes (application/octet-stream)
 
 
+LOG_BODY_LIMIT_BYTES = 512 * 1024  # a log chunk's 64 KiB of text, JSON-escaped
 WORKER, API_KEY = ("workerToken",), ("apiKey",)
 
 # Routes are matched in this order, the busiest first. Heartbeat POSTs are handed over
@@ -244,6 +255,65 @@ ENDPOINTS = (
         auth=WORKER,
     ),
     Endpoint(
+        "POST",
+        "/api/inputs",
+        "upload_input",
+        "Upload a file that jobs name as an input (by its SHA-256)",
+        (201, 401, 413),
+        answer=Uploaded,
+        auth=API_KEY,
+        upload=True,
+    ),
+    Endpoint(
+        "GET",
+        "/api/jobs/{jobId}/inputs/{name}",
+        "job_input",
+        "An uploaded input of a job, for the worker that holds its lease",
+        (200, 401, 404, 409),
+        media_type="application/octet-stream",
+        auth=WORKER,
+    ),
+    Endpoint(
+        "PUT",
+        "/api/jobs/{jobId}/artifacts/{name}",
+        "put_artifact",
+        "Upload an output file, as the lease holder of that attempt",
+        (200, 401, 404, 409, 413, 422),
+        query=ArtifactQuery,
+        answer=OneArtifact,
+        auth=WORKER,
+        upload=True,
+    ),
+    Endpoint(
+        "GET",
+        "/api/jobs/{jobId}/artifacts/{name}",
+        "get_artifact",
+        "Download an output file of a job",
+        (200, 401, 404),
+        media_type="application/octet-stream",
+        auth=API_KEY,
+    ),
+    Endpoint(
+        "POST",
+        "/api/jobs/{jobId}/logs",
+        "post_log",
+        "Send the next part of a running job's output, as its lease holder",
+        (200, 400, 401, 404, 409, 413, 422),
+        body=LogChunk,
+        answer=LogStored,
+        auth=WORKER,
+    ),
+    Endpoint(
+        "GET",
+        "/api/jobs/{jobId}/logs",
+        "get_logs",
+        "A job's output so far (long-poll for more with wait)",
+        (200, 401, 404, 422),
+        query=LogsQuery,
+        answer=Logs,
+        auth=API_KEY,
+    ),
+    Endpoint(
         "GET",
         "/api/installer/{os}",
         "installer",
@@ -258,8 +328,9 @@ ENDPOINTS = (
 class Api:
     """The endpoints, bound to one registry, one queue and the store that holds the keys."""
 
-    def __init__(self, registry: Registry, jobs: JobQueue) -> None:
-        self.registry, self.jobs, self.settings = registry, jobs, registry.settings
+    def __init__(self, registry: Registry, jobs: JobQueue, files: JobFiles) -> None:
+        self.registry, self.jobs, self.files = registry, jobs, files
+        self.settings = registry.settings
         self.store = registry.store
         self.heartbeats = Heartbeats(registry, jobs)
         self._polls = PerIp("check-new long-polls", LONG_POLLS_PER_IP)
@@ -327,6 +398,7 @@ class Api:
         await self._require_api_key(request)
         body = await read_json(request, JobSubmit)
         payload = validate(JOB_TYPES[body.type].payload, body.payload, "body.payload")
+        await self.files.check_inputs(body.inputs)
         job = await self.jobs.submit(body, payload.model_dump(exclude_none=True))
         return json_response({"job": job}, 201)
 
@@ -352,7 +424,12 @@ class Api:
         if job is None:
             return Response(status_code=204)
         return json_response(
-            {"job": job, "attempt": job["attempt"], "leaseExpiresAt": job["leaseExpiresAt"]}
+            {
+                "job": job,
+                "attempt": job["attempt"],
+                "leaseExpiresAt": job["leaseExpiresAt"],
+                "inputNetworks": list(self.settings.input_networks),
+            }
         )
 
     async def complete_job(self, request: Request) -> Response:
@@ -361,6 +438,49 @@ class Api:
         report = await read_json(request, JobReport, limit=2 * RESULT_LIMIT_BYTES)
         job = await self.jobs.complete(job_id, provider, report)
         return json_response({"job": job})
+
+    # -- inputs, outputs, logs ------------------------------------------------------
+
+    async def upload_input(self, request: Request) -> Response:
+        await self._require_api_key(request)
+        return json_response(await self.files.upload_input(request.stream()), 201)
+
+    async def job_input(self, request: Request) -> Response:
+        provider = await self.registry.worker_for_token(require_token(request.headers))
+        job_id, name = request.path_params["jobId"], request.path_params["name"]
+        path = await self.files.input_path(job_id, name, provider)
+        return FileResponse(path, media_type="application/octet-stream")
+
+    async def put_artifact(self, request: Request) -> Response:
+        provider = await self.registry.worker_for_token(require_token(request.headers))
+        name = validate(ArtifactPath, {"name": request.path_params["name"]}, "path").name
+        attempt = read_query(request, ArtifactQuery).attempt
+        job_id = request.path_params["jobId"]
+        artifact = await self.files.add_artifact(job_id, name, attempt, provider, request.stream())
+        return json_response({"artifact": artifact})
+
+    async def get_artifact(self, request: Request) -> Response:
+        await self._require_api_key(request)
+        job_id, name = request.path_params["jobId"], request.path_params["name"]
+        path, artifact = await self.files.artifact(job_id, name)
+        headers = {
+            "X-Checksum-Sha256": artifact["sha256"],
+            "Content-Disposition": f'attachment; filename="{artifact["name"]}"',
+        }
+        return FileResponse(path, media_type="application/octet-stream", headers=headers)
+
+    async def post_log(self, request: Request) -> Response:
+        provider = await self.registry.worker_for_token(require_token(request.headers))
+        chunk = await read_json(request, LogChunk, limit=LOG_BODY_LIMIT_BYTES)
+        stored = await self.files.append_log(request.path_params["jobId"], provider, chunk)
+        return json_response({"stored": stored})
+
+    async def get_logs(self, request: Request) -> Response:
+        await self._require_api_key(request)
+        query = read_query(request, LogsQuery)
+        job_id = request.path_params["jobId"]
+        logs = await unless_disconnected(request, self.files.logs(job_id, query))
+        return json_response(logs) if logs is not None else Response(status_code=204)
 
     # -- installers --------------------------------------------------------------------
 

@@ -11,6 +11,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validat
 
 from qubix_cli.errors import InvalidInput
 from qubix_cli.qubic import validate_identity
+from qubix_cli.worker.envs import pinned_requirements
 
 # Free text that is shown in terminals and pages: no C0 or C1 controls, no DEL, no
 # bidirectional overrides or isolates (they reorder what a reader sees).
@@ -209,13 +210,70 @@ class BenchmarkPayload(Body):
     seconds: float = Field(default=2.0, ge=0.1, le=60)
 
 
+FileName = Annotated[
+    str,
+    Field(
+        pattern=r"^[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}$",
+        description="A plain file name: letters, digits, `._-`, not starting with a dot.",
+    ),
+]
+Sha256 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+
+
+class ArtifactQuery(Query):
+    attempt: int = Field(ge=1, description="The attempt whose lease the worker holds.")
+
+
+class ArtifactPath(Body):
+    name: FileName
+
+
+EnvVars = Annotated[
+    dict[Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")], str],
+    Field(default_factory=dict, max_length=64),
+]
+
+
+class Input(Body):
+    """A file the job finds in `$QUBIX_INPUT` by its name: one uploaded to this server
+    (`POST /api/inputs` gives its `sha256`), or one the worker fetches from `url`."""
+
+    name: FileName
+    sha256: Sha256
+    url: str | None = Field(default=None, max_length=2048, pattern=r"^https?://[^\s]+$")
+
+
+def _pinned(value: str | None) -> str | None:
+    if value is not None:
+        pinned_requirements(value)  # ValueError says which line is not pinned
+    return value
+
+
+class PythonPayload(Body):
+    """A script (inline, or one of the job's inputs) run with its arguments, and the
+    environment of its pinned requirements."""
+
+    script: str | None = Field(default=None, max_length=1024 * 1024)
+    scriptInput: FileName | None = None
+    args: list[Annotated[str, Field(max_length=4096)]] = Field(default_factory=list, max_length=256)
+    requirements: Annotated[str | None, AfterValidator(_pinned)] = Field(
+        default=None, max_length=64 * 1024, description="name==version lines, --hash allowed."
+    )
+    env: EnvVars
+    timeoutS: int | None = Field(default=None, ge=1, le=7 * 86_400)
+
+    @model_validator(mode="after")
+    def _one_script(self) -> PythonPayload:
+        if (self.script is None) == (self.scriptInput is None):
+            raise ValueError("give either script (its text) or scriptInput (an input's name)")
+        return self
+
+
 class CommandPayload(Body):
     argv: list[Annotated[str, Field(min_length=1, max_length=4096)]] = Field(
         min_length=1, max_length=256
     )
-    env: dict[Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")], str] = Field(
-        default_factory=dict, max_length=64
-    )
+    env: EnvVars
     timeoutS: int | None = Field(default=None, ge=1, le=7 * 86_400)
 
 
@@ -230,6 +288,7 @@ JOB_TYPES: dict[str, JobType] = {
     "benchmark": JobType(BenchmarkPayload, always=True),
     "sleep": JobType(SleepPayload, always=False),
     "command": JobType(CommandPayload, always=False),
+    "python": JobType(PythonPayload, always=False),
 }
 
 
@@ -253,6 +312,17 @@ class JobSubmit(Body):
     providerId: WorkerId | None = None
     timeoutS: int = Field(default=3600, ge=1, le=7 * 86_400)
     maxAttempts: int = Field(default=3, ge=1, le=20)
+    inputs: list[Input] = Field(default_factory=list, max_length=32)
+
+    @model_validator(mode="after")
+    def _distinct_inputs(self) -> JobSubmit:
+        names = [i.name for i in self.inputs]
+        if len(set(names)) != len(names):
+            raise ValueError("two inputs have the same name")
+        script = self.payload.get("scriptInput")
+        if isinstance(script, str) and script not in names:
+            raise ValueError(f"scriptInput {script!r} is not the name of one of the inputs")
+        return self
 
 
 class JobReport(Body):
@@ -341,6 +411,52 @@ class HistoryEntry(BaseModel):
     at: float
 
 
+class Artifact(Answer):
+    """A file a job left in `$QUBIX_OUTPUT`, uploaded by its worker."""
+
+    name: str
+    sha256: str
+    size: int
+
+
+class OneArtifact(Answer):
+    artifact: Artifact
+
+
+class Uploaded(Answer):
+    sha256: str
+    size: int
+
+
+class LogChunk(Body):
+    """POST /api/jobs/{jobId}/logs: the next part of a running job's output."""
+
+    attempt: int = Field(ge=1)
+    text: str = Field(max_length=64 * 1024)
+    droppedLines: int = Field(default=0, ge=0)
+
+
+class LogStored(Answer):
+    stored: bool = Field(description="false: this job's log is full; send no more.")
+
+
+class LogsQuery(Query):
+    after: int = Field(default=-1, ge=-1, description="`seq` of the last chunk you have.")
+    wait: Seconds = 0
+
+
+class LogText(Answer):
+    seq: int
+    text: str
+
+
+class Logs(Answer):
+    attempt: int
+    chunks: list[LogText]
+    droppedLines: int
+    finished: bool = Field(description="The job has ended: no more chunks will come.")
+
+
 class Job(JobSubmit):
     """A job as answers show it: the submission and its state."""
 
@@ -355,6 +471,8 @@ class Job(JobSubmit):
     metrics: dict[str, Any] | None
     history: list[HistoryEntry]
     leaseExpiresAt: float | None
+    artifacts: list[Artifact] = Field(default_factory=list)
+    log: dict[str, int] | None = Field(default=None, description="storedBytes, droppedLines")
 
 
 class OneJob(Answer):
@@ -371,6 +489,9 @@ class Lease(Answer):
     job: Job
     attempt: int
     leaseExpiresAt: float
+    inputNetworks: list[str] = Field(
+        default_factory=list, description="Networks that URL inputs may be in besides public."
+    )
 
 
 class Health(Answer):

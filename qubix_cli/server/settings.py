@@ -33,6 +33,11 @@ class Settings:
     max_registrations_per_minute: int = 30  # new workerIds per client IP; 0: no limit
     max_providers_per_ip: int = 64  # registered providers per client IP; 0: no limit
     forget_offline_after_s: float = 30 * 86_400  # remove providers offline this long
+    retention_s: float = 30 * 86_400  # keep finished jobs, their logs and outputs this long
+    max_input_bytes: int = 1024 * 2**20  # one uploaded input
+    max_output_bytes: int = 1024 * 2**20  # one output file of a job
+    max_job_outputs_bytes: int = 4096 * 2**20  # all output files of one job
+    input_networks: tuple[str, ...] = ()  # networks URL inputs may be in besides public
 
     def allowed_origins(self) -> list[str]:
         """Origins besides the request's own that may open the events stream."""

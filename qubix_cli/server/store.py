@@ -51,6 +51,7 @@ TABLES = {
     "providers": Table("workerId", ("tokenHash", "clientIp", "qubicAddress")),
     "jobs": Table("id", ("status", "workerId")),
     "keys": Table("id", ("hash",)),
+    "logs": Table("id", ("jobId",)),  # a running job's output, a chunk a document
 }
 # Volatile state, per kind: key -> document. Kept in memory, saved now and then.
 VOLATILE = ("liveness", "leases", "cancels", "registrations")

@@ -147,6 +147,13 @@ def parser(prog: str = "qubix_worker") -> argparse.ArgumentParser:
         action="store_true",
         help="Give the network to jobs that ask for it (by default no job has any).",
     )
+    run.add_argument(
+        "--env-cache-gb",
+        type=float,
+        default=20.0,
+        help="Disk kept for python jobs' environments; the least recently used go first "
+        "(default 20).",
+    )
     run.add_argument("--burst", action="store_true", help="Run what is queued, then exit.")
     run.add_argument("--max-jobs", type=_positive, help="Exit after this many jobs.")
     return parser
@@ -230,6 +237,7 @@ def main(argv: list[str] | None = None, prog: str = "qubix_worker") -> int:
             allow_network=args.allow_network_jobs,
         ),
         burst=args.burst,
+        env_cache_gb=args.env_cache_gb,
         max_jobs=args.max_jobs,
     )
     return run_worker(config)

@@ -22,6 +22,7 @@ from typing import Any, Callable, Iterator
 
 from qubix_cli.worker import AGENT_VERSION, hardware, jobs, sandbox, state
 from qubix_cli.worker.client import Client, Transient, message
+from qubix_cli.worker.envs import Envs
 from qubix_cli.worker.outbox import Outbox, valid_lease
 
 log = logging.getLogger("qubix.worker")
@@ -44,6 +45,7 @@ class Config:
     policy: jobs.Policy = field(default_factory=jobs.Policy)
     burst: bool = False
     max_jobs: int | None = None
+    env_cache_gb: float = 20.0
 
 
 class Agent:
@@ -56,6 +58,7 @@ class Agent:
         self.beats = Client(config.server)  # heartbeat thread
         self.poller = Client(config.server, timeout_s=90)  # job long-poll thread
         self.outbox = Outbox(self.home)
+        self.envs = Envs(os.path.join(self.home, "envs"), int(config.env_cache_gb * 2**30))
         self.heartbeat_interval_s = 30.0
         self.poll_wait_s = 25.0
         # The jobs running now, each with the positions of the GPUs it was given.
@@ -319,8 +322,12 @@ class Agent:
             self.running[job_id] = assigned
             self.jobs_started += 1
         log.info("running job %s (%s, attempt %d, GPUs %s)", job_id, job["type"], attempt, assigned)
+        networks = lease.get("inputNetworks") or []
         thread = threading.Thread(
-            target=self._run, args=(job, attempt, assigned), name=f"job-{job_id}", daemon=True
+            target=self._run,
+            args=(job, attempt, assigned, networks),
+            name=f"job-{job_id}",
+            daemon=True,
         )
         thread.start()
 
@@ -332,7 +339,9 @@ class Agent:
         free = [p for p in range(len(self.report["gpus"])) if p not in taken]
         return free[:wanted] if len(free) >= wanted else []
 
-    def _run(self, job: dict[str, Any], attempt: int, assigned: list[int]) -> None:
+    def _run(
+        self, job: dict[str, Any], attempt: int, assigned: list[int], networks: list[str]
+    ) -> None:
         job_id = job["id"]
 
         def cancelled() -> bool:
@@ -346,6 +355,10 @@ class Agent:
             assigned=assigned,
             policy=self.config.policy,
             memory_mb=self.report["ramMb"] * 3 // 4 // self.slots or None,
+            api=self.api,
+            attempt=attempt,
+            networks=networks,
+            envs=self.envs,
         )
         outcome: jobs.Outcome = (
             "failed",

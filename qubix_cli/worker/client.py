@@ -32,20 +32,44 @@ class Client:
         self, method: str, path: str, body: Any = None, timeout_s: float | None = None
     ) -> tuple[int, Any]:
         """Send one request and return (status, parsed JSON body or None)."""
+        data = json.dumps(body).encode() if body is not None else None
+        headers = {"Content-Type": "application/json"} if data is not None else {}
+        return self._exchange(method, path, data, headers, timeout_s, None)
+
+    def upload(self, path: str, file: Any, size: int) -> tuple[int, Any]:
+        """PUT the bytes of an open file (streamed, not read into memory)."""
+        headers = {"Content-Type": "application/octet-stream", "Content-Length": str(size)}
+        return self._exchange("PUT", path, file, headers, None, None)
+
+    def download(self, path: str, target: str) -> tuple[int, Any]:
+        """GET into the file `target` (written only on a 200); (status, error body)."""
+        return self._exchange("GET", path, None, {}, None, target)
+
+    def _exchange(
+        self,
+        method: str,
+        path: str,
+        data: Any,
+        extra: dict[str, str],
+        timeout_s: float | None,
+        target: str | None,
+    ) -> tuple[int, Any]:
         cls = http.client.HTTPSConnection if self._scheme == "https" else http.client.HTTPConnection
         conn = cls(self._netloc, timeout=timeout_s or self.timeout_s)
-        headers = {"User-Agent": USER_AGENT, "Accept": "application/json"}
-        data = None
-        if body is not None:
-            data = json.dumps(body).encode()
-            headers["Content-Type"] = "application/json"
+        headers = {"User-Agent": USER_AGENT, "Accept": "application/json", **extra}
         if self.token:
             headers["Authorization"] = f"Bearer {self.token}"
         self._open = conn
         try:
             conn.request(method, self._base + path, body=data, headers=headers)
             response = conn.getresponse()
-            raw = response.read()
+            if target is not None and response.status == 200:
+                with open(target, "wb") as f:
+                    for chunk in iter(lambda: response.read(1024 * 1024), b""):
+                        f.write(chunk)
+                raw = b""
+            else:
+                raw = response.read()
         except (OSError, http.client.HTTPException) as exc:
             raise Transient(f"{method} {path}: {exc.__class__.__name__}: {exc}") from exc
         finally:

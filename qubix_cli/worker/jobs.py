@@ -17,9 +17,13 @@ import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Tuple
+from typing import Any, Callable, Dict, List, Tuple
 
 from qubix_cli.worker import sandbox, state
+from qubix_cli.worker.client import Client, Transient
+from qubix_cli.worker.envs import Envs, pinned_requirements
+from qubix_cli.worker.logstream import LogStream
+from qubix_cli.worker.transfer import InputError, fetch_inputs, upload_outputs
 
 try:
     import resource
@@ -67,6 +71,10 @@ class Run:
     assigned: list[int] = field(default_factory=list)
     policy: Policy = field(default_factory=Policy)
     memory_mb: int | None = None
+    api: Client | None = None  # the coordinator, for inputs, outputs and logs
+    attempt: int = 1
+    networks: list[str] = field(default_factory=list)  # where URL inputs may be besides
+    envs: Envs | None = None  # the cache of `python` jobs' environments
 
 
 def capabilities(policy: Policy) -> list[str]:
@@ -148,26 +156,122 @@ def sandbox_environment(extra: dict[str, str]) -> dict[str, str]:
     return env
 
 
+# What a program-running job type gives: (argv, extra environment, read-only binds), from
+# its work dir and whether it runs in the sandbox. ValueError: the job cannot run.
+Program = Callable[[Run, str, bool], Tuple[List[str], Dict[str, str], List[Tuple[str, str]]]]
+
+
+def command_program(run: Run, workdir: str, boxed: bool) -> Any:
+    return list(run.job["payload"]["argv"]), {}, []
+
+
+def python_program(run: Run, workdir: str, boxed: bool) -> Any:
+    """The job's script (inline, or one of its inputs) run by this worker's Python, with
+    the environment of its pinned requirements on PYTHONPATH."""
+    payload = run.job["payload"]
+    seen = sandbox.WORK if boxed else workdir
+    if payload.get("scriptInput"):
+        script = os.path.join(seen, "input", payload["scriptInput"])
+    else:
+        with open(os.path.join(workdir, "main.py"), "w", encoding="utf-8") as f:
+            f.write(payload["script"])
+        script = os.path.join(seen, "main.py")
+    env = {"PYTHONNOUSERSITE": "1", "PYTHONDONTWRITEBYTECODE": "1", "PYTHONUNBUFFERED": "1"}
+    binds = sandbox.python_binds() if boxed else []
+    if payload.get("requirements"):
+        if run.envs is None:
+            raise ValueError("this worker keeps no environments for python jobs")
+        lines = pinned_requirements(payload["requirements"])
+        built, cached = run.envs.get(lines, lambda argv, work, net: _build(run, argv, work, net))
+        env["PYTHONPATH"] = "/env" if boxed else built
+        binds.append((built, "/env"))
+        env["QUBIX_ENV_CACHED"] = "1" if cached else "0"
+    return [sys.executable, script, *payload.get("args", [])], env, binds if boxed else []
+
+
+def _build(run: Run, args: list[str], work: str, network: bool) -> tuple[int, str]:
+    """One step of building an environment: this worker's Python with `args`, in the
+    sandbox with `work` on its work dir (the network only when `network`), or, unsandboxed, in
+    `work` itself."""
+    if sandbox.available():
+        argv = sandbox.wrap(
+            [sys.executable, *args],
+            work_dir=work,
+            hide=[os.path.expanduser("~"), state.home()],
+            devices=[],
+            network=network,
+            binds=sandbox.python_binds(),
+        )
+        env = sandbox_environment({})
+    else:
+        inside = sandbox.WORK + "/"
+        argv = [sys.executable, *(a.replace(inside, work + "/", 1) for a in args)]
+        env = job_environment({})
+    try:
+        done = subprocess.run(
+            argv, cwd=work, env=env, stdin=subprocess.DEVNULL, capture_output=True, timeout=1800
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return 1, f"ERROR: {exc}"
+    return done.returncode, (done.stdout + done.stderr).decode("utf-8", "replace")
+
+
 def run_command(run: Run) -> Outcome:
-    """argv without a shell, in a fresh work dir, in the sandbox where there is one, at low
-    priority, with a timeout that kills the whole process tree, and the last 64 KiB of
-    stdout and stderr (the rest is read and dropped, never stored)."""
+    return run_program(run, command_program)
+
+
+def run_python(run: Run) -> Outcome:
+    return run_program(run, python_program)
+
+
+def run_program(run: Run, program: Program) -> Outcome:
+    """Fetch the inputs into a fresh work dir, run the program (in the sandbox where there
+    is one, at low priority, with a timeout that kills the whole process tree), stream its
+    output to the coordinator, keep the last 64 KiB of stdout and stderr, and upload what
+    it left in its output dir."""
     payload = run.job["payload"]
     timeout_s = float(payload.get("timeoutS") or run.job.get("timeoutS") or 3600)
     workdir = tempfile.mkdtemp(prefix="qubix-job-")
+    boxed = sandbox.available()
     try:
-        argv, env = _command_line(run, payload, workdir)
+        inputs, outputs = os.path.join(workdir, "input"), os.path.join(workdir, "output")
+        os.mkdir(inputs)
+        os.mkdir(outputs)
+        try:
+            if run.api is not None:
+                fetch_inputs(run.api, run.job, inputs, run.networks)
+            argv, extra, binds = program(run, workdir, boxed)
+        except (InputError, ValueError, OSError) as exc:
+            return "failed", {"error": str(exc)}, {}
+        seen = sandbox.WORK if boxed else workdir
+        extra = {
+            **payload.get("env", {}),
+            **extra,
+            "QUBIX_INPUT": os.path.join(seen, "input"),
+            "QUBIX_OUTPUT": os.path.join(seen, "output"),
+            **sandbox.visible_devices(run.gpus, run.assigned),
+        }
+        argv, env = _command_line(run, argv, extra, binds, workdir, boxed)
         try:
             proc = _spawn(argv, workdir, env, run.memory_mb)
         except OSError as exc:
-            return "failed", {"error": f"cannot start {payload['argv'][0]!r}: {exc}"}, {}
-        out, err = Tail(proc.stdout), Tail(proc.stderr)
+            return "failed", {"error": f"cannot start {argv[0]!r}: {exc}"}, {}
+        logs = LogStream(_log_sender(run)) if run.api is not None else None
+        out, err = Tail(proc.stdout, logs), Tail(proc.stderr, logs)
         code, peak_rss_kb, reason = _supervise(proc, timeout_s, run.cancelled)
-        result = {"exitCode": code, "stdoutTail": out.text(), "stderrTail": err.text()}
+        result: dict[str, Any] = {
+            "exitCode": code,
+            "stdoutTail": out.text(),
+            "stderrTail": err.text(),
+        }
+        if logs is not None:
+            result["droppedLogLines"] = logs.close()
+        if run.api is not None:
+            result["outputs"] = upload_outputs(run.api, run.job["id"], run.attempt, outputs)
         metrics: dict[str, Any] = {
             "exitCode": code,
             "peakRssKb": peak_rss_kb,
-            "sandbox": "bubblewrap" if sandbox.available() else "none",
+            "sandbox": "bubblewrap" if boxed else "none",
             "gpus": run.assigned,
         }
         if reason:
@@ -178,22 +282,43 @@ def run_command(run: Run) -> Outcome:
         shutil.rmtree(workdir, ignore_errors=True)
 
 
+def _log_sender(run: Run) -> Callable[[str, int], bool]:
+    """Send one chunk of the job's output; False once the coordinator takes no more."""
+    api, path = run.api, f"/api/jobs/{run.job['id']}/logs"
+    assert api is not None
+
+    def send(text: str, dropped: int) -> bool:
+        body = {"attempt": run.attempt, "text": text, "droppedLines": dropped}
+        try:
+            status, answer = api.request("POST", path, body)
+        except Transient:
+            return True  # this chunk is lost (and counted by nobody); the next may pass
+        return status == 200 and bool(answer.get("stored"))
+
+    return send
+
+
 def _command_line(
-    run: Run, payload: dict[str, Any], workdir: str
+    run: Run,
+    argv: list[str],
+    extra: dict[str, str],
+    binds: list[tuple[str, str]],
+    workdir: str,
+    boxed: bool,
 ) -> tuple[list[str], dict[str, str]]:
     """The argv to start and its environment: wrapped in the sandbox where there is one."""
-    extra = {**payload.get("env", {}), **sandbox.visible_devices(run.gpus, run.assigned)}
-    if not sandbox.available():
-        return list(payload["argv"]), job_environment(extra)
+    if not boxed:
+        return argv, job_environment(extra)
     network = bool(run.job.get("requirements", {}).get("network")) and run.policy.allow_network
-    argv = sandbox.wrap(
-        list(payload["argv"]),
+    wrapped = sandbox.wrap(
+        argv,
         work_dir=workdir,
         hide=[os.path.expanduser("~"), state.home()],
         devices=sandbox.device_nodes(run.gpus, run.assigned),
         network=network,
+        binds=binds,
     )
-    return argv, sandbox_environment(extra)
+    return wrapped, sandbox_environment(extra)
 
 
 def _spawn(argv: list[str], cwd: str, env: dict[str, str], memory_mb: int | None) -> Any:
@@ -221,16 +346,19 @@ def _spawn(argv: list[str], cwd: str, env: dict[str, str], memory_mb: int | None
 
 
 class Tail:
-    """Reads a pipe to its end in a thread, keeping only its last `TAIL_BYTES`."""
+    """Reads a pipe to its end in a thread, keeping only its last `TAIL_BYTES` (and
+    passing everything on to the log stream, if there is one)."""
 
-    def __init__(self, pipe: Any) -> None:
-        self._pipe, self._kept = pipe, bytearray()
+    def __init__(self, pipe: Any, logs: LogStream | None = None) -> None:
+        self._pipe, self._kept, self._logs = pipe, bytearray(), logs
         self._thread = threading.Thread(target=self._read, daemon=True)
         self._thread.start()
 
     def _read(self) -> None:
         with self._pipe:
             for chunk in iter(lambda: self._pipe.read1(65536), b""):
+                if self._logs is not None:
+                    self._logs.feed(chunk)
                 self._kept += chunk
                 del self._kept[:-TAIL_BYTES]
 
@@ -294,4 +422,5 @@ JOB_TYPES: dict[str, JobType] = {
     "benchmark": JobType(run_benchmark),
     "sleep": JobType(run_sleep),
     "command": JobType(run_command, user=True),
+    "python": JobType(run_python, user=True),
 }

@@ -1,7 +1,7 @@
 """The sandbox for renters' code on Linux: bubblewrap (`bwrap`).
 
 Inside it a job sees the system read-only (/usr, /etc, /opt and the /bin, /lib links), a
-private writable work dir (`/work`, its current directory and $HOME) and a private /tmp,
+private writable work dir (`/job`, its current directory and $HOME) and a private /tmp,
 a fresh /dev with only the device nodes of the GPUs it was given, its own PID namespace
 (the whole tree dies when the sandbox does) and, unless it asked for the network and
 the provider allows it, no network at all. The provider's home, the worker's state dir
@@ -15,12 +15,13 @@ import glob
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
-from typing import Any
+from typing import Any, Sequence
 
 SYSTEM_DIRS = ("/usr", "/etc", "/opt")
 LINKS = ("/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")  # /usr links or real dirs
-WORK = "/work"
+WORK = "/job"
 PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 DEV = "/dev"  # where the GPUs' device nodes are looked for
 # Device nodes that every NVIDIA GPU needs beside its own /dev/nvidiaN.
@@ -48,11 +49,17 @@ def available() -> bool:
 
 
 def wrap(
-    argv: list[str], work_dir: str, hide: list[str], devices: list[str], network: bool
+    argv: list[str],
+    work_dir: str,
+    hide: list[str],
+    devices: list[str],
+    network: bool,
+    binds: Sequence[tuple[str, str]] = (),
 ) -> list[str]:
     """The bwrap command line that runs `argv` in the sandbox: `work_dir` is bound
-    writable on /work; `hide` are host paths that must not be seen even if they lie in a
-    system dir (the provider's home, the worker's state dir); `devices` are bound in."""
+    writable on /job; `hide` are host paths that must not be seen even if they lie in a
+    system dir (the provider's home, the worker's state dir); `devices` are bound in;
+    `binds` are (host path, path inside) bound read-only (a Python, an environment)."""
     args = [shutil.which("bwrap") or "bwrap", "--unshare-all", "--die-with-parent", "--new-session"]
     if network:
         args.append("--share-net")
@@ -71,6 +78,8 @@ def wrap(
         args += ["--ro-bind-try", "/sys", "/sys"]  # GPU libraries read the PCI topology
     for node in devices:
         args += ["--dev-bind", node, os.path.join("/dev", os.path.relpath(node, DEV))]
+    for host, inside in binds:
+        args += ["--ro-bind", host, inside]
     args += ["--bind", work_dir, WORK, "--chdir", WORK, "--"]
     return args + argv
 
@@ -117,3 +126,11 @@ def _vendor_index(gpus: list[dict[str, Any]], position: int) -> tuple[str, int]:
     device nodes number it)."""
     vendor = gpus[position]["vendor"]
     return vendor, sum(1 for g in gpus[:position] if g["vendor"] == vendor)
+
+
+def python_binds() -> list[tuple[str, str]]:
+    """The worker's own Python (its environment and the installation under it), bound at
+    the same paths, so that `python` jobs can run it: only where it is not in a system
+    dir already (an installer's venv in the provider's home, say)."""
+    paths = dict.fromkeys(os.path.realpath(p) for p in (sys.prefix, sys.base_prefix))
+    return [(p, p) for p in paths if not any(_under(p, root) for root in SYSTEM_DIRS)]

@@ -87,7 +87,7 @@ def test_a_job_sees_its_work_dir_and_nothing_of_the_worker(
     done = finished(server, command(server, [PYTHON, "-c", script], payload={"env": {"A": "1"}}))
     assert done["status"] == "completed", done
     cwd, env, literal = done["result"]["stdoutTail"].splitlines()
-    assert cwd == "/work" and literal == "$HOME"  # argv is not given to a shell
+    assert cwd == "/job" and literal == "$HOME"  # argv is not given to a shell
     assert env == str(["A", "CUDA_VISIBLE_DEVICES", "HOME", "LANG", "PATH", "PWD", "TMPDIR"])
 
 
