@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 from pathlib import Path
 from typing import Annotated
@@ -92,6 +93,29 @@ def serve(
             "a day at most).",
         ),
     ] = "30d",
+    retention: Annotated[
+        str,
+        typer.Option(
+            help="Keep finished jobs, their logs and output files this long (30d, 12h, 4s)."
+        ),
+    ] = "30d",
+    max_input_mb: Annotated[
+        int, typer.Option(min=1, help="The largest input file a renter may upload, in MiB.")
+    ] = 1024,
+    max_output_mb: Annotated[
+        int, typer.Option(min=1, help="The largest output file of a job, in MiB.")
+    ] = 1024,
+    max_job_outputs_mb: Annotated[
+        int, typer.Option(min=1, help="All output files of one job together, in MiB.")
+    ] = 4096,
+    allow_input_network: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="A network (CIDR, e.g. 10.1.0.0/16) that URL inputs may come from besides "
+            "public addresses: a mirror of your own (repeat for more).",
+            show_default=False,
+        ),
+    ] = None,
     allow_origin: Annotated[
         list[str] | None,
         typer.Option(
@@ -127,6 +151,11 @@ def serve(
         max_registrations_per_minute=max_registrations_per_minute,
         max_providers_per_ip=max_providers_per_ip,
         forget_offline_after_s=parse_duration(forget_offline_after),
+        retention_s=parse_duration(retention),
+        max_input_bytes=max_input_mb * 2**20,
+        max_output_bytes=max_output_mb * 2**20,
+        max_job_outputs_bytes=max_job_outputs_mb * 2**20,
+        input_networks=tuple(_network(text) for text in allow_input_network or ()),
     )
     app = create_app(settings)
     console.print(escape(f"Data directory: {data_dir}"))
@@ -137,3 +166,10 @@ def serve(
             "header); set --public-url to fix it."
         )
     run_server(app, host, port)
+
+
+def _network(text: str) -> str:
+    try:
+        return str(ipaddress.ip_network(text, strict=False))
+    except ValueError as exc:
+        raise typer.BadParameter(f"--allow-input-network {text!r}: {exc}") from exc

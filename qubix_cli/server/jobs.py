@@ -133,7 +133,7 @@ class JobQueue:
 
     async def view(self, job: Doc) -> Doc:
         lease = await self._lease_expiry(job) if job["status"] == "assigned" else None
-        return {**shown(job), "leaseExpiresAt": lease}
+        return {"artifacts": [], **shown(job), "leaseExpiresAt": lease}
 
     async def _lease_expiry(self, job: Doc) -> float:
         renewed = await self.store.recall("leases", job["id"])

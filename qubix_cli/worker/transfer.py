@@ -135,13 +135,15 @@ def upload_outputs(api: Client, job_id: str, attempt: int, out_dir: str) -> dict
             )
             skipped.append({"name": name, "reason": reason})
             continue
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            os.close(fd)
+            skipped.append({"name": name, "reason": "not a regular file"})
+            continue
         with os.fdopen(fd, "rb") as f:
-            if not stat.S_ISREG(os.fstat(fd).st_mode):
-                skipped.append({"name": name, "reason": "not a regular file"})
-                continue
             path = f"/api/jobs/{job_id}/artifacts/{urllib.parse.quote(name)}?attempt={attempt}"
             try:
-                status, answer = api.upload(path, f, os.fstat(fd).st_size)
+                status, answer = api.upload(path, f, info.st_size)
             except Transient as exc:
                 skipped.append({"name": name, "reason": f"upload failed: {exc}"})
                 continue
