@@ -224,6 +224,29 @@ def test_an_index_follows_changes_and_deletes(backend: Any) -> None:
         assert by_a == [] and [d["workerId"] for d in by_b] == ["w1"]
 
 
+def test_log_chunks_come_back_in_order_by_job_and_go_with_it(backend: Any) -> None:
+    """What job logs need: chunks found by their job (an index), in id order, and a job
+    and its chunks deleted in one transaction (the retention pass)."""
+    store = backend.open()
+
+    def chunk(job_id: str, seq: int) -> dict[str, Any]:
+        return {"id": f"{job_id}.0001.{seq:08d}", "jobId": job_id, "seq": seq, "text": "x"}
+
+    run(lambda: put(store, "logs", *(chunk(j, s) for s in (2, 0, 10, 1) for j in ("a", "b"))))
+    by_a = run(lambda: store.scan("logs", where={"jobId": "a"}, order_by="id"))
+    assert [c["seq"] for c in by_a] == [0, 1, 2, 10]
+
+    async def forget(job_id: str) -> None:
+        async with store.transaction() as tx:
+            for doc in await tx.scan("logs", where={"jobId": job_id}):
+                tx.delete("logs", doc["id"])
+
+    run(lambda: forget("a"))
+    for reader in (store, backend.open()):
+        assert run(lambda r=reader: r.count("logs", {"jobId": "a"})) == 0
+        assert run(lambda r=reader: r.count("logs", {"jobId": "b"})) == 4
+
+
 # -- volatile state ----------------------------------------------------------------------
 
 
