@@ -37,20 +37,22 @@ _PAYLOAD_OPTIONS = {
 
 def _payload(kind: str, given: dict[str, Any]) -> dict[str, Any]:
     """The payload from the options given (`given`: option -> value, None when absent)."""
-    stray = [o for o, v in given.items() if v and o not in _PAYLOAD_OPTIONS.get(kind, ())]
+    allowed = _PAYLOAD_OPTIONS.get(kind, tuple(given))  # an unknown type: the server says
+    given = {option: value for option, value in given.items() if value not in (None, [])}
+    stray = [o for o in given if o not in allowed]
     if stray:
         raise typer.BadParameter(f"{', '.join(stray)} is not for --type {kind}")
     needed = {"sleep": "--seconds", "command": "--argv", "python": "--script"}.get(kind)
-    if needed and not given[needed]:
+    if needed and needed not in given:
         raise typer.BadParameter(f"a {kind} job needs {needed}")
     payload: dict[str, Any] = {
-        "seconds": given["--seconds"],
-        "argv": given["--argv"],
-        "script": _read(given["--script"]),
-        "requirements": _read(given["--requirements"]),
-        "args": given["--arg"],
+        "seconds": given.get("--seconds"),
+        "argv": given.get("--argv"),
+        "script": _read(given.get("--script")),
+        "requirements": _read(given.get("--requirements")),
+        "args": given.get("--arg"),
     }
-    return {k: v for k, v in payload.items() if v}
+    return {k: v for k, v in payload.items() if v is not None}
 
 
 def _read(path: Path | None) -> str | None:

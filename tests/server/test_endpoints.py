@@ -50,7 +50,7 @@ def test_the_server_and_the_worker_know_the_same_job_types() -> None:
     refusing = worker_jobs.Policy(user_jobs=False, allow_unsandboxed=True)
     assert worker_jobs.capabilities(refusing) == ["benchmark", "sleep"]
     unsandboxed = worker_jobs.Policy(allow_unsandboxed=True)
-    assert worker_jobs.capabilities(unsandboxed) == ["benchmark", "sleep", "command"]
+    assert worker_jobs.capabilities(unsandboxed) == ["benchmark", "sleep", "command", "python"]
 
 
 def test_every_domain_error_has_one_status() -> None:
