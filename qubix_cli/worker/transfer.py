@@ -15,6 +15,7 @@ and the report says so.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import http.client
 import ipaddress
@@ -27,6 +28,13 @@ from typing import Any, Iterable
 from qubix_cli.worker.client import Client, Transient, message
 
 CHUNK = 1024 * 1024
+# Never through a link, never waiting on a FIFO, bytes as they are (Windows).
+_READ_NO_FOLLOW = (
+    os.O_RDONLY
+    | getattr(os, "O_NOFOLLOW", 0)
+    | getattr(os, "O_NONBLOCK", 0)
+    | getattr(os, "O_BINARY", 0)
+)
 FETCH_TIMEOUT_S = 60.0
 
 
@@ -125,15 +133,17 @@ def upload_outputs(api: Client, job_id: str, attempt: int, out_dir: str) -> dict
     uploaded: list[dict[str, Any]] = []
     skipped: list[dict[str, str]] = []
     for name in sorted(os.listdir(out_dir)):
+        path = os.path.join(out_dir, name)
+        if os.path.islink(path):  # O_NOFOLLOW below is the guarantee; Windows has none
+            skipped.append({"name": name, "reason": "a symbolic link: not followed"})
+            continue
         try:
-            fd = os.open(os.path.join(out_dir, name), os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+            fd = os.open(path, _READ_NO_FOLLOW)
         except OSError as exc:
-            reason = (
-                "a symbolic link: not followed"
-                if os.path.islink(os.path.join(out_dir, name))
-                else str(exc)
+            link = exc.errno == errno.ELOOP  # it became a link since: still not followed
+            skipped.append(
+                {"name": name, "reason": "a symbolic link: not followed" if link else str(exc)}
             )
-            skipped.append({"name": name, "reason": reason})
             continue
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
@@ -141,9 +151,9 @@ def upload_outputs(api: Client, job_id: str, attempt: int, out_dir: str) -> dict
             skipped.append({"name": name, "reason": "not a regular file"})
             continue
         with os.fdopen(fd, "rb") as f:
-            path = f"/api/jobs/{job_id}/artifacts/{urllib.parse.quote(name)}?attempt={attempt}"
+            url = f"/api/jobs/{job_id}/artifacts/{urllib.parse.quote(name)}?attempt={attempt}"
             try:
-                status, answer = api.upload(path, f, info.st_size)
+                status, answer = api.upload(url, f, info.st_size)
             except Transient as exc:
                 skipped.append({"name": name, "reason": f"upload failed: {exc}"})
                 continue

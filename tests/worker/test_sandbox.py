@@ -88,7 +88,8 @@ def test_a_job_sees_its_work_dir_and_nothing_of_the_worker(
     assert done["status"] == "completed", done
     cwd, env, literal = done["result"]["stdoutTail"].splitlines()
     assert cwd == "/job" and literal == "$HOME"  # argv is not given to a shell
-    assert env == str(["A", "CUDA_VISIBLE_DEVICES", "HOME", "LANG", "PATH", "PWD", "TMPDIR"])
+    names = ["A", "CUDA_VISIBLE_DEVICES", "HOME", "LANG", "PATH", "PWD"]
+    assert env == str([*names, "QUBIX_INPUT", "QUBIX_OUTPUT", "TMPDIR"])
 
 
 def test_a_job_cannot_read_the_workers_token_or_the_providers_home(

@@ -86,7 +86,7 @@ uninstall() {
     systemctl --user daemon-reload 2>/dev/null || true
   fi
   rm -f "$PLIST"
-  rm -rf "$QUBIX_DIR/venv" "$QUBIX_DIR/outbox"
+  rm -rf "$QUBIX_DIR/venv" "$QUBIX_DIR/outbox" "$QUBIX_DIR/envs"
   for name in qubix_worker.pyz start_worker.sh stop_worker.sh worker.conf worker.pid \
     worker.out worker.log worker.log.1 worker.log.2 worker.log.3 credentials.json worker-id \
     stopped; do
