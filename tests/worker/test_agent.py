@@ -7,37 +7,13 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
 
-from tests.helpers import KEY, ServerProcess, Worker, job, submit, wait_for
-
-
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[ServerProcess]:
-    proc = ServerProcess(tmp_path / "data", heartbeat_interval_s=0.5).start()
-    yield proc
-    proc.stop()
-
-
-@pytest.fixture
-def workers(tmp_path: Path, server: ServerProcess) -> Iterator[Callable[..., Worker]]:
-    started: list[Worker] = []
-
-    def start(worker_id: str = "w1", *flags: str) -> Worker:
-        worker = Worker(tmp_path, server.url, worker_id, *flags)
-        started.append(worker)
-        return worker
-
-    yield start
-    for worker in started:
-        if worker.proc.poll() is None:
-            worker.proc.kill()
-            worker.proc.wait()
+from tests.helpers import KEY, ServerProcess, job, submit, wait_for
 
 
 def status_is(server: ServerProcess, job_id: str, *states: str) -> Callable[[], bool]:

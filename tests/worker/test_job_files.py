@@ -61,6 +61,12 @@ def qubix(server: ServerProcess, *args: str, cwd: Path) -> subprocess.CompletedP
     )
 
 
+def shell_job(server: ServerProcess, script: str, cwd: Path) -> dict[str, Any]:
+    """A `sh -c script` command job, submitted with the CLI and waited for."""
+    command = ["--type", "command", "--argv", "/bin/sh", "--argv", "-c", "--argv", script]
+    return submit_json(server, *command, cwd=cwd)
+
+
 def submit_json(server: ServerProcess, *args: str, cwd: Path) -> dict[str, Any]:
     done = qubix(server, "jobs", "submit", *args, "--wait", "--json", cwd=cwd)
     assert done.stdout, done.stderr
@@ -181,18 +187,7 @@ def test_an_output_that_is_a_symlink_uploads_nothing_and_says_so(
     secret = worker.home / "credentials.json"
     script = f'ln -s {secret} "$QUBIX_OUTPUT/id_rsa"; ln -s /etc/hostname "$QUBIX_OUTPUT/host"'
     script += '; mkdir "$QUBIX_OUTPUT/dir"; echo fine > "$QUBIX_OUTPUT/real.txt"'
-    done = submit_json(
-        server,
-        "--type",
-        "command",
-        "--argv",
-        "/bin/sh",
-        "--argv",
-        "-c",
-        "--argv",
-        script,
-        cwd=tmp_path,
-    )
+    done = shell_job(server, script, tmp_path)
     assert done["status"] == "completed", done["result"]
     assert [a["name"] for a in done["artifacts"]] == ["real.txt"]
     skipped = {s["name"]: s["reason"] for s in done["result"]["outputs"]["skipped"]}
@@ -204,18 +199,7 @@ def test_an_output_over_the_cap_is_refused_and_the_rest_kept(
     server: ServerProcess, worker: Worker, tmp_path: Path
 ) -> None:
     script = 'head -c 2000000 /dev/zero > "$QUBIX_OUTPUT/big"; echo x > "$QUBIX_OUTPUT/small"'
-    done = submit_json(
-        server,
-        "--type",
-        "command",
-        "--argv",
-        "/bin/sh",
-        "--argv",
-        "-c",
-        "--argv",
-        script,
-        cwd=tmp_path,
-    )
+    done = shell_job(server, script, tmp_path)
     assert [a["name"] for a in done["artifacts"]] == ["small"]
     (big,) = done["result"]["outputs"]["skipped"]
     assert big["name"] == "big" and "413" in big["reason"] and "1 MiB" in big["reason"]

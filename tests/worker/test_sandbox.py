@@ -9,7 +9,7 @@ import random
 import shutil
 import socket
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,17 +17,10 @@ import httpx
 import pytest
 
 from qubix_cli.worker import jobs, sandbox
-from tests.helpers import ServerProcess, Worker, job, submit, wait_for
+from tests.helpers import ServerProcess, job, submit, wait_for
 from tests.worker.fakes import nvidia
 
 PYTHON = "/usr/bin/python3"  # the system's: a job sees the system, not the host's venvs
-
-
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[ServerProcess]:
-    proc = ServerProcess(tmp_path / "data", 0.5).start()
-    yield proc
-    proc.stop()
 
 
 @pytest.fixture
@@ -36,22 +29,6 @@ def outside_tmp() -> Iterator[Path]:
     path = Path(tempfile.mkdtemp(prefix="qubix-test-", dir="/var/tmp"))
     yield path
     shutil.rmtree(path, ignore_errors=True)
-
-
-@pytest.fixture
-def workers(tmp_path: Path, server: ServerProcess) -> Iterator[Callable[..., Worker]]:
-    started: list[Worker] = []
-
-    def start(worker_id: str, *flags: str, **options: Any) -> Worker:
-        worker = Worker(tmp_path, server.url, worker_id, *flags, **options)
-        started.append(worker)
-        return worker
-
-    yield start
-    for worker in started:
-        if worker.proc.poll() is None:
-            worker.proc.kill()
-            worker.proc.wait()
 
 
 def finished(server: ServerProcess, job_id: str, timeout: float = 30) -> dict[str, Any]:
