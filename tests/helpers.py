@@ -69,6 +69,7 @@ class ServerProcess:
     def start(self) -> ServerProcess:
         env = {**os.environ, "QUBIX_API_KEY": API_KEY}
         argv = [sys.executable, "-m", "qubix_cli", "serve", "--port", str(self.port)]
+        argv.append("--no-canaries")  # tests of trust turn them on (a later --canaries)
         argv += ["--data-dir", str(self.data_dir)]
         argv += ["--heartbeat-interval", str(self.heartbeat_interval_s)]
         # Tests register many providers from one address; the limits have tests of their own.

@@ -116,6 +116,13 @@ def serve(
             show_default=False,
         ),
     ] = None,
+    canaries: Annotated[
+        bool,
+        typer.Option(
+            help="Check workers with canaries, verifiable jobs whose answer the server knows "
+            "(off only for a fleet of your own machines)."
+        ),
+    ] = True,
     allow_origin: Annotated[
         list[str] | None,
         typer.Option(
@@ -156,6 +163,7 @@ def serve(
         max_output_bytes=max_output_mb * 2**20,
         max_job_outputs_bytes=max_job_outputs_mb * 2**20,
         input_networks=tuple(_network(text) for text in allow_input_network or ()),
+        canaries=canaries,
     )
     app = create_app(settings)
     console.print(escape(f"Data directory: {data_dir}"))

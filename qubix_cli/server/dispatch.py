@@ -14,6 +14,7 @@ from typing import Any
 from qubix_cli.server.providers import best_vram_mb
 from qubix_cli.server.schemas import JOB_TYPES
 from qubix_cli.server.store import Doc
+from qubix_cli.server.trust import trust_of
 
 Step = Callable[[Doc, Doc], bool]
 FREE_GPUS = "freeGpus"  # not stored: what `with_room` adds for one claim
@@ -56,7 +57,22 @@ def not_pinned_elsewhere(provider: Doc, job: Doc) -> bool:
     return not job.get("providerId") or job["providerId"] == provider["workerId"]
 
 
-ELIGIBLE: tuple[Step, ...] = (runs_the_type, meets_requirements, gpus_free, not_pinned_elsewhere)
+def trusted_enough(provider: Doc, job: Doc) -> bool:
+    """Not quarantined (it gets canaries only), and as trusted as the job asks."""
+    trust = trust_of(provider)
+    needs = job["requirements"]
+    if trust["quarantined"] or (needs.get("verified") and trust["claim"] != "verified"):
+        return False
+    return needs.get("minReputation") is None or trust["reputation"] >= needs["minReputation"]
+
+
+ELIGIBLE: tuple[Step, ...] = (
+    runs_the_type,
+    meets_requirements,
+    gpus_free,
+    trusted_enough,
+    not_pinned_elsewhere,
+)
 
 
 def eligible(provider: Doc, job: Doc) -> bool:

@@ -11,17 +11,19 @@ from __future__ import annotations
 
 import asyncio
 import json
+import random
 import secrets
 from collections import OrderedDict
 from typing import Any, NamedTuple
 
 from qubix_cli.errors import Conflict, StorageError, TooLarge
-from qubix_cli.server import dispatch
+from qubix_cli.server import dispatch, trust
 from qubix_cli.server.events import EventBus
 from qubix_cli.server.http import not_found
 from qubix_cli.server.providers import Clock, Registry
-from qubix_cli.server.schemas import FINISHED, JobListQuery, JobReport, JobSubmit
+from qubix_cli.server.schemas import FINISHED, JobListQuery, JobReport, JobSubmit, Requirements
 from qubix_cli.server.store import Doc, Store, Transaction
+from qubix_cli.worker import engine
 
 RESULT_LIMIT_BYTES = 1024 * 1024
 METRICS_LIMIT_BYTES = 64 * 1024
@@ -48,6 +50,7 @@ class JobQueue:
         # Workers waiting in a long-poll, in the order they came: only this process can
         # answer their connections, so they live here, not in the store.
         self._waiters: OrderedDict[str, Waiter] = OrderedDict()
+        self.rng = random.Random()  # when canaries come (tests seed it)
 
     async def recover(self) -> None:
         """At start: workers may be in their reconnect backoff (up to 60 s), so every
@@ -142,8 +145,12 @@ class JobQueue:
     # -- worker side -----------------------------------------------------------------
 
     async def lease(self, provider: Doc, wait_s: float) -> Doc | None:
-        """The job `dispatch` chooses for this provider, leased to it, or None after `wait_s`."""
-        job = await self._claim(provider, None)
+        """The job `dispatch` chooses for this provider, leased to it, or None after `wait_s`.
+        Now and then (always, while it is quarantined) a canary instead (trust.py)."""
+        due = self.registry.settings.canaries and trust.canary_due(provider, self.rng)
+        job = await self._canary(provider) if due else None
+        if job is None:
+            job = await self._claim(provider, None)
         if job is None and wait_s > 0:
             room = dispatch.with_room(provider, await _held(self.store, provider))
             if room is not None:
@@ -168,6 +175,38 @@ class JobQueue:
             job = dispatch.choose(room, queued)
             if job is None:
                 return None
+            job = self._lease(tx, job, provider)
+        return await self._leased(job)
+
+    async def _canary(self, provider: Doc) -> Doc | None:
+        """Make a canary for this worker and lease it to it in one commit (unless the worker
+        has no room). It is a `matmul` job like a renter's; only its answer is kept apart."""
+        seed = self.rng.randrange(2**32)
+        expected = await asyncio.to_thread(engine.expected_digest, seed, trust.CANARY_N)
+        now = self.clock()
+        job = {
+            "id": f"job_{int(now * 1000):011x}{secrets.token_hex(4)}",
+            "type": "matmul",
+            "payload": {"seed": seed, "n": trust.CANARY_N},
+            "requirements": Requirements().model_dump(),
+            "providerId": None,
+            "timeoutS": 600,
+            "maxAttempts": 1,
+            "inputs": [],
+            "status": "queued",
+            "attempt": 0,
+            "workerId": None,
+            "createdAt": now,
+            "updatedAt": now,
+            "result": None,
+            "metrics": None,
+            "history": [{"event": "created", "at": now}],
+            trust.CANARY: {"expected": expected},
+        }
+        async with self.store.transaction() as tx:
+            if dispatch.with_room(provider, await _held(tx, provider)) is None:
+                return None
+            tx.put("jobs", job)
             job = self._lease(tx, job, provider)
         return await self._leased(job)
 
@@ -279,9 +318,39 @@ class JobQueue:
             entry = {"event": "reported", "workerId": worker_id, "attempt": report.attempt}
             fields = {"result": report.result, "metrics": report.metrics}
             job = self._change(tx, job, report.status, entry, **fields)
+            await self._judge(tx, job, provider, report)
         self.store.remember("leases", job_id, None)
         self.events.publish(f"JOB_{report.status.upper()}", job)
         return await self.view(job)
+
+    async def _judge(self, tx: Transaction, job: Doc, provider: Doc, report: JobReport) -> None:
+        """What a report says of its worker: a canary is checked against its answer (a wrong
+        one quarantines the worker and flags its results since its last passed canary);
+        a renter's job counts as completed or failed."""
+        record = await tx.get("providers", provider["workerId"])
+        if record is None:
+            return
+        now, before = self.clock(), trust.trust_of(record)
+        if trust.CANARY not in job:
+            after = trust.after_job(before, report.status)
+        else:
+            result = report.result if isinstance(report.result, dict) else {}
+            passed = report.status == "completed" and (
+                result.get("digest") == job[trust.CANARY]["expected"]
+            )
+            leased_at = job["history"][-2]["at"]
+            claim = trust.claim(record, result, now - leased_at) if passed else None
+            after = trust.after_canary(before, passed, claim, now)
+            if not passed:
+                await self._flag_since(tx, provider["workerId"], before["lastPassedAt"])
+        tx.put("providers", {**record, trust.TRUST: after})
+
+    async def _flag_since(self, tx: Transaction, worker_id: str, since: float | None) -> None:
+        """Mark what the worker completed since its last passed canary as unverified."""
+        where = {"workerId": worker_id, "status": "completed"}
+        for done in await tx.scan("jobs", where):
+            if trust.CANARY not in done and (since is None or done["updatedAt"] > since):
+                tx.put("jobs", {**done, "unverified": "its worker failed a check after this"})
 
     async def expire_leases(self) -> None:
         """Requeue jobs whose worker stopped renewing the lease ("agent lost"), and fail those
@@ -312,6 +381,12 @@ class JobQueue:
                 job = self._change(tx, job, "failed", entry, result={"error": reason})
             else:
                 job = self._change(tx, job, "queued", entry)
+            record = await tx.get("providers", entry["workerId"])
+            if record is not None and reason == AGENT_LOST:
+                before = trust.trust_of(record)
+                lost = trust.CANARY in job
+                after = trust.after_lost_canary(before) if lost else trust.after_job(before, "lost")
+                tx.put("providers", {**record, trust.TRUST: after})
         self.store.remember("leases", job_id, None)
         if reason == TIMED_OUT:
             await self._tell_to_stop(entry["workerId"], job_id)
@@ -354,8 +429,9 @@ def holds(job: Doc, provider: Doc) -> bool:
 
 
 def shown(job: Doc) -> Doc:
-    """A job as answers and events show it: without the lease holder's token hash."""
-    return {k: v for k, v in job.items() if k != HOLDER}
+    """A job as answers and events show it: without the lease holder's token hash, nor a
+    canary's answer (nor that it is one)."""
+    return {k: v for k, v in job.items() if k not in (HOLDER, trust.CANARY)}
 
 
 def _is_repeat(job: Doc, worker_id: str, report: JobReport) -> bool:

@@ -16,6 +16,7 @@ from qubix_cli.server.http import not_found, token_hash, token_matches
 from qubix_cli.server.schemas import CheckNewQuery, Heartbeat, ProviderListQuery, Register
 from qubix_cli.server.settings import Settings
 from qubix_cli.server.store import Doc, Store, Transaction
+from qubix_cli.server.trust import TRUST, trust_of
 
 CHECK_NEW_DEFAULT_S = 300.0
 OFFLINE: Doc = {"status": "offline", "lastSeenAt": None}
@@ -58,6 +59,8 @@ class Registry:
                 tokenHash=existing["tokenHash"] if existing else token_hash(new_token or ""),
                 clientIp=existing.get("clientIp", client_ip) if existing else client_ip,
             )
+            if existing is not None and TRUST in existing:
+                doc[TRUST] = existing[TRUST]  # a record is earned, never reset by re-registering
             tx.put("providers", doc)
         was_online = await self.is_online(body.workerId)
         self._touch(body.workerId, "online", None, [])
@@ -250,6 +253,7 @@ def public(doc: Doc, live: Doc | None) -> Doc:
     live = live or OFFLINE
     view = {k: v for k, v in doc.items() if k not in PRIVATE}
     view.update(
+        trust=trust_of(doc),
         status=live["status"],
         lastSeenAt=live["lastSeenAt"],
         usage=live.get("usage"),

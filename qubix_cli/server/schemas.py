@@ -198,6 +198,8 @@ class Requirements(Body):
     gpuVendor: GpuVendor | None = None
     capabilities: list[Capability] = Field(default_factory=list, max_length=16)
     gpus: int = Field(default=0, ge=0, le=16, description="GPUs of its own while it runs.")
+    verified: bool = Field(default=False, description="Only workers whose GPU claim was verified.")
+    minReputation: float | None = Field(default=None, ge=0, le=1)
     sandbox: bool = Field(default=False, description="Only workers that run it in a sandbox.")
     network: bool = Field(default=False, description="It needs the network (off by default).")
 
@@ -277,6 +279,14 @@ class CommandPayload(Body):
     timeoutS: int | None = Field(default=None, ge=1, le=7 * 86_400)
 
 
+class MatmulPayload(Body):
+    """The verifiable job: C = A.B for n x n byte matrices drawn from `seed`; its answer
+    is the SHA-256 of C (worker/engine.py says exactly how)."""
+
+    seed: int = Field(ge=0, le=2**32 - 1)
+    n: int = Field(ge=8, le=4096)
+
+
 @dataclass(frozen=True)
 class JobType:
     payload: type[Body]  # the schema of its `payload`
@@ -289,6 +299,7 @@ JOB_TYPES: dict[str, JobType] = {
     "sleep": JobType(SleepPayload, always=False),
     "command": JobType(CommandPayload, always=False),
     "python": JobType(PythonPayload, always=False),
+    "matmul": JobType(MatmulPayload, always=False),
 }
 
 
@@ -375,6 +386,22 @@ class Provider(Register):
     usage: Usage | None
     currentJobId: str | None
     currentJobIds: list[str]
+    trust: Trust
+
+
+class Trust(Answer):
+    """What the coordinator has checked of a worker (docs/trust.md)."""
+
+    claim: Literal["verified", "unverified", "mismatch"]
+    quarantined: bool
+    reputation: float
+    canariesPassed: int
+    canariesFailed: int
+    passStreak: int
+    completed: int
+    failed: int
+    lost: int
+    lastPassedAt: float | None
 
 
 class Registered(Answer):

@@ -38,6 +38,7 @@ class Settings:
     max_output_bytes: int = 1024 * 2**20  # one output file of a job
     max_job_outputs_bytes: int = 4096 * 2**20  # all output files of one job
     input_networks: tuple[str, ...] = ()  # networks URL inputs may be in besides public
+    canaries: bool = True  # check workers with canaries (off: a fleet of one's own machines)
 
     def allowed_origins(self) -> list[str]:
         """Origins besides the request's own that may open the events stream."""

@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Tuple
 
-from qubix_cli.worker import sandbox, state
+from qubix_cli.worker import engine, sandbox, state
 from qubix_cli.worker.client import Client, Transient
 from qubix_cli.worker.envs import Envs, pinned_requirements
 from qubix_cli.worker.logstream import LogStream
@@ -417,10 +417,18 @@ def _kill_tree(proc: Any) -> None:
         pass
 
 
+def run_matmul(run: Run) -> Outcome:
+    """The verifiable job: a seeded integer matrix product on the best engine here."""
+    payload = run.job["payload"]
+    result = engine.run_matmul(int(payload["seed"]), int(payload["n"]), run.gpus, run.assigned)
+    return "completed", result, {"engine": result["engine"], "computeS": result["computeS"]}
+
+
 # The job types this worker runs (the server's schemas for them: server/schemas.py JOB_TYPES).
 JOB_TYPES: dict[str, JobType] = {
     "benchmark": JobType(run_benchmark),
     "sleep": JobType(run_sleep),
     "command": JobType(run_command, user=True),
     "python": JobType(run_python, user=True),
+    "matmul": JobType(run_matmul),
 }

@@ -48,9 +48,15 @@ def test_the_server_and_the_worker_know_the_same_job_types() -> None:
     user = {name for name, kind in worker_jobs.JOB_TYPES.items() if kind.user}
     assert user.isdisjoint({name for name, kind in JOB_TYPES.items() if kind.always})
     refusing = worker_jobs.Policy(user_jobs=False, allow_unsandboxed=True)
-    assert worker_jobs.capabilities(refusing) == ["benchmark", "sleep"]
+    assert worker_jobs.capabilities(refusing) == ["benchmark", "sleep", "matmul"]
     unsandboxed = worker_jobs.Policy(allow_unsandboxed=True)
-    assert worker_jobs.capabilities(unsandboxed) == ["benchmark", "sleep", "command", "python"]
+    assert worker_jobs.capabilities(unsandboxed) == [
+        "benchmark",
+        "sleep",
+        "command",
+        "python",
+        "matmul",
+    ]
 
 
 def test_every_domain_error_has_one_status() -> None:

@@ -27,7 +27,7 @@ def test_register_heartbeat_run_and_report(server: ServerProcess, workers: Any) 
         "NVIDIA GeForce RTX 4090",
         "NVIDIA GeForce RTX 3090",
     ]
-    assert provider["capabilities"] == ["benchmark", "sleep", "command", "python"]
+    assert provider["capabilities"] == ["benchmark", "sleep", "command", "python", "matmul"]
     assert provider["sandbox"] == "bubblewrap" and provider["concurrency"] == 2
     first_seen = provider["lastSeenAt"]
     wait_for(

@@ -1,0 +1,129 @@
+"""Trust in a worker: canaries, quarantine, the hardware claim and reputation.
+
+A canary is a verifiable job (`matmul`, worker/engine.py) that the coordinator makes on
+demand for a worker and knows the answer of; to the worker it is a `matmul` job like a
+renter's. It is slipped in at a rate that falls as the worker's record grows (every job
+for a new worker, a few percent later). A wrong answer quarantines the worker: it gets
+only canaries until it has passed `RELEASE_STREAK` in a row, and the results it reported
+since its last passed canary are flagged. The canary's timing checks the hardware claim.
+
+Nothing here is pooled by address: addresses are not proven, so a fresh worker starts
+with no trust whatever its address, and no worker's record can smear another's.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+from qubix_cli.server.store import Doc
+
+TRUST = "trust"  # on a provider's record
+CANARY = "canary"  # on a canary job: {"expected": digest}; never shown to anyone
+CANARY_N = 64  # small enough for the coordinator to compute the answer in ~15 ms
+CANARY_FLOOR = 0.03  # the least share of a trusted worker's jobs that are canaries
+RELEASE_STREAK = 5  # canaries passed in a row that end a quarantine
+PRIOR = 5  # the record a worker must build before its reputation means much
+
+# The least speed (multiply-adds a second, on the canary's product) at which a GPU engine
+# is believed: far below what any card of the class does with the naive kernel, and far
+# above plain Python on any CPU (about 2e7), so an honest GPU is never a mismatch and a
+# CPU that says it is a GPU always is. The first entry whose name is in the model counts.
+CLAIM_FLOORS: tuple[tuple[str, float], ...] = (
+    ("H100", 1e9),
+    ("A100", 1e9),
+    ("A40", 5e8),
+    ("RTX", 2e8),
+    ("", 2e8),
+)
+
+
+def new_trust() -> Doc:
+    return {
+        "claim": "unverified",
+        "quarantined": False,
+        "reputation": 0.0,
+        "canariesPassed": 0,
+        "canariesFailed": 0,
+        "passStreak": 0,
+        "completed": 0,
+        "failed": 0,
+        "lost": 0,
+        "lastPassedAt": None,
+    }
+
+
+def trust_of(provider: Doc) -> Doc:
+    return {**new_trust(), **provider.get(TRUST, {})}
+
+
+def canary_rate(trust: Doc) -> float:
+    if trust["quarantined"]:
+        return 1.0
+    return max(CANARY_FLOOR, 1.0 / (1.0 + float(trust["canariesPassed"]) / 2.0))
+
+
+def canary_due(provider: Doc, rng: random.Random) -> bool:
+    """Whether this worker's next job is a canary (only workers that run `matmul`)."""
+    if "matmul" not in provider.get("capabilities", []):
+        return False
+    return rng.random() < canary_rate(trust_of(provider))
+
+
+def reputation(trust: Doc) -> float:
+    """good / (good + 4 x failed canaries + failed jobs + 2 x lost jobs + PRIOR), 0 while
+    quarantined: between 0 and 1, 0 for a new worker, rising with a clean record."""
+    if trust["quarantined"]:
+        return 0.0
+    good = trust["canariesPassed"] + trust["completed"]
+    bad = 4 * trust["canariesFailed"] + trust["failed"] + 2 * trust["lost"]
+    return round(float(good) / float(good + bad + PRIOR), 4)
+
+
+def claim(provider: Doc, result: Any, elapsed_s: float) -> str:
+    """What a passed canary says of the hardware claim: `unverified` without a GPU
+    engine, `verified` when the engine ran at a speed that fits the claimed GPU, else
+    `mismatch` (too slow for it, or a time shorter than possible)."""
+    engine = result.get("engine") if isinstance(result, dict) else None
+    if engine in (None, "none"):
+        return "unverified"
+    seconds, n = result.get("computeS"), result.get("n")
+    if not isinstance(seconds, (int, float)) or not isinstance(n, int) or seconds > elapsed_s:
+        return "mismatch"
+    models = [g["model"] for g in provider.get("gpus", []) if not g.get("software")]
+    if not models:
+        return "mismatch"  # a GPU engine on a machine that claims no GPU
+    floor = next(f for name, f in CLAIM_FLOORS if name in models[0])
+    return "verified" if n**3 / max(seconds, 1e-9) >= floor else "mismatch"
+
+
+def after_canary(trust: Doc, passed: bool, claim_now: str | None, now: float) -> Doc:
+    trust = {**trust}
+    if passed:
+        trust.update(
+            canariesPassed=trust["canariesPassed"] + 1,
+            passStreak=trust["passStreak"] + 1,
+            lastPassedAt=now,
+            claim=claim_now or trust["claim"],
+        )
+        if trust["quarantined"] and trust["passStreak"] >= RELEASE_STREAK:
+            trust["quarantined"] = False
+    else:
+        trust.update(canariesFailed=trust["canariesFailed"] + 1, passStreak=0, quarantined=True)
+    trust["reputation"] = reputation(trust)
+    return trust
+
+
+def after_job(trust: Doc, outcome: str) -> Doc:
+    """A renter's job ended: `completed`, `failed` or `lost`."""
+    trust = {**trust, outcome: trust[outcome] + 1}
+    trust["reputation"] = reputation(trust)
+    return trust
+
+
+def after_lost_canary(trust: Doc) -> Doc:
+    """A canary handed back (the lease expired) counts as not passed, but does not
+    quarantine: honest machines crash and lose power too."""
+    trust = {**trust, "passStreak": 0}
+    trust["reputation"] = reputation(trust)
+    return trust

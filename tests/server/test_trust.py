@@ -1,0 +1,160 @@
+"""Trust through the HTTP API: canaries, quarantine and release, flagged results, the
+hardware claim, and renters who ask for verified workers. The worker here is the test,
+answering as an honest or a lying worker would."""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+from starlette.testclient import TestClient
+
+from qubix_cli.server import trust
+from qubix_cli.worker.engine import expected_digest
+from tests.conftest import auth, register
+from tests.helpers import KEY
+from tests.server.test_jobs import lease, report, submit
+
+A40 = [{"vendor": "nvidia", "model": "NVIDIA A40", "vramMb": 46068}]
+
+
+def worker(client: TestClient, name: str = "worker-1", **body: Any) -> str:
+    return register(client, name, capabilities=["sleep", "matmul"], gpus=A40, **body)
+
+
+def answer(
+    leased: dict[str, Any], *, honest: bool, engine: str = "none", seconds: float = 0.01
+) -> dict[str, Any]:
+    payload = leased["job"]["payload"]
+    digest = expected_digest(payload["seed"], payload["n"]) if honest else "0" * 64
+    return {"digest": digest, "engine": engine, "computeS": seconds, "n": payload["n"]}
+
+
+def provider_trust(client: TestClient, name: str = "worker-1") -> dict[str, Any]:
+    found: dict[str, Any] = client.get(f"/api/providers/{name}").json()["provider"]["trust"]
+    return found
+
+
+def run_canary(client: TestClient, token: str, *, honest: bool, **result: Any) -> dict[str, Any]:
+    leased = lease(client, "worker-1", token)
+    assert leased is not None and leased["job"]["type"] == "matmul"
+    assert "canary" not in leased["job"]  # a canary looks like any matmul job
+    body = answer(leased, honest=honest, **result)
+    assert report(client, leased["job"]["id"], token, 1, result=body).status_code == 200
+    return leased
+
+
+def next_renter_job(
+    client: TestClient, token: str, name: str = "worker-1", **result: Any
+) -> dict[str, Any]:
+    """Poll as an honest worker: answer the canaries that come, return the first renter job."""
+    for _ in range(200):
+        leased = lease(client, name, token)
+        if leased is None:
+            continue
+        if leased["job"]["type"] != "matmul":
+            return leased
+        body = answer(leased, honest=True, **result)
+        report(client, leased["job"]["id"], token, 1, result=body)
+    raise AssertionError("no renter job came")
+
+
+def test_a_liar_is_quarantined_gets_only_canaries_and_is_released_after_a_run(
+    client: TestClient,
+) -> None:
+    client.app.state.jobs.rng = random.Random(1)  # type: ignore[attr-defined]
+    token = worker(client)
+    run_canary(client, token, honest=True)  # a new worker's first job is a canary
+    assert provider_trust(client)["canariesPassed"] == 1
+
+    renter = submit(client)  # then renters' work, and canaries now and then
+    assert next_renter_job(client, token)["job"]["id"] == renter["id"]
+    report(client, renter["id"], token, 1, result={"forged": True})
+
+    failed_before = provider_trust(client)["canariesFailed"]
+    for _ in range(200):  # the next canary, answered wrongly
+        leased = lease(client, "worker-1", token)
+        if leased is not None:
+            break
+    assert leased is not None and leased["job"]["type"] == "matmul"
+    report(client, leased["job"]["id"], token, 1, result=answer(leased, honest=False))
+    after = provider_trust(client)
+    assert after["quarantined"] and after["reputation"] == 0.0
+    assert after["canariesFailed"] == failed_before + 1
+    flagged = client.get(f"/api/jobs/{renter['id']}", headers=KEY).json()["job"]
+    assert flagged["unverified"] == "its worker failed a check after this"
+
+    waiting = submit(client)
+    for _ in range(trust.RELEASE_STREAK):  # only canaries while quarantined
+        leased = run_canary(client, token, honest=True)
+        assert leased["job"]["id"] != waiting["id"]
+    assert provider_trust(client)["quarantined"] is False
+    assert next_renter_job(client, token)["job"]["id"] == waiting["id"]  # renters' jobs again
+
+
+def test_an_a40_without_a_gpu_engine_is_unverified_and_not_penalised(client: TestClient) -> None:
+    token = worker(client)
+    run_canary(client, token, honest=True, engine="none", seconds=0.015)
+    shown = provider_trust(client)
+    assert shown["claim"] == "unverified" and not shown["quarantined"]
+    assert shown["reputation"] > 0
+
+
+def test_a_gpu_engine_at_cpu_speed_is_a_mismatch_and_a_fast_one_verified(
+    client: TestClient,
+) -> None:
+    token = worker(client)
+    run_canary(client, token, honest=True, engine="cuda", seconds=0.013)  # plain Python speed
+    assert provider_trust(client)["claim"] == "mismatch"
+    other = worker(client, "worker-2")
+    leased = lease(client, "worker-2", other)
+    assert leased is not None
+    body = answer(leased, honest=True, engine="cuda", seconds=0.00005)
+    report(client, leased["job"]["id"], other, 1, result=body)
+    assert provider_trust(client, "worker-2")["claim"] == "verified"
+
+
+def test_verified_jobs_go_only_to_verified_workers(client: TestClient) -> None:
+    fast, slow = worker(client), worker(client, "worker-2")
+    gpu = {"engine": "cuda", "seconds": 5e-5}
+    for name, token, result in (("worker-1", fast, gpu), ("worker-2", slow, {})):
+        leased = lease(client, name, token)
+        assert leased is not None
+        body = answer(leased, honest=True, **result)
+        report(client, leased["job"]["id"], token, 1, result=body)
+    job = submit(client, requirements={"verified": True})
+    for _ in range(30):  # the unverified worker is never handed it
+        got = lease(client, "worker-2", slow)
+        if got is not None:
+            assert got["job"]["id"] != job["id"]
+            report(client, got["job"]["id"], slow, 1, result=answer(got, honest=True))
+    assert next_renter_job(client, fast, **gpu)["job"]["id"] == job["id"]
+    report(client, job["id"], fast, 1)
+    picky = submit(client, requirements={"minReputation": 0.99})
+    for _ in range(30):
+        got = lease(client, "worker-1", fast)
+        if got is not None:
+            assert got["job"]["id"] != picky["id"]
+            report(client, got["job"]["id"], fast, 1, result=answer(got, honest=True, **gpu))
+
+
+def test_a_registrant_cannot_set_its_own_trust(client: TestClient) -> None:
+    response = client.post(
+        "/api/providers/quick-register",
+        json={**_body(), "trust": {"claim": "verified", "reputation": 1.0}},
+    )
+    assert response.status_code == 422
+
+
+def test_reregistering_keeps_the_record(client: TestClient) -> None:
+    token = worker(client)
+    run_canary(client, token, honest=False)
+    again = client.post("/api/providers/quick-register", json=_body(), headers=auth(token))
+    assert again.status_code == 200
+    assert provider_trust(client)["quarantined"] is True
+
+
+def _body() -> dict[str, Any]:
+    from tests.helpers import register_body
+
+    return register_body("worker-1", capabilities=["sleep", "matmul"], gpus=A40)
