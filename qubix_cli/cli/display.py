@@ -69,6 +69,21 @@ def user_code(provider: dict[str, Any]) -> str:
     return "sandboxed" if provider.get("sandbox") == "bubblewrap" else "[red]unsandboxed[/red]"
 
 
+def trust_text(trust: dict[str, Any]) -> str:
+    """The claim, the reputation and its parts (docs/trust.md), on one line."""
+    if not trust:
+        return "-"
+    state = "[red]quarantined[/red], " if trust.get("quarantined") else ""
+    t = {key: trust.get(key, 0) for key in ("canariesPassed", "canariesFailed", "completed")}
+    t.update(failed=trust.get("failed", 0), lost=trust.get("lost", 0))
+    return (
+        f"{state}claim {safe(str(trust.get('claim', '?')))}, "
+        f"reputation {float(trust.get('reputation', 0)):.2f} "
+        f"(checks passed {t['canariesPassed']}, failed {t['canariesFailed']}; "
+        f"jobs completed {t['completed']}, failed {t['failed']}, lost {t['lost']})"
+    )
+
+
 def ago(at: float | None) -> str:
     if at is None:
         return "never"
@@ -91,6 +106,7 @@ def provider_panel(provider: dict[str, Any], title: str) -> Panel:
         ("price", "-" if price is None else f"{price:g} per hour"),
         ("address", safe(provider["qubicAddress"])),
         ("last seen", ago(provider.get("lastSeenAt"))),
+        ("trust", trust_text(provider.get("trust") or {})),
     ]
     for key, value in rows:
         table.add_row(f"[bold]{key}[/bold]", value)

@@ -9,7 +9,7 @@ import typer
 from rich.console import Console
 
 from qubix_cli import config
-from qubix_cli.cli.display import JsonOpt, ServerOpt, fleet_table, provider_panel
+from qubix_cli.cli.display import ApiKeyOpt, JsonOpt, ServerOpt, fleet_table, provider_panel, safe
 from qubix_cli.client import Client
 
 app = typer.Typer(help="List the providers in the marketplace, or show one.")
@@ -57,3 +57,22 @@ def show(
         typer.echo(json.dumps(provider, indent=2))
         return
     console.print(provider_panel(provider, f"provider {worker_id}"))
+
+
+@app.command()
+def why(
+    worker_id: Annotated[str, typer.Argument(help="The worker id.")],
+    server: ServerOpt = None,
+    api_key: ApiKeyOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Why a worker gets no jobs: offline, quarantined, busy, or which requirement of the
+    queued jobs leaves it out, with numbers (needs the server's API key)."""
+    with Client(config.server_url(server), config.api_key(api_key)) as client:
+        found = client.call("GET", f"/api/providers/{worker_id}/diagnosis")
+    if as_json:
+        typer.echo(json.dumps(found, indent=2))
+        return
+    console.print(safe(f"worker {worker_id}: {found['status']}"))
+    for reason in found["reasons"]:
+        console.print(safe(f"- {reason}"))

@@ -9,7 +9,7 @@ step in `ELIGIBLE` or one more part of `order`; a backend that claims in one sta
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, NamedTuple
 
 from qubix_cli.server.providers import best_vram_mb
 from qubix_cli.server.schemas import JOB_TYPES
@@ -28,22 +28,27 @@ def runs_the_type(provider: Doc, job: Doc) -> bool:
     return needed <= capabilities
 
 
-def meets_requirements(provider: Doc, job: Doc) -> bool:
-    """VRAM is compared with the best single GPU; the vendor must be that of one of its
-    GPUs; it has as many GPUs as the job asks for; it runs renters' code in a sandbox
-    and gives the network to jobs, if the job needs either."""
-    needs = job["requirements"]
-    gpus = provider.get("gpus", [])
-    vendor, min_vram = needs.get("gpuVendor"), needs.get("minVramMb")
-    if vendor and not any(g["vendor"] == vendor for g in gpus):
-        return False
-    if needs.get("gpus", 0) > len(gpus):
-        return False
-    if needs.get("sandbox") and provider.get("sandbox") != "bubblewrap":
-        return False
-    if needs.get("network") and not provider.get("networkJobs"):
-        return False
-    return min_vram is None or best_vram_mb(provider) >= min_vram
+def enough_vram(provider: Doc, job: Doc) -> bool:
+    """VRAM is compared with the best single GPU."""
+    needed = job["requirements"].get("minVramMb")
+    return needed is None or best_vram_mb(provider) >= needed
+
+
+def right_vendor(provider: Doc, job: Doc) -> bool:
+    vendor = job["requirements"].get("gpuVendor")
+    return not vendor or any(g["vendor"] == vendor for g in provider.get("gpus", []))
+
+
+def enough_gpus(provider: Doc, job: Doc) -> bool:
+    return bool(job["requirements"].get("gpus", 0) <= len(provider.get("gpus", [])))
+
+
+def sandboxed(provider: Doc, job: Doc) -> bool:
+    return not job["requirements"].get("sandbox") or provider.get("sandbox") == "bubblewrap"
+
+
+def gives_network(provider: Doc, job: Doc) -> bool:
+    return not job["requirements"].get("network") or bool(provider.get("networkJobs"))
 
 
 def gpus_free(provider: Doc, job: Doc) -> bool:
@@ -53,30 +58,54 @@ def gpus_free(provider: Doc, job: Doc) -> bool:
     return bool(job["requirements"].get("gpus", 0) <= free)
 
 
+def not_quarantined(provider: Doc, job: Doc) -> bool:
+    """A quarantined worker gets canaries only (trust.py)."""
+    return not trust_of(provider)["quarantined"]
+
+
+def verified_if_asked(provider: Doc, job: Doc) -> bool:
+    return not job["requirements"].get("verified") or trust_of(provider)["claim"] == "verified"
+
+
+def reputation_if_asked(provider: Doc, job: Doc) -> bool:
+    least = job["requirements"].get("minReputation")
+    return least is None or bool(trust_of(provider)["reputation"] >= least)
+
+
 def not_pinned_elsewhere(provider: Doc, job: Doc) -> bool:
     return not job.get("providerId") or job["providerId"] == provider["workerId"]
 
 
-def trusted_enough(provider: Doc, job: Doc) -> bool:
-    """Not quarantined (it gets canaries only), and as trusted as the job asks."""
-    trust = trust_of(provider)
-    needs = job["requirements"]
-    if trust["quarantined"] or (needs.get("verified") and trust["claim"] != "verified"):
-        return False
-    return needs.get("minReputation") is None or trust["reputation"] >= needs["minReputation"]
+class Rule(NamedTuple):
+    """One step of eligibility, and what it says when it leaves a worker out ("N queued
+    jobs ..."), for the diagnosis (`qubix providers why`)."""
+
+    check: Step
+    why: str
 
 
-ELIGIBLE: tuple[Step, ...] = (
-    runs_the_type,
-    meets_requirements,
-    gpus_free,
-    trusted_enough,
-    not_pinned_elsewhere,
+ELIGIBLE: tuple[Rule, ...] = (
+    Rule(runs_the_type, "are of a type this worker does not run"),
+    Rule(enough_vram, "need more VRAM than its best GPU has"),
+    Rule(right_vendor, "need a GPU of a vendor it does not have"),
+    Rule(enough_gpus, "need more GPUs than it has"),
+    Rule(sandboxed, "need a sandbox for renters' code, which it does not have"),
+    Rule(gives_network, "need the network, which it does not give (--allow-network-jobs)"),
+    Rule(gpus_free, "need more GPUs than are free on it now"),
+    Rule(not_quarantined, "wait while it is quarantined"),
+    Rule(verified_if_asked, "need a verified GPU claim, and its claim is not verified"),
+    Rule(reputation_if_asked, "need a higher reputation than it has"),
+    Rule(not_pinned_elsewhere, "are pinned to other workers"),
 )
 
 
 def eligible(provider: Doc, job: Doc) -> bool:
-    return all(step(provider, job) for step in ELIGIBLE)
+    return all(rule.check(provider, job) for rule in ELIGIBLE)
+
+
+def first_refusal(provider: Doc, job: Doc) -> Rule | None:
+    """The first rule that leaves this worker out of this job, or None if it may take it."""
+    return next((rule for rule in ELIGIBLE if not rule.check(provider, job)), None)
 
 
 def order(job: Doc) -> tuple[Any, ...]:

@@ -152,7 +152,7 @@ class JobQueue:
         if job is None:
             job = await self._claim(provider, None)
         if job is None and wait_s > 0:
-            room = dispatch.with_room(provider, await _held(self.store, provider))
+            room = dispatch.with_room(provider, await held_by(self.store, provider))
             if room is not None:
                 job = await self._wait_for_job(room, wait_s)
         return job
@@ -163,7 +163,7 @@ class JobQueue:
         lease again instead (it asks only when it has lost track of one): one worker
         cannot hoard the queue."""
         async with self.store.transaction() as tx:
-            held = await _held(tx, provider)
+            held = await held_by(tx, provider)
             room = dispatch.with_room(provider, held)
             if room is None:
                 return None if job_id else await self.view(held[0])
@@ -204,7 +204,7 @@ class JobQueue:
             trust.CANARY: {"expected": expected},
         }
         async with self.store.transaction() as tx:
-            if dispatch.with_room(provider, await _held(tx, provider)) is None:
+            if dispatch.with_room(provider, await held_by(tx, provider)) is None:
                 return None
             tx.put("jobs", job)
             job = self._lease(tx, job, provider)
@@ -415,7 +415,7 @@ async def find_job(reader: Store | Transaction, job_id: str) -> Doc:
     return job
 
 
-async def _held(reader: Store | Transaction, provider: Doc) -> list[Doc]:
+async def held_by(reader: Store | Transaction, provider: Doc) -> list[Doc]:
     """The leases this provider holds, oldest first."""
     where = {"workerId": provider["workerId"], "status": "assigned"}
     held = [j for j in await reader.scan("jobs", where) if holds(j, provider)]

@@ -96,7 +96,7 @@ class Registry:
             )
         self.store.remember("registrations", client_ip, {**window, "count": window["count"] + 1})
 
-    async def _doc(self, worker_id: str) -> Doc:
+    async def find(self, worker_id: str) -> Doc:
         """The stored record of a provider, or NotFound."""
         doc = await self.store.get("providers", worker_id)
         if doc is None:
@@ -105,7 +105,7 @@ class Registry:
 
     async def authenticate(self, worker_id: str, token: str) -> Doc:
         """The provider whose token this is: NotFound if unknown, Forbidden if not its token."""
-        doc = await self._doc(worker_id)
+        doc = await self.find(worker_id)
         if not token_matches(token, doc["tokenHash"]):
             raise Forbidden(f"this token does not belong to {worker_id!r}")
         return doc
@@ -176,7 +176,7 @@ class Registry:
         return public(doc, await self.store.recall("liveness", doc["workerId"]))
 
     async def get(self, worker_id: str) -> Doc:
-        return await self.public(await self._doc(worker_id))
+        return await self.public(await self.find(worker_id))
 
     async def search(self, query: ProviderListQuery) -> tuple[list[Doc], str | None]:
         """One page of the marketplace, oldest registration first, and the cursor of the

@@ -17,6 +17,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from qubix_cli.errors import InvalidInput, Malformed, QubixError, RateLimited, Unauthorized
 from qubix_cli.installer.render import render
+from qubix_cli.server.diagnosis import diagnose
 from qubix_cli.server.events import Subscription
 from qubix_cli.server.http import (
     PerIp,
@@ -44,6 +45,7 @@ from qubix_cli.server.schemas import (
     ArtifactPath,
     ArtifactQuery,
     CheckNewQuery,
+    Diagnosis,
     Health,
     Heartbeat,
     HeartbeatAnswer,
@@ -197,6 +199,15 @@ ENDPOINTS = (
         "One provider",
         (200, 404),
         answer=OneProvider,
+    ),
+    Endpoint(
+        "GET",
+        "/api/providers/{workerId}/diagnosis",
+        "diagnosis",
+        "Why this worker gets no jobs, in words and numbers (its token or the API key)",
+        (200, 401, 403, 404),
+        answer=Diagnosis,
+        auth=WORKER + API_KEY,
     ),
     Endpoint(
         "DELETE",
@@ -382,6 +393,15 @@ class Api:
     async def get_provider(self, request: Request) -> Response:
         provider = await self.registry.get(request.path_params["workerId"])
         return json_response({"provider": provider})
+
+    async def diagnosis(self, request: Request) -> Response:
+        token = require_token(request.headers)
+        worker_id = request.path_params["workerId"]
+        if await self._is_api_key(token):
+            provider = await self.registry.find(worker_id)
+        else:
+            provider = await self.registry.authenticate(worker_id, token)
+        return json_response(await diagnose(self.registry, self.jobs, provider))
 
     async def delete_provider(self, request: Request) -> Response:
         token = require_token(request.headers)

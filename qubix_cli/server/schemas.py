@@ -404,6 +404,16 @@ class Trust(Answer):
     lastPassedAt: float | None
 
 
+class Diagnosis(Answer):
+    workerId: str
+    status: ProviderStatus
+    reasons: list[str] = Field(description="Plain sentences, the most important first.")
+    queued: int
+    eligible: int = Field(description="Queued jobs this worker may take.")
+    excluded: dict[str, int] = Field(description="Queued jobs left out, by the reason.")
+    trust: Trust
+
+
 class Registered(Answer):
     provider: Provider
     workerToken: str | None = Field(None, description="Only in the first registration's answer.")

@@ -17,6 +17,7 @@ import random
 import signal
 import sys
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
@@ -27,6 +28,7 @@ from qubix_cli.worker.outbox import Outbox, valid_lease
 
 log = logging.getLogger("qubix.worker")
 BACKOFF_CAP_S = 60.0
+IDLE_DIAGNOSIS_S = 3600.0  # idle this long, it logs why (once an hour at most)
 _TICK_S = 0.2
 
 
@@ -74,6 +76,7 @@ class Agent:
         self.beat_failing = False
         self.jobs_done = 0
         self.jobs_started = 0
+        self.idle_since = self.diagnosed_at = time.monotonic()
 
     # -- signals ---------------------------------------------------------------------
 
@@ -251,8 +254,24 @@ class Agent:
             if job is None:
                 if self.config.burst:
                     return
+                self._diagnose_when_idle()
                 continue
+            self.idle_since = time.monotonic()
             self._start(job)
+
+    def _diagnose_when_idle(self) -> None:
+        """Idle for an hour: log the coordinator's answer to "why no jobs?" (at most hourly)."""
+        now = time.monotonic()
+        if self.running or now - max(self.idle_since, self.diagnosed_at) < IDLE_DIAGNOSIS_S:
+            return
+        self.diagnosed_at = now
+        try:
+            status, answer = self.api.request("GET", f"/api/providers/{self.worker_id}/diagnosis")
+        except Transient:
+            return
+        if status == 200:
+            for reason in answer.get("reasons", []):
+                log.info("no jobs for an hour: %s", reason)
 
     def _enough(self) -> bool:
         return self.config.max_jobs is not None and self.jobs_started >= self.config.max_jobs
