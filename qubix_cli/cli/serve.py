@@ -116,6 +116,15 @@ def serve(
             show_default=False,
         ),
     ] = None,
+    secrets_min_reputation: Annotated[
+        float,
+        typer.Option(
+            min=0,
+            max=1,
+            help="Jobs that carry secrets (env) go only to workers with at least this "
+            "reputation, unless the renter sets requirements.minReputation itself.",
+        ),
+    ] = 0.5,
     canaries: Annotated[
         bool,
         typer.Option(
@@ -164,6 +173,7 @@ def serve(
         max_job_outputs_bytes=max_job_outputs_mb * 2**20,
         input_networks=tuple(_network(text) for text in allow_input_network or ()),
         canaries=canaries,
+        secrets_min_reputation=secrets_min_reputation,
     )
     app = create_app(settings)
     console.print(escape(f"Data directory: {data_dir}"))

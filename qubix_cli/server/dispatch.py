@@ -14,7 +14,7 @@ from typing import Any, NamedTuple
 from qubix_cli.server.providers import best_vram_mb
 from qubix_cli.server.schemas import JOB_TYPES
 from qubix_cli.server.store import Doc
-from qubix_cli.server.trust import trust_of
+from qubix_cli.server.trust import ip_mark, trust_of
 
 Step = Callable[[Doc, Doc], bool]
 FREE_GPUS = "freeGpus"  # not stored: what `with_room` adds for one claim
@@ -72,6 +72,18 @@ def reputation_if_asked(provider: Doc, job: Doc) -> bool:
     return least is None or bool(trust_of(provider)["reputation"] >= least)
 
 
+def not_a_checker_of_itself(provider: Doc, job: Doc) -> bool:
+    """A replica never goes to a worker that already ran one of the job, nor to one of the
+    same address or client IP as such a worker: they would check each other."""
+    mark = ip_mark(provider.get("clientIp"))
+    return not any(
+        r["workerId"] == provider["workerId"]
+        or r["qubicAddress"] == provider["qubicAddress"]
+        or r["ip"] == mark
+        for r in job.get("replicas", [])
+    )
+
+
 def not_pinned_elsewhere(provider: Doc, job: Doc) -> bool:
     return not job.get("providerId") or job["providerId"] == provider["workerId"]
 
@@ -95,6 +107,7 @@ ELIGIBLE: tuple[Rule, ...] = (
     Rule(not_quarantined, "wait while it is quarantined"),
     Rule(verified_if_asked, "need a verified GPU claim, and its claim is not verified"),
     Rule(reputation_if_asked, "need a higher reputation than it has"),
+    Rule(not_a_checker_of_itself, "are replicas that it, its address or its IP ran already"),
     Rule(not_pinned_elsewhere, "are pinned to other workers"),
 )
 

@@ -65,6 +65,10 @@ class JobQueue:
     async def submit(self, body: JobSubmit, payload: dict[str, Any]) -> Doc:
         now = self.clock()
         job = body.model_dump()
+        least = self.registry.settings.secrets_min_reputation
+        if payload.get("env") and "minReputation" not in body.requirements.model_fields_set:
+            # A renter's secrets go only to workers with a record, unless it says otherwise.
+            job["requirements"]["minReputation"] = least
         job.update(
             id=f"job_{int(now * 1000):011x}{secrets.token_hex(4)}",
             payload=payload,
@@ -317,11 +321,47 @@ class JobQueue:
                 raise TooLarge(message, code="metrics_too_large")
             entry = {"event": "reported", "workerId": worker_id, "attempt": report.attempt}
             fields = {"result": report.result, "metrics": report.metrics}
-            job = self._change(tx, job, report.status, entry, **fields)
-            await self._judge(tx, job, provider, report)
+            if job.get("verify") == "replicate":
+                job = await self._replicated(tx, job, provider, report, entry)
+            else:
+                job = self._change(tx, job, report.status, entry, **fields)
+                await self._judge(tx, job, provider, report)
         self.store.remember("leases", job_id, None)
-        self.events.publish(f"JOB_{report.status.upper()}", job)
+        if job["status"] == "queued":
+            self.events.publish("JOB_REQUEUED", job)
+            await self._offer(job)
+        else:
+            self.events.publish(f"JOB_{job['status'].upper()}", job)
         return await self.view(job)
+
+    async def _replicated(
+        self, tx: Transaction, job: Doc, provider: Doc, report: JobReport, entry: Doc
+    ) -> Doc:
+        """One replica's report: queued again for another worker until two agree (a third
+        decides a disagreement); then completed with the agreed result, and every replica
+        that disagreed counts as a failed check for its worker."""
+        record = await tx.get("providers", provider["workerId"]) or provider
+        replicas = [*job.get("replicas", []), trust.replica(record, report.status, report.result)]
+        agreed = trust.verdict(replicas)
+        fields = {"replicas": replicas, "result": report.result, "metrics": report.metrics}
+        if agreed is None and len(replicas) < 3:
+            return self._change(tx, job, "queued", {**entry, "event": "replica"}, **fields)
+        if agreed is None:
+            failed = {"error": "the replicas disagree: no two results are the same"}
+            return self._change(tx, job, "failed", entry, **{**fields, "result": failed})
+        job = self._change(tx, job, report.status, entry, **fields, verified=True)
+        for one in replicas:
+            worker = await tx.get("providers", one["workerId"])
+            if worker is None:
+                continue
+            before = trust.trust_of(worker)
+            if one["digest"] == agreed:
+                after = trust.after_job(before, report.status)
+            else:
+                after = trust.after_canary(before, False, None, self.clock())
+                await self._flag_since(tx, one["workerId"], before["lastPassedAt"])
+            tx.put("providers", {**worker, trust.TRUST: after})
+        return job
 
     async def _judge(self, tx: Transaction, job: Doc, provider: Doc, report: JobReport) -> None:
         """What a report says of its worker: a canary is checked against its answer (a wrong
@@ -377,7 +417,8 @@ class JobQueue:
                 return  # reported or cancelled meanwhile
             entry = {"event": "lease_expired", "reason": reason, "workerId": job["workerId"]}
             entry["attempt"] = attempt
-            if reason == TIMED_OUT or attempt >= job["maxAttempts"]:
+            runs = attempt - len(job.get("replicas", []))  # replicas are not retries
+            if reason == TIMED_OUT or runs >= job["maxAttempts"]:
                 job = self._change(tx, job, "failed", entry, result={"error": reason})
             else:
                 job = self._change(tx, job, "queued", entry)

@@ -324,6 +324,11 @@ class JobSubmit(Body):
     timeoutS: int = Field(default=3600, ge=1, le=7 * 86_400)
     maxAttempts: int = Field(default=3, ge=1, le=20)
     inputs: list[Input] = Field(default_factory=list, max_length=32)
+    verify: Literal["replicate"] | None = Field(
+        default=None,
+        description="replicate: run it on two workers of different addresses and IPs and "
+        "compare (a third decides); only for jobs whose result is deterministic.",
+    )
 
     @model_validator(mode="after")
     def _distinct_inputs(self) -> JobSubmit:
@@ -509,6 +514,9 @@ class Job(JobSubmit):
     history: list[HistoryEntry]
     leaseExpiresAt: float | None
     artifacts: list[Artifact] = Field(default_factory=list)
+    replicas: list[dict[str, str]] | None = None
+    verified: bool | None = Field(default=None, description="Replicas agreed on the result.")
+    unverified: str | None = Field(default=None, description="Why its result is in doubt.")
     log: dict[str, int] | None = Field(default=None, description="storedBytes, droppedLines")
 
 

@@ -39,6 +39,7 @@ class Settings:
     max_job_outputs_bytes: int = 4096 * 2**20  # all output files of one job
     input_networks: tuple[str, ...] = ()  # networks URL inputs may be in besides public
     canaries: bool = True  # check workers with canaries (off: a fleet of one's own machines)
+    secrets_min_reputation: float = 0.5  # jobs with `env` go to workers this trusted at least
 
     def allowed_origins(self) -> list[str]:
         """Origins besides the request's own that may open the events stream."""

@@ -13,7 +13,10 @@ with no trust whatever its address, and no worker's record can smear another's.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import random
+from collections import Counter
 from typing import Any
 
 from qubix_cli.server.store import Doc
@@ -36,6 +39,39 @@ CLAIM_FLOORS: tuple[tuple[str, float], ...] = (
     ("RTX", 2e8),
     ("", 2e8),
 )
+
+
+VOLATILE_RESULT = ("computeS", "engine", "note")  # parts of a result that differ by machine
+
+
+def answer_digest(status: str, result: Any) -> str:
+    """What replicas of a deterministic job must agree on: the status and the result,
+    less what differs by machine (timings, the engine)."""
+    if isinstance(result, dict):
+        result = {k: v for k, v in result.items() if k not in VOLATILE_RESULT}
+    text = json.dumps([status, result], sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def ip_mark(client_ip: str | None) -> str:
+    """A worker's client IP as a replica records it: enough to tell two apart, not to
+    show the address."""
+    return hashlib.sha256((client_ip or "").encode()).hexdigest()[:16]
+
+
+def replica(provider: Doc, status: str, result: Any) -> Doc:
+    return {
+        "workerId": provider["workerId"],
+        "qubicAddress": provider["qubicAddress"],
+        "ip": ip_mark(provider.get("clientIp")),
+        "digest": answer_digest(status, result),
+    }
+
+
+def verdict(replicas: list[Doc]) -> str | None:
+    """The digest that two replicas agree on; None while fewer than two agree."""
+    digest, count = Counter(r["digest"] for r in replicas).most_common(1)[0]
+    return digest if count >= 2 else None
 
 
 def new_trust() -> Doc:

@@ -21,6 +21,14 @@ function userCode(p) {
   return p.sandbox === "bubblewrap" ? "sandboxed" : "unsandboxed";
 }
 
+// What the coordinator has checked of it (docs/trust.md).
+function trustText(p) {
+  const t = p.trust;
+  if (!t) return "-";
+  if (t.quarantined) return "quarantined";
+  return `${t.claim}, ${t.reputation.toFixed(2)}`;
+}
+
 function render() {
   const status = $("filter-status").value;
   const minVramMb = Number($("filter-vram").value || 0) * 1024;
@@ -41,6 +49,7 @@ function render() {
     cell(row, userCode(p), `code-${userCode(p)}`);
     cell(row, p.pricePerHour == null ? "-" : String(p.pricePerHour));
     cell(row, p.location || "-");
+    cell(row, trustText(p), p.trust && p.trust.quarantined ? "code-unsandboxed" : "");
     cell(row, ago(p.lastSeenAt));
   }
 }

@@ -9,6 +9,7 @@ from typing import Any
 
 from starlette.testclient import TestClient
 
+from qubix_cli.qubic import identity_from_public_key
 from qubix_cli.server import trust
 from qubix_cli.worker.engine import expected_digest
 from tests.conftest import auth, register
@@ -158,3 +159,102 @@ def _body() -> dict[str, Any]:
     from tests.helpers import register_body
 
     return register_body("worker-1", capabilities=["sleep", "matmul"], gpus=A40)
+
+
+def test_secrets_go_only_to_workers_with_a_record_unless_the_renter_says_otherwise(
+    make_client: Any,
+) -> None:
+    client = make_client(canaries=False)
+    token = register(client, capabilities=["command"])
+    secret = {"type": "command", "payload": {"argv": ["true"], "env": {"TOKEN": "s3cret"}}}
+    guarded = submit(client, **secret)
+    assert guarded["requirements"]["minReputation"] == 0.5  # the operator's floor
+    assert lease(client, "worker-1", token) is None  # a new worker has no record
+    chosen = submit(client, **secret, requirements={"minReputation": 0})
+    leased = lease(client, "worker-1", token)
+    assert leased is not None and leased["job"]["id"] == chosen["id"]
+
+
+def replicating(make_client: Any) -> tuple[TestClient, dict[str, str]]:
+    """A server that believes X-Forwarded-For from the test client, and four workers: w1,
+    w2 and w3 of different addresses and IPs, w4 of w1's address on another IP."""
+    from tests.helpers import OTHER_ADDRESS, register_body
+
+    client = make_client(canaries=False, trusted_proxies=("testclient",))
+    third = identity_from_public_key(bytes([3] * 32))
+    tokens = {}
+    for name, address, ip in (
+        ("w1", OTHER_ADDRESS, "127.0.0.2"),
+        ("w2", register_body()["qubicAddress"], "127.0.0.3"),
+        ("w3", third, "127.0.0.4"),
+        ("w4", OTHER_ADDRESS, "127.0.0.5"),
+    ):
+        body = register_body(name, qubicAddress=address, capabilities=["sleep"])
+        answer = client.post(
+            "/api/providers/quick-register", json=body, headers={"X-Forwarded-For": ip}
+        )
+        assert answer.status_code == 201, answer.text
+        tokens[name] = answer.json()["workerToken"]
+    return client, tokens
+
+
+def run_replica(client: TestClient, name: str, token: str, result: Any) -> dict[str, Any] | None:
+    leased = lease(client, name, token)
+    if leased is None:
+        return None
+    answer = report(client, leased["job"]["id"], token, leased["attempt"], result=result)
+    assert answer.status_code == 200, answer.text
+    found: dict[str, Any] = answer.json()["job"]
+    return found
+
+
+def test_two_honest_replicas_agree_and_the_job_completes_verified(make_client: Any) -> None:
+    client, tokens = replicating(make_client)
+    job = submit(client, verify="replicate")
+    first = run_replica(client, "w1", tokens["w1"], {"sum": 10})
+    assert first is not None and first["status"] == "queued"
+    assert run_replica(client, "w1", tokens["w1"], {"sum": 10}) is None  # not twice
+    assert run_replica(client, "w4", tokens["w4"], {"sum": 10}) is None  # not its address
+    done = run_replica(client, "w2", tokens["w2"], {"sum": 10})
+    assert done is not None and done["status"] == "completed" and done["verified"] is True
+    assert done["result"] == {"sum": 10} and done["id"] == job["id"]
+    assert [r["workerId"] for r in done["replicas"]] == ["w1", "w2"]
+    assert "127.0.0" not in str(done["replicas"])  # an IP is never shown
+
+
+def test_a_forger_among_three_loses_and_is_quarantined(make_client: Any) -> None:
+    client, tokens = replicating(make_client)
+    submit(client, verify="replicate")
+    run_replica(client, "w1", tokens["w1"], {"sum": 10})
+    disputed = run_replica(client, "w2", tokens["w2"], {"sum": 99})  # the forger
+    assert disputed is not None and disputed["status"] == "queued"
+    done = run_replica(client, "w3", tokens["w3"], {"sum": 10})
+    assert done is not None and done["status"] == "completed" and done["verified"]
+    assert done["result"] == {"sum": 10}
+    assert provider_trust(client, "w2")["quarantined"] is True
+    assert provider_trust(client, "w1")["quarantined"] is False
+    assert provider_trust(client, "w3")["completed"] == 1
+
+
+def test_workers_of_one_ip_never_check_each_other(make_client: Any) -> None:
+    from tests.helpers import register_body
+
+    client, tokens = replicating(make_client)
+    fifth = identity_from_public_key(bytes([5] * 32))
+    body = register_body("w5", qubicAddress=fifth, capabilities=["sleep"])
+    same_ip = client.post(
+        "/api/providers/quick-register", json=body, headers={"X-Forwarded-For": "127.0.0.2"}
+    ).json()["workerToken"]
+    submit(client, verify="replicate")
+    run_replica(client, "w1", tokens["w1"], {"sum": 10})
+    assert run_replica(client, "w5", same_ip, {"sum": 10}) is None  # w1's IP
+    found = why(client, "w5")
+    assert (
+        "1 of the 1 queued jobs are replicas that it, its address or its IP ran already."
+        in (found["reasons"])
+    )
+
+
+def why(client: TestClient, name: str) -> dict[str, Any]:
+    found: dict[str, Any] = client.get(f"/api/providers/{name}/diagnosis", headers=KEY).json()
+    return found

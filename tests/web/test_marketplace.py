@@ -42,6 +42,7 @@ def test_the_marketplace_follows_registrations_and_departures(
     expect(row).to_contain_text("24 GB")
     expect(row).to_contain_text("Lisbon")
     expect(row.locator("td").nth(4)).to_have_text("sandboxed")
+    expect(row.locator("td").nth(7)).to_have_text("unverified, 0.00")  # nothing checked yet
     second = page.locator('tr[data-worker-id="second"] td')
     expect(second.nth(4)).to_have_text("unsandboxed")  # it runs renters' code as its user
     screenshot(page, tmp_path, "marketplace")

@@ -61,7 +61,8 @@ def test_a_job_sees_its_work_dir_and_nothing_of_the_worker(
 ) -> None:
     workers("w1")
     script = "import os; print(os.getcwd()); print(sorted(os.environ)); print('$HOME')"
-    done = finished(server, command(server, [PYTHON, "-c", script], payload={"env": {"A": "1"}}))
+    secret = {"payload": {"env": {"A": "1"}}, "requirements": {"minReputation": 0}}
+    done = finished(server, command(server, [PYTHON, "-c", script], **secret))
     assert done["status"] == "completed", done
     cwd, env, literal = done["result"]["stdoutTail"].splitlines()
     assert cwd == "/job" and literal == "$HOME"  # argv is not given to a shell
