@@ -25,7 +25,7 @@ ADDRESS = identity_from_public_key(bytes(32))
 
 
 class Server:
-    def __init__(self, heartbeat_interval_s: float = 30.0) -> None:
+    def __init__(self, heartbeat_interval_s: float = 30.0, *options: str) -> None:
         self.heartbeat_interval_s = heartbeat_interval_s
         self.data_dir = Path(tempfile.mkdtemp(prefix="qubix-bench-"))
         self.port = free_port()
@@ -35,6 +35,7 @@ class Server:
         argv += ["--heartbeat-interval", str(heartbeat_interval_s)]
         # A simulated fleet registers from one address: the per-IP limits are lifted.
         argv += ["--max-registrations-per-minute", "0", "--max-providers-per-ip", "0"]
+        argv += options
         env = {**os.environ, "QUBIX_API_KEY": API_KEY}
         log = open(self.data_dir / "server.log", "w")  # noqa: SIM115
         self.proc = subprocess.Popen(argv, stdout=log, stderr=log, env=env)

@@ -34,6 +34,7 @@ Outcome = Tuple[str, Any, Dict[str, Any]]
 Cancelled = Callable[[], bool]
 
 TAIL_BYTES = 64 * 1024
+BENCHMARK_N = 512  # the GPU benchmark's product: 134 million multiply-adds
 _TICK_S = 0.1
 
 
@@ -116,8 +117,10 @@ def run_sleep(run: Run) -> Outcome:
 
 
 def run_benchmark(run: Run) -> Outcome:
-    """SHA-256 over 1 MiB blocks for a fixed time: the score is MiB hashed per second. This
-    worker has no GPU engine yet, so the result says plainly that it measured the CPU."""
+    """SHA-256 over 1 MiB blocks for a fixed time (the CPU's score, MiB hashed a second),
+    and, where the worker has a GPU engine, a 512 x 512 integer product on the GPU (its
+    score, multiply-adds a second). Without one the result says plainly that only the
+    CPU was measured."""
     seconds = float(run.job["payload"].get("seconds", 2.0))
     block = os.urandom(2**20)
     deadline = time.monotonic() + seconds
@@ -128,15 +131,24 @@ def run_benchmark(run: Run) -> Outcome:
         hashlib.sha256(block).digest()
         hashed += 1
     elapsed = time.monotonic() - started
-    score = round(hashed / elapsed, 1) if elapsed else 0.0
-    result = {
-        "cpuScore": score,
+    result: dict[str, Any] = {
+        "cpuScore": round(hashed / elapsed, 1) if elapsed else 0.0,
         "cpuScoreUnit": "MiB/s sha256",
-        "engine": "none",
-        "measured": "cpu",
-        "note": "no GPU engine on this worker: the score is the CPU's, not the GPU's",
         "gpus": run.gpus,
     }
+    name, product = engine.find_engine(run.gpus, run.assigned)
+    if product is None:
+        note = "no GPU engine on this worker: the score is the CPU's, not the GPU's"
+        result.update(engine="none", measured="cpu", note=note)
+        return "completed", result, {}
+    n = BENCHMARK_N
+    try:
+        _, took = product(*engine.matrices(1, n), n)
+    except engine.CudaError as exc:
+        result.update(engine="none", measured="cpu", note=f"the GPU engine failed: {exc}")
+        return "completed", result, {}
+    score = n**3 / max(took, 1e-9)
+    result.update(engine=name, measured="gpu", gpuScore=round(score), gpuScoreUnit="MAC/s")
     return "completed", result, {}
 
 

@@ -186,3 +186,15 @@ def test_an_idle_worker_logs_why_it_gets_no_jobs(
         worker.draining = True
         thread.join(10)
         server.stop()
+
+
+def test_the_benchmark_measures_the_gpu_with_an_engine(monkeypatch: pytest.MonkeyPatch) -> None:
+    from qubix_cli.worker import jobs
+
+    monkeypatch.setattr(engine, "load_libcuda", FakeCuda)
+    monkeypatch.setattr(jobs, "BENCHMARK_N", 16)  # the fake computes on the host
+    gpus = [{"vendor": "nvidia", "model": "NVIDIA A40", "vramMb": 46068}]
+    job = {"id": "job_1", "type": "benchmark", "payload": {"seconds": 0.1}}
+    status, result, _ = jobs.run_job(jobs.Run(job, lambda: False, gpus=gpus, assigned=[0]))
+    assert status == "completed" and result["measured"] == "gpu" and result["engine"] == "cuda"
+    assert result["gpuScore"] > 0 and result["cpuScore"] > 0

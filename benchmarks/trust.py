@@ -1,0 +1,168 @@
+"""Catching liars: 1,000 simulated workers against a real `qubix serve` with canaries on.
+
+5 % always answer `matmul` wrongly, 5 % answer wrongly one time in ten, 2 % claim an A40
+and report a GPU engine that runs at CPU speed, the rest are honest (they compute every
+answer, in plain Python, as a worker without a GPU engine does). Renters keep `matmul`
+jobs queued (n = 16). Each worker polls and answers in turn; honest workers stop after
+`--honest-jobs`, always-cheaters after 20 jobs, one-in-ten cheaters after 300, hardware
+liars after 5, or as soon as they are caught.
+
+Printed: for each kind, the share caught and the median number of its jobs until then;
+honest workers penalised (quarantined or marked mismatch: target 0); the share of all
+jobs that were canaries (the coordinator's checking cost; target <= 5 % at the end,
+measured over the honest workers' last jobs); forged results accepted as verified
+(target 0).
+
+    python benchmarks/trust.py [--workers 1000] [--honest-jobs 12]
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import statistics
+import time
+from dataclasses import dataclass, field
+
+import httpx
+from _server import API_KEY, Server, register_body
+
+from qubix_cli.qubic import identity_from_public_key
+from qubix_cli.worker.engine import expected_digest
+
+KINDS = {"honest": 0.88, "always": 0.05, "sometimes": 0.05, "liar": 0.02}
+BUDGET = {"always": 20, "sometimes": 300, "liar": 5}
+A40 = [{"vendor": "nvidia", "model": "NVIDIA A40", "vramMb": 46068}]
+
+
+@dataclass
+class Sim:
+    name: str
+    kind: str
+    token: str = ""
+    jobs: int = 0
+    canaries: int = 0
+    caught_at: int | None = None
+    recent: list[bool] = field(default_factory=list)  # were its last jobs canaries?
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workers", type=int, default=1000)
+    parser.add_argument("--honest-jobs", type=int, default=12)
+    args = parser.parse_args()
+    rng = random.Random(7)
+    # Simulated workers each have an address of their own (X-Forwarded-For, believed from
+    # loopback here), so that replicas may go to any two of them.
+    server = Server(30.0, "--canaries", "--trusted-proxy", "127.0.0.1")
+    with server, httpx.Client(base_url=server.url, timeout=30) as http:
+        sims = register(http, args.workers, rng)
+        key = {"Authorization": f"Bearer {API_KEY}"}
+        started = time.monotonic()
+        active = list(sims)
+        while active:
+            keep_queued(http, key, len(active), rng)
+            for sim in active:
+                work(http, sim, rng)
+            active = [s for s in active if not finished(s, args.honest_jobs)]
+        for sim in sims:
+            trust = http.get(f"/api/providers/{sim.name}").json()["provider"]["trust"]
+            if sim.kind == "honest" and (trust["quarantined"] or trust["claim"] == "mismatch"):
+                sim.caught_at = sim.jobs
+        took = time.monotonic() - started
+        forged_verified = count_forged_verified(http, key)
+    report(sims, forged_verified, took)
+
+
+def register(http: httpx.Client, count: int, rng: random.Random) -> list[Sim]:
+    sims = []
+    kinds = [k for k, share in KINDS.items() for _ in range(round(share * count))]
+    for i, kind in enumerate(kinds[:count]):
+        sim = Sim(f"sim-{i:04d}", kind)
+        body = {
+            **register_body(sim.name),
+            "qubicAddress": identity_from_public_key(i.to_bytes(32, "little")),
+            "capabilities": ["matmul"],
+            "gpus": A40,
+        }
+        ip = {"X-Forwarded-For": f"10.{i // 65536 % 256}.{i // 256 % 256}.{i % 256}"}
+        answer = http.post("/api/providers/quick-register", json=body, headers=ip)
+        sim.token = answer.json()["workerToken"]
+        sims.append(sim)
+    return sims
+
+
+def keep_queued(http: httpx.Client, key: dict[str, str], wanted: int, rng: random.Random) -> None:
+    queued = http.get("/api/jobs", params={"status": "queued", "limit": 1}, headers=key)
+    for _ in range(max(0, wanted - queued.json()["total"])):
+        job = {"type": "matmul", "payload": {"seed": rng.randrange(2**32), "n": 16}}
+        if rng.random() < 0.2:  # a fifth of the renters ask for replication
+            job["verify"] = "replicate"
+        http.post("/api/jobs", json=job, headers=key)
+
+
+def count_forged_verified(http: httpx.Client, key: dict[str, str]) -> int:
+    """Completed jobs marked verified whose answer is wrong."""
+    forged, offset = 0, 0
+    while True:
+        params = {"status": "completed", "limit": 500, "offset": offset}
+        page = http.get("/api/jobs", params=params, headers=key).json()
+        for job in page["jobs"]:
+            payload, result = job["payload"], job["result"] or {}
+            if job.get("verified") and payload.get("n") == 16:
+                forged += result.get("digest") != expected_digest(payload["seed"], 16)
+        offset += len(page["jobs"])
+        if offset >= page["total"] or not page["jobs"]:
+            return forged
+
+
+def work(http: httpx.Client, sim: Sim, rng: random.Random) -> None:
+    auth = {"Authorization": f"Bearer {sim.token}"}
+    leased = http.get(f"/api/jobs/pending/{sim.name}", headers=auth)
+    if leased.status_code != 200:
+        return
+    job = leased.json()["job"]
+    payload = job["payload"]
+    sim.jobs += 1
+    is_canary = payload["n"] == 64  # only the simulation peeks, to count the cost
+    sim.canaries += is_canary
+    sim.recent = [*sim.recent[-9:], is_canary]
+    cheat = sim.kind == "always" or (sim.kind == "sometimes" and rng.random() < 0.1)
+    digest = "0" * 64 if cheat else expected_digest(payload["seed"], payload["n"])
+    engine, seconds = ("cuda", 0.02) if sim.kind == "liar" else ("none", 0.02)
+    result = {"digest": digest, "engine": engine, "computeS": seconds, "n": payload["n"]}
+    body = {"attempt": leased.json()["attempt"], "status": "completed", "result": result}
+    http.post(f"/api/jobs/{job['id']}/complete", json=body, headers=auth)
+    if sim.kind != "honest" and sim.caught_at is None:
+        trust = http.get(f"/api/providers/{sim.name}").json()["provider"]["trust"]
+        if trust["quarantined"] or trust["claim"] == "mismatch":
+            sim.caught_at = sim.jobs
+
+
+def finished(sim: Sim, honest_jobs: int) -> bool:
+    if sim.kind == "honest":
+        return sim.jobs >= honest_jobs
+    return sim.caught_at is not None or sim.jobs >= BUDGET[sim.kind]
+
+
+def report(sims: list[Sim], forged_verified: int, took: float) -> None:
+    print(f"{len(sims)} workers, {sum(s.jobs for s in sims)} jobs in {took:.0f} s")
+    print(f"{'kind':<12}{'workers':>8}{'caught':>8}{'median jobs':>13}{'worst':>7}")
+    for kind in KINDS:
+        group = [s for s in sims if s.kind == kind]
+        caught = [s.caught_at for s in group if s.caught_at is not None]
+        median = f"{statistics.median(caught):.0f}" if caught else "-"
+        worst = f"{max(caught)}" if caught else "-"
+        print(f"{kind:<12}{len(group):>8}{len(caught) / len(group):>8.0%}{median:>13}{worst:>7}")
+    honest = [s for s in sims if s.kind == "honest"]
+    recent = [c for s in honest for c in s.recent[-5:]]
+    print(f"honest workers penalised: {sum(s.caught_at is not None for s in honest)}")
+    print(
+        f"canaries among all jobs: {sum(s.canaries for s in sims) / sum(s.jobs for s in sims):.1%}"
+    )
+    print(f"canaries among honest workers' last 5 jobs: {sum(recent) / len(recent):.1%}")
+    print(f"forged results accepted as verified: {forged_verified}")
+
+
+if __name__ == "__main__":
+    main()
