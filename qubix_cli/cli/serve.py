@@ -125,6 +125,15 @@ def serve(
             "reputation, unless the renter sets requirements.minReputation itself.",
         ),
     ] = 0.5,
+    replication_floor: Annotated[
+        float,
+        typer.Option(
+            min=0,
+            max=1,
+            help="verify: replicate jobs of a trusted worker are run again elsewhere at least "
+            "this often (a worker without a record: always).",
+        ),
+    ] = 0.05,
     canaries: Annotated[
         bool,
         typer.Option(
@@ -174,6 +183,7 @@ def serve(
         input_networks=tuple(_network(text) for text in allow_input_network or ()),
         canaries=canaries,
         secrets_min_reputation=secrets_min_reputation,
+        replication_floor=replication_floor,
     )
     app = create_app(settings)
     console.print(escape(f"Data directory: {data_dir}"))

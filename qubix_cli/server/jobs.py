@@ -344,6 +344,13 @@ class JobQueue:
         replicas = [*job.get("replicas", []), trust.replica(record, report.status, report.result)]
         agreed = trust.verdict(replicas)
         fields = {"replicas": replicas, "result": report.result, "metrics": report.metrics}
+        floor = self.registry.settings.replication_floor
+        if len(replicas) == 1 and self.rng.random() >= trust.replicate_rate(
+            trust.trust_of(record), floor
+        ):
+            job = self._change(tx, job, report.status, entry, **fields, verified=False)
+            await self._judge(tx, job, provider, report)  # a trusted worker, taken at its word
+            return job
         if agreed is None and len(replicas) < 3:
             return self._change(tx, job, "queued", {**entry, "event": "replica"}, **fields)
         if agreed is None:

@@ -40,6 +40,7 @@ class Settings:
     input_networks: tuple[str, ...] = ()  # networks URL inputs may be in besides public
     canaries: bool = True  # check workers with canaries (off: a fleet of one's own machines)
     secrets_min_reputation: float = 0.5  # jobs with `env` go to workers this trusted at least
+    replication_floor: float = 0.05  # the least share of a trusted worker's jobs replicated
 
     def allowed_origins(self) -> list[str]:
         """Origins besides the request's own that may open the events stream."""

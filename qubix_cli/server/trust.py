@@ -68,6 +68,19 @@ def replica(provider: Doc, status: str, result: Any) -> Doc:
     }
 
 
+TRUSTED_STREAK = 10  # checks passed in a row before a worker's replicas may be skipped
+
+
+def replicate_rate(trust: Doc, floor: float) -> float:
+    """How often a `verify: replicate` job that this worker ran is run again elsewhere:
+    always, until it has passed `TRUSTED_STREAK` checks in a row; then 10 / its record,
+    never below the operator's floor (adaptive replication, as BOINC does)."""
+    if trust["quarantined"] or trust["passStreak"] < TRUSTED_STREAK:
+        return 1.0
+    good = float(trust["canariesPassed"] + trust["completed"])
+    return max(floor, min(1.0, 10.0 / max(good, 1.0)))
+
+
 def verdict(replicas: list[Doc]) -> str | None:
     """The digest that two replicas agree on; None while fewer than two agree."""
     digest, count = Counter(r["digest"] for r in replicas).most_common(1)[0]

@@ -258,3 +258,32 @@ def test_workers_of_one_ip_never_check_each_other(make_client: Any) -> None:
 def why(client: TestClient, name: str) -> dict[str, Any]:
     found: dict[str, Any] = client.get(f"/api/providers/{name}/diagnosis", headers=KEY).json()
     return found
+
+
+def test_a_trusted_workers_replicas_are_sampled_never_below_the_floor(make_client: Any) -> None:
+    client, tokens = replicating(make_client)
+    app: Any = client.app
+    record = {**trust.new_trust(), "passStreak": 12, "canariesPassed": 200, "completed": 800}
+    worker = client.portal.call(app.state.store.get, "providers", "w1")
+
+    async def make_trusted() -> None:
+        async with app.state.store.transaction() as tx:
+            tx.put("providers", {**worker, trust.TRUST: record})
+
+    client.portal.call(make_trusted)
+    assert trust.replicate_rate(record, 0.05) == 0.05  # 10 / 1000, raised to the floor
+    assert trust.replicate_rate({**record, "passStreak": 9}, 0.05) == 1.0  # not yet trusted
+    app.state.jobs.rng = random.Random(3)
+    outcomes = []
+    for _ in range(40):
+        job = submit(client, verify="replicate")
+        done = run_replica(client, "w1", tokens["w1"], {"sum": 10})
+        assert done is not None and done["id"] == job["id"]
+        outcomes.append(done["status"])
+        if done["status"] == "queued":  # sampled: a second worker checks it
+            checked = run_replica(client, "w2", tokens["w2"], {"sum": 10})
+            assert checked is not None and checked["verified"] is True
+        else:
+            assert done["verified"] is False  # taken at a trusted worker's word
+    sampled = outcomes.count("queued")
+    assert 1 <= sampled <= 8  # about 5 % of 40, the floor
