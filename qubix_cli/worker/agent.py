@@ -390,7 +390,15 @@ class Agent:
         except Exception as exc:  # a job must never take the worker down with it
             log.exception("job %s crashed", job_id)
             outcome = "failed", {"error": f"worker error: {exc}"}, {}
-        self._finished(job_id, attempt, *outcome)
+        try:
+            self._finished(job_id, attempt, *outcome)
+        except Exception:  # its state dir is gone, say: the worker must still be able to stop
+            log.exception("the report of job %s could not be kept", job_id)
+        finally:
+            with self.changed:
+                del self.running[job_id]
+                self.jobs_done += 1
+                self.changed.notify_all()
 
     def _finished(
         self, job_id: str, attempt: int, status: str, result: Any, metrics: dict[str, Any]
@@ -400,10 +408,6 @@ class Agent:
         )
         log.info("job %s %s in %.2f s", job_id, status, metrics.get("durationS", 0))
         self._flush_outbox()
-        with self.changed:
-            del self.running[job_id]
-            self.jobs_done += 1
-            self.changed.notify_all()
 
     def _flush_outbox(self) -> None:
         """Send the report now and keep trying while the server is away; a second signal

@@ -198,3 +198,26 @@ def test_the_benchmark_measures_the_gpu_with_an_engine(monkeypatch: pytest.Monke
     status, result, _ = jobs.run_job(jobs.Run(job, lambda: False, gpus=gpus, assigned=[0]))
     assert status == "completed" and result["measured"] == "gpu" and result["engine"] == "cuda"
     assert result["gpuScore"] > 0 and result["cpuScore"] > 0
+
+
+def test_a_job_whose_report_cannot_be_kept_still_frees_its_slot(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An uninstall that removed the state dir while a job ran (its outbox is gone) must
+    not leave the worker waiting for that job for ever when it is told to stop."""
+    from qubix_cli.worker import agent
+    from tests.helpers import ADDRESS
+
+    monkeypatch.setenv("QUBIX_HOME", str(tmp_path / "home"))
+    report = {"gpus": [], "cpu": {"model": "x", "cores": 1}, "ramMb": 1024}
+    worker = agent.Agent(agent.Config("http://127.0.0.1:9", ADDRESS, worker_id="w"), report)
+
+    def gone(*args: Any) -> None:
+        raise FileNotFoundError("the outbox was removed")
+
+    monkeypatch.setattr(worker.outbox, "put", gone)
+    job = {"id": "job_1", "type": "sleep", "payload": {"seconds": 0}}
+    worker.running["job_1"] = []
+    worker._run(job, 1, [], [])
+    assert worker.running == {} and worker.jobs_done == 1
+    worker._finish_running()  # returns at once
