@@ -128,6 +128,9 @@ class Register(Body):
     concurrency: int = Field(
         default=1, ge=1, le=16, description="How many jobs it runs at once (one per GPU)."
     )
+    gpuEngine: Literal["cuda", "torch", "none"] = Field(
+        default="none", description="The GPU engine it found when it started (docs/trust.md)."
+    )
     agentVersion: str = Text(32, 1)
 
     @model_validator(mode="after")

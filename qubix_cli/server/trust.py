@@ -135,7 +135,9 @@ def claim(provider: Doc, result: Any, elapsed_s: float) -> str:
     `mismatch` (too slow for it, or a time shorter than possible)."""
     engine = result.get("engine") if isinstance(result, dict) else None
     if engine in (None, "none"):
-        return "unverified"
+        # No engine ran it: no penalty, unless the worker said it has one (it found its
+        # GPU's driver library when it started) and then did not use it.
+        return "mismatch" if provider.get("gpuEngine", "none") != "none" else "unverified"
     seconds, n = result.get("computeS"), result.get("n")
     if not isinstance(seconds, (int, float)) or not isinstance(n, int) or seconds > elapsed_s:
         return "mismatch"

@@ -21,7 +21,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
-from qubix_cli.worker import AGENT_VERSION, hardware, jobs, sandbox, state
+from qubix_cli.worker import AGENT_VERSION, engine, hardware, jobs, sandbox, state
 from qubix_cli.worker.client import Client, Transient, message
 from qubix_cli.worker.envs import Envs
 from qubix_cli.worker.outbox import Outbox, valid_lease
@@ -120,6 +120,7 @@ class Agent:
             "sandbox": "bubblewrap" if sandbox.available() else "none",
             "networkJobs": self.config.policy.allow_network,
             "concurrency": self.slots,
+            "gpuEngine": engine.find_engine(self.report["gpus"], [])[0],
             "agentVersion": AGENT_VERSION,
         }
         for key, value in (

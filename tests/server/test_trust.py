@@ -287,3 +287,15 @@ def test_a_trusted_workers_replicas_are_sampled_never_below_the_floor(make_clien
             assert done["verified"] is False  # taken at a trusted worker's word
     sampled = outcomes.count("queued")
     assert 1 <= sampled <= 8  # about 5 % of 40, the floor
+
+
+def test_a_worker_that_found_an_engine_but_ran_without_one_is_a_mismatch(
+    client: TestClient,
+) -> None:
+    token = worker(client, gpuEngine="cuda")
+    run_canary(client, token, honest=True, engine="none", seconds=0.015)
+    assert provider_trust(client)["claim"] == "mismatch"
+    bad = client.post(
+        "/api/providers/quick-register", json={**_body(), "workerId": "w9", "gpuEngine": "tpu"}
+    )
+    assert bad.status_code == 422
