@@ -9,7 +9,7 @@ from typing import Annotated, Any
 import typer
 from rich.markup import escape
 from rich.panel import Panel
-from rich.table import Table
+from rich.table import Column, Table
 
 ServerOpt = Annotated[
     str | None,
@@ -115,7 +115,7 @@ def provider_panel(provider: dict[str, Any], title: str) -> Panel:
 
 def fleet_table(providers: list[dict[str, Any]]) -> Table:
     table = Table(
-        "worker id",
+        Column("worker id", overflow="fold"),
         "status",
         "GPUs",
         "renters' code",

@@ -3,19 +3,19 @@
 from __future__ import annotations
 
 import json
-import time
+import sys
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 from rich.console import Console
-from rich.table import Table
+from rich.table import Column, Table
 
 from qubix_cli import config
 from qubix_cli.cli import display
 from qubix_cli.cli.display import ApiKeyOpt, JsonOpt, ServerOpt, safe
 from qubix_cli.client import Client
-from qubix_cli.server.schemas import JOB_STATUSES, JOB_TYPES
+from qubix_cli.server.schemas import FILE_NAME, JOB_STATUSES, JOB_TYPES
 
 app = typer.Typer(help="Submit, list, show and cancel jobs (needs the server's API key).")
 console = Console(highlight=False)
@@ -32,6 +32,7 @@ _PAYLOAD_OPTIONS = {
     "benchmark": ("--seconds",),
     "command": ("--argv",),
     "python": ("--script", "--requirements", "--arg"),
+    "matmul": ("--seed", "--size"),
 }
 
 
@@ -42,15 +43,23 @@ def _payload(kind: str, given: dict[str, Any]) -> dict[str, Any]:
     stray = [o for o in given if o not in allowed]
     if stray:
         raise typer.BadParameter(f"{', '.join(stray)} is not for --type {kind}")
-    needed = {"sleep": "--seconds", "command": "--argv", "python": "--script"}.get(kind)
-    if needed and needed not in given:
-        raise typer.BadParameter(f"a {kind} job needs {needed}")
+    needed = {
+        "sleep": ("--seconds",),
+        "command": ("--argv",),
+        "python": ("--script",),
+        "matmul": ("--seed", "--size"),
+    }.get(kind, ())
+    missing = [option for option in needed if option not in given]
+    if missing:
+        raise typer.BadParameter(f"a {kind} job needs {' and '.join(missing)}")
     payload: dict[str, Any] = {
         "seconds": given.get("--seconds"),
         "argv": given.get("--argv"),
         "script": _read(given.get("--script")),
         "requirements": _read(given.get("--requirements")),
         "args": given.get("--arg"),
+        "seed": given.get("--seed"),
+        "n": given.get("--size"),
     }
     return {k: v for k, v in payload.items() if v is not None}
 
@@ -69,7 +78,13 @@ def _inputs(client: Client, files: list[Path], urls: list[str]) -> list[dict[str
     inputs = []
     for path in files:
         if not path.is_file():
-            raise typer.BadParameter(f"--input {path}: no such file")
+            what = "a directory, not a file" if path.is_dir() else "no such file"
+            raise typer.BadParameter(f"--input {path}: {what}")
+        if not FILE_NAME.match(path.name):
+            raise typer.BadParameter(
+                f"--input {path}: a job's input is named by its file name, which may hold "
+                "letters, digits, '.', '_' and '-' and not start with a dot: rename it"
+            )
         inputs.append({"name": path.name, "sha256": client.upload_input(path)["sha256"]})
     for text in urls:
         sha256, _, url = text.partition(":")
@@ -103,6 +118,12 @@ def submit(
     arg: Annotated[
         list[str] | None, typer.Option(help="python: one argument of the script each time.")
     ] = None,
+    seed: Annotated[
+        int | None, typer.Option(min=0, max=2**32 - 1, help="matmul: the seed of its matrices.")
+    ] = None,
+    size: Annotated[
+        int | None, typer.Option(min=8, max=4096, help="matmul: n, for n x n matrices.")
+    ] = None,
     input_file: Annotated[
         list[Path] | None,
         typer.Option("--input", help="A file the job finds in $QUBIX_INPUT (uploaded; repeat)."),
@@ -135,6 +156,8 @@ def submit(
         "--script": script,
         "--requirements": requirements,
         "--arg": arg,
+        "--seed": seed,
+        "--size": size,
     }
     body: dict[str, Any] = {"type": type_, "payload": _payload(type_, given)}
     wanted = {"minVramMb": min_vram_mb, "gpus": gpus, "sandbox": sandbox, "network": network}
@@ -170,7 +193,7 @@ def list_(
     if as_json:
         typer.echo(json.dumps(answer, indent=2))
         return
-    table = Table("id", "type", "status", "attempt", "worker", "created")
+    table = Table(Column("id", overflow="fold"), "type", "status", "attempt", "worker", "created")
     for job in answer["jobs"]:
         table.add_row(
             safe(job["id"]),
@@ -241,6 +264,7 @@ def logs(
 def _print_end(job: dict[str, Any], dropped: int) -> None:
     result: dict[str, Any] = job["result"] if isinstance(job.get("result"), dict) else {}
     if dropped:
+        sys.stdout.flush()  # what came before the notice is shown before it
         typer.echo(f"... {dropped} lines were dropped; the last part of the output:", err=True)
         typer.echo(result.get("stdoutTail", ""), nl=False)
     if result.get("stderrTail") and dropped:
@@ -264,17 +288,14 @@ def download(
         if not artifacts:
             console.print(f"job {safe(job_id)} has no output files ({safe(job['status'])})")
             raise typer.Exit(1)
-        directory.mkdir(parents=True, exist_ok=True)
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise typer.BadParameter(f"--dir {directory}: {exc.strerror or exc}") from exc
         for artifact in artifacts:
-            started = time.monotonic()
-            client.download_artifact(job_id, artifact, directory / artifact["name"])
-            took = max(time.monotonic() - started, 1e-6)
-            console.print(
-                safe(
-                    f"{directory / artifact['name']}  {artifact['size']} bytes, SHA-256 ok, "
-                    f"{artifact['size'] / took / 2**20:.0f} MiB/s"
-                )
-            )
+            target = directory / artifact["name"]
+            client.download_artifact(job_id, artifact, target)
+            console.print(safe(f"{target}  {artifact['size']} bytes, SHA-256 ok"))
 
 
 def _wait(client: Client, job_id: str, quiet: bool) -> dict[str, Any]:

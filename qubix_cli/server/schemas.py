@@ -4,6 +4,7 @@ document is generated from both), and the one spelling of each list the API uses
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal, get_args
 
@@ -215,10 +216,11 @@ class BenchmarkPayload(Body):
     seconds: float = Field(default=2.0, ge=0.1, le=60)
 
 
+FILE_NAME = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}$")
 FileName = Annotated[
     str,
     Field(
-        pattern=r"^[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}$",
+        pattern=FILE_NAME.pattern,
         description="A plain file name: letters, digits, `._-`, not starting with a dot.",
     ),
 ]

@@ -132,7 +132,8 @@ def parser(prog: str = "qubix_worker") -> argparse.ArgumentParser:
     run.add_argument(
         "--no-user-jobs",
         action="store_true",
-        help="Refuse jobs that run the renter's own code (`command`), even in the sandbox.",
+        help="Refuse jobs that run the renter's own code (`command`, `python`), even in the "
+        "sandbox.",
     )
     run.add_argument(
         "--allow-unsandboxed",

@@ -400,6 +400,7 @@ class Agent:
                 del self.running[job_id]
                 self.jobs_done += 1
                 self.changed.notify_all()
+            self.beat_now = True  # the marketplace sees it free now, not a beat later
 
     def _finished(
         self, job_id: str, attempt: int, status: str, result: Any, metrics: dict[str, Any]

@@ -34,6 +34,7 @@ Outcome = Tuple[str, Any, Dict[str, Any]]
 Cancelled = Callable[[], bool]
 
 TAIL_BYTES = 64 * 1024
+LINE_CAP = 64 * 1024  # a longer line is sent to the log in pieces
 BENCHMARK_N = 512  # the GPU benchmark's product: 134 million multiply-adds
 _TICK_S = 0.1
 
@@ -358,11 +359,13 @@ def _spawn(argv: list[str], cwd: str, env: dict[str, str], memory_mb: int | None
 
 
 class Tail:
-    """Reads a pipe to its end in a thread, keeping only its last `TAIL_BYTES` (and
-    passing everything on to the log stream, if there is one)."""
+    """Reads a pipe to its end in a thread, keeping only its last `TAIL_BYTES`, and
+    passing it on to the log stream (if there is one) in whole lines: what the stream
+    drops, it drops a line at a time, and stdout and stderr never splice mid-line."""
 
     def __init__(self, pipe: Any, logs: LogStream | None = None) -> None:
         self._pipe, self._kept, self._logs = pipe, bytearray(), logs
+        self._partial = b""  # the last line read, not yet ended
         self._thread = threading.Thread(target=self._read, daemon=True)
         self._thread.start()
 
@@ -370,9 +373,21 @@ class Tail:
         with self._pipe:
             for chunk in iter(lambda: self._pipe.read1(65536), b""):
                 if self._logs is not None:
-                    self._logs.feed(chunk)
+                    self._lines(chunk)
                 self._kept += chunk
                 del self._kept[:-TAIL_BYTES]
+        if self._logs is not None and self._partial:
+            self._logs.feed(self._partial)
+
+    def _lines(self, chunk: bytes) -> None:
+        assert self._logs is not None
+        data = self._partial + chunk
+        end = data.rfind(b"\n") + 1
+        if end == 0 and len(data) > LINE_CAP:
+            end = len(data)  # a line longer than a chunk goes on in pieces
+        if end:
+            self._logs.feed(data[:end])
+        self._partial = data[end:]
 
     def text(self) -> str:
         """The tail once the writers are gone (a process that escaped the tree and keeps

@@ -30,12 +30,14 @@ class LogStream:
         self._thread = threading.Thread(target=self._run, name="logs", daemon=True)
         self._thread.start()
 
-    def feed(self, data: bytes) -> None:
+    def feed(self, lines: bytes) -> None:
+        """Take whole lines (the last may lack its newline only at the end of a stream):
+        kept if they fit, else dropped and counted."""
         with self._lock:
-            if self._open and len(self._buffer) + len(data) <= BUFFER_BYTES:
-                self._buffer += data
+            if self._open and len(self._buffer) + len(lines) <= BUFFER_BYTES:
+                self._buffer += lines
             else:
-                self._drop(data.count(b"\n"))
+                self._drop(max(1, lines.count(b"\n")))
 
     def _drop(self, lines: int) -> None:
         self._dropped += lines

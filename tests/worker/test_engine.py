@@ -221,3 +221,43 @@ def test_a_job_whose_report_cannot_be_kept_still_frees_its_slot(
     worker._run(job, 1, [], [])
     assert worker.running == {} and worker.jobs_done == 1
     worker._finish_running()  # returns at once
+
+
+def test_a_flooding_job_s_log_holds_whole_lines_only(tmp_path: Any) -> None:
+    """400,000 lines on stdout and some on stderr, faster than the log is sent: what is
+    kept is whole lines, in order, none spliced or invented, and the rest is counted."""
+    import re
+
+    from qubix_cli.worker import jobs
+
+    class Api:
+        def __init__(self) -> None:
+            self.texts: list[str] = []
+
+        def request(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+            self.texts.append(body["text"])
+            return 200, {"stored": sum(map(len, self.texts)) < 2**20}
+
+    script = (  # written in slices that end mid-line, with pauses past a send or two
+        "import os, sys, time\n"
+        "text = ''.join(f'flood line {i:07d} ' + 'x' * 40 + '\\n' for i in range(400000))\n"
+        "for n, start in enumerate(range(0, len(text), 10007)):\n"
+        "    os.write(1, text[start:start + 10007].encode())\n"
+        "    if n % 100 == 0: print(f'error {n:07d}', file=sys.stderr, flush=True)\n"
+        "    if n % 500 == 0: time.sleep(0.3)\n"
+    )
+    api = Api()
+    job = {
+        "id": "job_1",
+        "type": "command",
+        "payload": {"argv": ["/usr/bin/python3", "-c", script]},
+    }
+    status, result, _ = jobs.run_job(jobs.Run(job, lambda: False, api=api))  # type: ignore[arg-type]
+    assert status == "completed", result
+    lines = "".join(api.texts).splitlines()
+    pattern = re.compile(r"^(flood line \d{7} x{40}|error \d{7})$")
+    assert [line for line in lines if not pattern.match(line)] == []
+    numbers = [int(line.split()[2]) for line in lines if line.startswith("flood")]
+    assert numbers[0] == 0 and numbers == sorted(numbers)  # the head, in order
+    assert result["droppedLogLines"] > 0
+    assert len(lines) + result["droppedLogLines"] == 400000 + 24  # every line, once
