@@ -15,7 +15,14 @@ from starlette.routing import BaseRoute, Route, WebSocketRoute
 from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from qubix_cli.errors import InvalidInput, Malformed, QubixError, RateLimited, Unauthorized
+from qubix_cli.errors import (
+    Forbidden,
+    InvalidInput,
+    Malformed,
+    QubixError,
+    RateLimited,
+    Unauthorized,
+)
 from qubix_cli.installer.render import render
 from qubix_cli.server.diagnosis import diagnose
 from qubix_cli.server.events import Subscription
@@ -400,7 +407,11 @@ class Api:
         if await self._is_api_key(token):
             provider = await self.registry.find(worker_id)
         else:
-            provider = await self.registry.authenticate(worker_id, token)
+            try:
+                provider = await self.registry.authenticate(worker_id, token)
+            except Forbidden as exc:
+                message = f"this is neither the server's API key nor the token of {worker_id!r}"
+                raise Forbidden(message) from exc
         return json_response(await diagnose(self.registry, self.jobs, provider))
 
     async def delete_provider(self, request: Request) -> Response:

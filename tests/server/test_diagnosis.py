@@ -115,6 +115,8 @@ def test_only_its_own_token_or_an_operator_may_ask(client: TestClient) -> None:
     other = register(client, "worker-2")
     url = "/api/providers/worker-1/diagnosis"
     assert client.get(url).status_code == 401
-    assert client.get(url, headers=auth(other)).status_code == 403
+    refused = client.get(url, headers=auth(other))
+    assert refused.status_code == 403
+    assert "neither the server's API key nor the token of 'worker-1'" in refused.json()["message"]
     assert client.get(url, headers=KEY).status_code == 200
     assert client.get("/api/providers/nobody/diagnosis", headers=KEY).status_code == 404
