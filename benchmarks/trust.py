@@ -3,9 +3,9 @@
 5 % always answer `matmul` wrongly, 5 % answer wrongly one time in ten, 2 % claim an A40
 and report a GPU engine that runs at CPU speed, the rest are honest (they compute every
 answer, in plain Python, as a worker without a GPU engine does). Renters keep `matmul`
-jobs queued (n = 16). Each worker polls and answers in turn; honest workers stop after
-`--honest-jobs`, always-cheaters after 20 jobs, one-in-ten cheaters after 300, hardware
-liars after 5, or as soon as they are caught.
+jobs queued (n = 16). Each worker polls and answers in turn; honest workers stop
+after `--honest-jobs` (default 150), always-cheaters after 20 jobs, one-in-ten cheaters
+after 300, hardware liars after 5, or as soon as they are caught.
 
 Printed: for each kind, the share caught and the median number of its jobs until then;
 honest workers penalised (quarantined or marked mismatch: target 0); the share of all
@@ -13,12 +13,13 @@ jobs that were canaries (the coordinator's checking cost; target <= 5 % at the e
 measured over the honest workers' last jobs); forged results accepted as verified
 (target 0).
 
-    python benchmarks/trust.py [--workers 1000] [--honest-jobs 12]
+    python benchmarks/trust.py [--workers 1000] [--honest-jobs 150]
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import random
 import statistics
 import time
@@ -49,7 +50,7 @@ class Sim:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workers", type=int, default=1000)
-    parser.add_argument("--honest-jobs", type=int, default=12)
+    parser.add_argument("--honest-jobs", type=int, default=150)
     args = parser.parse_args()
     rng = random.Random(7)
     # Simulated workers each have an address of their own (X-Forwarded-For, believed from
@@ -57,21 +58,26 @@ def main() -> None:
     server = Server(30.0, "--canaries", "--trusted-proxy", "127.0.0.1")
     with server, httpx.Client(base_url=server.url, timeout=30) as http:
         sims = register(http, args.workers, rng)
-        key = {"Authorization": f"Bearer {API_KEY}"}
         started = time.monotonic()
-        active = list(sims)
-        while active:
-            keep_queued(http, key, len(active), rng)
-            for sim in active:
-                work(http, sim, rng)
-            active = [s for s in active if not finished(s, args.honest_jobs)]
+        asyncio.run(simulate(server.url, sims, args.honest_jobs, rng))
         for sim in sims:
             trust = http.get(f"/api/providers/{sim.name}").json()["provider"]["trust"]
             if sim.kind == "honest" and (trust["quarantined"] or trust["claim"] == "mismatch"):
                 sim.caught_at = sim.jobs
         took = time.monotonic() - started
-        forged_verified = count_forged_verified(http, key)
+        forged_verified = count_forged_verified(http, {"Authorization": f"Bearer {API_KEY}"})
     report(sims, forged_verified, took)
+
+
+async def simulate(url: str, sims: list[Sim], honest_jobs: int, rng: random.Random) -> None:
+    """Every simulated worker polls and answers at once; renters keep jobs queued."""
+    limits = httpx.Limits(max_connections=200, max_keepalive_connections=200)
+    async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as http:
+        done = asyncio.Event()
+        feeder = asyncio.create_task(keep_queued(http, len(sims) // 4, rng, done))
+        await asyncio.gather(*(work(http, sim, rng, honest_jobs) for sim in sims))
+        done.set()
+        await feeder
 
 
 def register(http: httpx.Client, count: int, rng: random.Random) -> list[Sim]:
@@ -92,13 +98,24 @@ def register(http: httpx.Client, count: int, rng: random.Random) -> list[Sim]:
     return sims
 
 
-def keep_queued(http: httpx.Client, key: dict[str, str], wanted: int, rng: random.Random) -> None:
-    queued = http.get("/api/jobs", params={"status": "queued", "limit": 1}, headers=key)
-    for _ in range(max(0, wanted - queued.json()["total"])):
-        job = {"type": "matmul", "payload": {"seed": rng.randrange(2**32), "n": 16}}
-        if rng.random() < 0.2:  # a fifth of the renters ask for replication
-            job["verify"] = "replicate"
-        http.post("/api/jobs", json=job, headers=key)
+async def keep_queued(
+    http: httpx.AsyncClient, wanted: int, rng: random.Random, done: asyncio.Event
+) -> None:
+    key = {"Authorization": f"Bearer {API_KEY}"}
+    while not done.is_set():
+        queued = await http.get("/api/jobs", params={"status": "queued", "limit": 1}, headers=key)
+        missing = max(0, wanted - queued.json()["total"])
+        jobs = []
+        for _ in range(missing):
+            job: dict[str, object] = {
+                "type": "matmul",
+                "payload": {"seed": rng.randrange(2**32), "n": 16},
+            }
+            if rng.random() < 0.2:  # a fifth of the renters ask for replication
+                job["verify"] = "replicate"
+            jobs.append(http.post("/api/jobs", json=job, headers=key))
+        await asyncio.gather(*jobs)
+        await asyncio.sleep(0.05)
 
 
 def count_forged_verified(http: httpx.Client, key: dict[str, str]) -> int:
@@ -116,27 +133,29 @@ def count_forged_verified(http: httpx.Client, key: dict[str, str]) -> int:
             return forged
 
 
-def work(http: httpx.Client, sim: Sim, rng: random.Random) -> None:
+async def work(http: httpx.AsyncClient, sim: Sim, rng: random.Random, honest_jobs: int) -> None:
     auth = {"Authorization": f"Bearer {sim.token}"}
-    leased = http.get(f"/api/jobs/pending/{sim.name}", headers=auth)
-    if leased.status_code != 200:
-        return
-    job = leased.json()["job"]
-    payload = job["payload"]
-    sim.jobs += 1
-    is_canary = payload["n"] == 64  # only the simulation peeks, to count the cost
-    sim.canaries += is_canary
-    sim.recent = [*sim.recent[-9:], is_canary]
-    cheat = sim.kind == "always" or (sim.kind == "sometimes" and rng.random() < 0.1)
-    digest = "0" * 64 if cheat else expected_digest(payload["seed"], payload["n"])
-    engine, seconds = ("cuda", 0.02) if sim.kind == "liar" else ("none", 0.02)
-    result = {"digest": digest, "engine": engine, "computeS": seconds, "n": payload["n"]}
-    body = {"attempt": leased.json()["attempt"], "status": "completed", "result": result}
-    http.post(f"/api/jobs/{job['id']}/complete", json=body, headers=auth)
-    if sim.kind != "honest" and sim.caught_at is None:
-        trust = http.get(f"/api/providers/{sim.name}").json()["provider"]["trust"]
-        if trust["quarantined"] or trust["claim"] == "mismatch":
-            sim.caught_at = sim.jobs
+    while not finished(sim, honest_jobs):
+        leased = await http.get(f"/api/jobs/pending/{sim.name}", headers=auth)
+        if leased.status_code != 200:
+            await asyncio.sleep(0.05)
+            continue
+        job, payload = leased.json()["job"], leased.json()["job"]["payload"]
+        sim.jobs += 1
+        is_canary = payload["n"] != 16  # only the simulation peeks, to count the cost
+        sim.canaries += is_canary
+        sim.recent = [*sim.recent[-9:], is_canary]
+        cheat = sim.kind == "always" or (sim.kind == "sometimes" and rng.random() < 0.1)
+        digest = "0" * 64 if cheat else expected_digest(payload["seed"], payload["n"])
+        engine = "cuda" if sim.kind == "liar" else "none"
+        result = {"digest": digest, "engine": engine, "computeS": 0.02, "n": payload["n"]}
+        body = {"attempt": leased.json()["attempt"], "status": "completed", "result": result}
+        await http.post(f"/api/jobs/{job['id']}/complete", json=body, headers=auth)
+        if sim.kind != "honest":
+            shown = await http.get(f"/api/providers/{sim.name}")
+            trust = shown.json()["provider"]["trust"]
+            if trust["quarantined"] or trust["claim"] == "mismatch":
+                sim.caught_at = sim.jobs
 
 
 def finished(sim: Sim, honest_jobs: int) -> bool:
