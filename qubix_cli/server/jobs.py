@@ -21,7 +21,7 @@ from qubix_cli.server import dispatch, trust
 from qubix_cli.server.events import EventBus
 from qubix_cli.server.http import not_found
 from qubix_cli.server.providers import Clock, Registry
-from qubix_cli.server.schemas import FINISHED, JobListQuery, JobReport, JobSubmit, Requirements
+from qubix_cli.server.schemas import FINISHED, JobListQuery, JobReport, JobSubmit
 from qubix_cli.server.store import Doc, Store, Transaction
 from qubix_cli.worker import engine
 
@@ -63,24 +63,11 @@ class JobQueue:
     # -- submitter side --------------------------------------------------------------
 
     async def submit(self, body: JobSubmit, payload: dict[str, Any]) -> Doc:
-        now = self.clock()
-        job = body.model_dump()
+        job = self._new_job(body, payload)
         least = self.registry.settings.secrets_min_reputation
         if payload.get("env") and "minReputation" not in body.requirements.model_fields_set:
             # A renter's secrets go only to workers with a record, unless it says otherwise.
             job["requirements"]["minReputation"] = least
-        job.update(
-            id=f"job_{int(now * 1000):011x}{secrets.token_hex(4)}",
-            payload=payload,
-            status="queued",
-            attempt=0,
-            workerId=None,
-            createdAt=now,
-            updatedAt=now,
-            result=None,
-            metrics=None,
-            history=[{"event": "created", "at": now}],
-        )
         taker = self._taker(job)
         try:
             leased = await self._create(job, taker.provider if taker else None)
@@ -94,6 +81,24 @@ class JobQueue:
             if not taker.future.done():
                 taker.future.set_result(view)
         return await self.get(job["id"])
+
+    def _new_job(self, body: JobSubmit, payload: dict[str, Any]) -> Doc:
+        """A queued job as the store keeps it: a renter's submission, or a canary."""
+        now = self.clock()
+        job = body.model_dump()
+        job.update(
+            id=f"job_{int(now * 1000):011x}{secrets.token_hex(4)}",
+            payload=payload,
+            status="queued",
+            attempt=0,
+            workerId=None,
+            createdAt=now,
+            updatedAt=now,
+            result=None,
+            metrics=None,
+            history=[{"event": "created", "at": now}],
+        )
+        return job
 
     async def _create(self, job: Doc, taker: Doc | None) -> Doc | None:
         """Store a new job, leased in the same commit to the waiting worker `taker` (unless
@@ -187,26 +192,9 @@ class JobQueue:
         has no room). It is a `matmul` job like a renter's; only its answer is kept apart."""
         seed = self.rng.randrange(2**32)
         expected = await asyncio.to_thread(engine.expected_digest, seed, trust.CANARY_N)
-        now = self.clock()
-        job = {
-            "id": f"job_{int(now * 1000):011x}{secrets.token_hex(4)}",
-            "type": "matmul",
-            "payload": {"seed": seed, "n": trust.CANARY_N},
-            "requirements": Requirements().model_dump(),
-            "providerId": None,
-            "timeoutS": 600,
-            "maxAttempts": 1,
-            "inputs": [],
-            "status": "queued",
-            "attempt": 0,
-            "workerId": None,
-            "createdAt": now,
-            "updatedAt": now,
-            "result": None,
-            "metrics": None,
-            "history": [{"event": "created", "at": now}],
-            trust.CANARY: {"expected": expected},
-        }
+        body = JobSubmit(type="matmul", timeoutS=600, maxAttempts=1)
+        payload = {"seed": seed, "n": trust.CANARY_N}
+        job = {**self._new_job(body, payload), trust.CANARY: {"expected": expected}}
         async with self.store.transaction() as tx:
             if dispatch.with_room(provider, await held_by(tx, provider)) is None:
                 return None

@@ -20,6 +20,8 @@ import struct
 import time
 from typing import Any, Callable, List, Tuple
 
+from qubix_cli.worker.sandbox import vendor_index
+
 MAX_N = 4096
 
 PTX = b"""
@@ -212,7 +214,7 @@ def find_engine(gpus: list[dict], assigned: list[int]) -> tuple[str, Product | N
     ]
     if not nvidia:
         return "none", None
-    ordinal = sum(1 for g in gpus[: nvidia[0]] if g["vendor"] == "nvidia")
+    ordinal = vendor_index(gpus, nvidia[0])[1]
     cuda = load_libcuda()
     if cuda is not None:
         return "cuda", cuda_product(cuda, ordinal)

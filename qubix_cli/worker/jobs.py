@@ -202,6 +202,12 @@ def python_program(run: Run, workdir: str, boxed: bool) -> Any:
     return [sys.executable, script, *payload.get("args", [])], env, binds if boxed else []
 
 
+def _hidden() -> list[str]:
+    """What a sandbox must not show even inside a system dir: the provider's home and the
+    worker's state dir."""
+    return [os.path.expanduser("~"), state.home()]
+
+
 def _build(run: Run, args: list[str], work: str, network: bool) -> tuple[int, str]:
     """One step of building an environment: this worker's Python with `args`, in the
     sandbox with `work` on its work dir (the network only when `network`), or, unsandboxed, in
@@ -210,7 +216,7 @@ def _build(run: Run, args: list[str], work: str, network: bool) -> tuple[int, st
         argv = sandbox.wrap(
             [sys.executable, *args],
             work_dir=work,
-            hide=[os.path.expanduser("~"), state.home()],
+            hide=_hidden(),
             devices=[],
             network=network,
             binds=sandbox.python_binds(),
@@ -326,7 +332,7 @@ def _command_line(
     wrapped = sandbox.wrap(
         argv,
         work_dir=workdir,
-        hide=[os.path.expanduser("~"), state.home()],
+        hide=_hidden(),
         devices=sandbox.device_nodes(run.gpus, run.assigned),
         network=network,
         binds=binds,

@@ -94,7 +94,7 @@ def device_nodes(gpus: list[dict[str, Any]], assigned: list[int]) -> list[str]:
     (and /dev/kfd for AMD). A GPU's N is its position among the GPUs of its vendor."""
     nodes: list[str] = []
     for position in assigned:
-        vendor, n = _vendor_index(gpus, position)
+        vendor, n = vendor_index(gpus, position)
         if vendor == "nvidia":
             nodes += [f"nvidia{n}", *NVIDIA_SHARED, *_caps()]
         else:
@@ -115,13 +115,13 @@ def visible_devices(gpus: list[dict[str, Any]], assigned: list[int]) -> dict[str
     names = {"nvidia": "CUDA_VISIBLE_DEVICES", "amd": "ROCR_VISIBLE_DEVICES"}
     env: dict[str, list[str]] = {names[g["vendor"]]: [] for g in gpus if g["vendor"] in names}
     for position in assigned:
-        vendor, n = _vendor_index(gpus, position)
+        vendor, n = vendor_index(gpus, position)
         if vendor in names:
             env[names[vendor]].append(str(n))
     return {name: ",".join(indices) for name, indices in env.items()}
 
 
-def _vendor_index(gpus: list[dict[str, Any]], position: int) -> tuple[str, int]:
+def vendor_index(gpus: list[dict[str, Any]], position: int) -> tuple[str, int]:
     """A GPU's vendor and its index among that vendor's GPUs (what the vendor's tools and
     device nodes number it)."""
     vendor = gpus[position]["vendor"]
