@@ -68,7 +68,9 @@ class JobQueue:
         if payload.get("env") and "minReputation" not in body.requirements.model_fields_set:
             # A renter's secrets go only to workers with a record, unless it says otherwise.
             job["requirements"]["minReputation"] = least
-        taker = self._taker(job)
+        taker, checked = self._takers(job)
+        if checked is not None:
+            await self._give_canary(checked)
         try:
             leased = await self._create(job, taker.provider if taker else None)
         except BaseException:
@@ -156,21 +158,24 @@ class JobQueue:
     async def lease(self, provider: Doc, wait_s: float) -> Doc | None:
         """The job `dispatch` chooses for this provider, leased to it, or None after `wait_s`.
         Now and then (always, while it is quarantined) a canary instead (trust.py)."""
-        due = self.registry.settings.canaries and trust.canary_due(provider, self.rng)
-        job = await self._canary(provider) if due else None
-        if job is None:
-            job = await self._claim(provider, None)
+        job = await self._claim(provider, None)
         if job is None and wait_s > 0:
             room = dispatch.with_room(provider, await held_by(self.store, provider))
             if room is not None:
                 job = await self._wait_for_job(room, wait_s)
         return job
 
+    def _canary_due(self, provider: Doc) -> bool:
+        """Whether a canary goes to this worker instead of the renter's job it would be
+        handed (DESIGN.md "Dispatch" step 2): canaries cost the fleet only when there is
+        work to check, and a quarantined worker gets one for each job it waits out."""
+        return self.registry.settings.canaries and trust.canary_due(provider, self.rng)
+
     async def _claim(self, provider: Doc, job_id: str | None) -> Doc | None:
-        """Lease to `provider` the job dispatch chooses (of all queued, or only `job_id`).
-        A worker that holds as many leases as it runs jobs at once is answered its oldest
-        lease again instead (it asks only when it has lost track of one): one worker
-        cannot hoard the queue."""
+        """Lease to `provider` the job dispatch chooses (of all queued, or only `job_id`),
+        or a canary instead when one is due. A worker that holds as many leases as it runs
+        jobs at once is answered its oldest lease again instead (it asks only when it has
+        lost track of one): one worker cannot hoard the queue."""
         async with self.store.transaction() as tx:
             held = await held_by(tx, provider)
             room = dispatch.with_room(provider, held)
@@ -181,11 +186,13 @@ class JobQueue:
             else:
                 one = await tx.get("jobs", job_id)
                 queued = [one] if one is not None and one["status"] == "queued" else []
-            job = dispatch.choose(room, queued)
+            due = job_id is None and self._canary_due(room)
+            job = dispatch.choose(trust.unquarantined(room) if due else room, queued)
             if job is None:
                 return None
-            job = self._lease(tx, job, provider)
-        return await self._leased(job)
+            if not due:
+                job = self._lease(tx, job, provider)
+        return await (self._canary(provider) if due else self._leased(job))
 
     async def _canary(self, provider: Doc) -> Doc | None:
         """Make a canary for this worker and lease it to it in one commit (unless the worker
@@ -201,6 +208,15 @@ class JobQueue:
             tx.put("jobs", job)
             job = self._lease(tx, job, provider)
         return await self._leased(job)
+
+    async def _give_canary(self, waiter: Waiter) -> None:
+        """Answer a waiting worker's long-poll with a canary (or nothing, if that fails)."""
+        try:
+            view = await self._canary(waiter.provider)
+        except StorageError:
+            view = None  # the worker polls again
+        if not waiter.future.done():
+            waiter.future.set_result(view)
 
     def _lease(self, tx: Transaction, job: Doc, provider: Doc) -> Doc:
         """The lease fixes the attempt, the worker and the token it holds (the fence: a
@@ -248,21 +264,35 @@ class JobQueue:
             if waiter is not None and not waiter.future.done():
                 waiter.future.set_result(None)
 
-    def _taker(self, job: Doc) -> Waiter | None:
-        """The waiting worker that has waited longest of those that may run `job`, taken
-        off the waiters so that no other job is offered to it meanwhile. (Waiters are online:
-        a silent one is released. Their records are the ones their polls were checked
-        against, so no read is needed here, and 10,000 waiters cost no copy.)"""
-        for worker_id, waiter in self._waiters.items():
-            if not waiter.future.done() and dispatch.eligible(waiter.provider, job):
-                del self._waiters[worker_id]
-                return waiter
-        return None
+    def _takers(self, job: Doc) -> tuple[Waiter | None, Waiter | None]:
+        """The waiting worker that has waited longest of those that may run `job`, and
+        before it, at most one that gets a canary instead (its canary was due), both taken
+        off the waiters so that no other job is offered to them meanwhile. (Waiters are
+        online: a silent one is released. Their records are the ones their polls were
+        checked against, so no read is needed here, and 10,000 waiters cost no copy.)"""
+        taker = checked = None
+        for waiter in self._waiters.values():
+            if waiter.future.done():
+                continue
+            provider = waiter.provider
+            if checked is None and dispatch.eligible(trust.unquarantined(provider), job):
+                if self._canary_due(provider):
+                    checked = waiter
+                    continue
+            if dispatch.eligible(provider, job):
+                taker = waiter
+                break
+        for waiter in (taker, checked):
+            if waiter is not None:
+                del self._waiters[waiter.provider["workerId"]]
+        return taker, checked
 
     async def _offer(self, job: Doc) -> None:
         """Hand a requeued job straight to a waiting worker: the lease is durable before the
         worker hears of it."""
-        taker = self._taker(job)
+        taker, checked = self._takers(job)
+        if checked is not None:
+            await self._give_canary(checked)
         if taker is None:
             return
         try:

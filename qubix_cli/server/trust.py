@@ -107,6 +107,12 @@ def trust_of(provider: Doc) -> Doc:
     return {**new_trust(), **provider.get(TRUST, {})}
 
 
+def unquarantined(provider: Doc) -> Doc:
+    """The provider's record as if it were not quarantined: which renters' jobs it waits
+    out, each of which brings it a canary instead."""
+    return {**provider, TRUST: {**trust_of(provider), "quarantined": False}}
+
+
 def canary_rate(trust: Doc) -> float:
     """(30 / (record + 1))^2, between the floor and 1; 1 while quarantined. A new worker's
     first jobs are nearly all canaries (a few milliseconds each), a worker with 100 jobs

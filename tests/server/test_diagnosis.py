@@ -98,10 +98,10 @@ def test_busy_and_offline(tmp_path: Path) -> None:
 
 def test_quarantined(client: TestClient) -> None:
     token = register(client, capabilities=["sleep", "matmul"])
+    submit(client)
     leased = lease(client, "worker-1", token)  # a new worker's first job is a check
     assert leased is not None and leased["job"]["type"] == "matmul"
     report(client, leased["job"]["id"], token, 1, result={"digest": "0" * 64})
-    submit(client)
     found = why(client, token=token)
     assert found["reasons"][0] == (
         "It is quarantined: it answered a check wrongly (1 failed in all). It gets only checks "

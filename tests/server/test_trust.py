@@ -5,6 +5,8 @@ answering as an honest or a lying worker would."""
 from __future__ import annotations
 
 import random
+import threading
+import time
 from typing import Any
 
 from starlette.testclient import TestClient
@@ -36,8 +38,18 @@ def provider_trust(client: TestClient, name: str = "worker-1") -> dict[str, Any]
     return found
 
 
-def run_canary(client: TestClient, token: str, *, honest: bool, **result: Any) -> dict[str, Any]:
-    leased = lease(client, "worker-1", token)
+def queued(client: TestClient) -> int:
+    found: int = client.get("/api/jobs?status=queued", headers=KEY).json()["total"]
+    return found
+
+
+def run_canary(
+    client: TestClient, token: str, name: str = "worker-1", *, honest: bool, **result: Any
+) -> dict[str, Any]:
+    """A canary comes instead of a renter's job: queue one if there is none."""
+    if not queued(client):
+        submit(client)
+    leased = lease(client, name, token)
     assert leased is not None and leased["job"]["type"] == "matmul"
     assert "canary" not in leased["job"]  # a canary looks like any matmul job
     body = answer(leased, honest=honest, **result)
@@ -65,19 +77,24 @@ def test_a_liar_is_quarantined_gets_only_canaries_and_is_released_after_a_run(
 ) -> None:
     client.app.state.jobs.rng = random.Random(1)  # type: ignore[attr-defined]
     token = worker(client)
+    renter = submit(client)
     run_canary(client, token, honest=True)  # a new worker's first job is a canary
     assert provider_trust(client)["canariesPassed"] == 1
-
-    renter = submit(client)  # then renters' work, and canaries now and then
+    # then renters' work, and canaries now and then
     assert next_renter_job(client, token)["job"]["id"] == renter["id"]
     report(client, renter["id"], token, 1, result={"forged": True})
 
     failed_before = provider_trust(client)["canariesFailed"]
-    for _ in range(200):  # the next canary, answered wrongly
+    for _ in range(200):  # renters' jobs until the next canary, answered wrongly
+        if not queued(client):
+            submit(client)
         leased = lease(client, "worker-1", token)
-        if leased is not None:
+        assert leased is not None
+        if leased["job"]["type"] == "matmul":
             break
-    assert leased is not None and leased["job"]["type"] == "matmul"
+        report(client, leased["job"]["id"], token, 1)
+    assert leased["job"]["type"] == "matmul"
+    waiting = client.get("/api/jobs?status=queued", headers=KEY).json()["jobs"][0]
     report(client, leased["job"]["id"], token, 1, result=answer(leased, honest=False))
     after = provider_trust(client)
     assert after["quarantined"] and after["reputation"] == 0.0
@@ -85,12 +102,40 @@ def test_a_liar_is_quarantined_gets_only_canaries_and_is_released_after_a_run(
     flagged = client.get(f"/api/jobs/{renter['id']}", headers=KEY).json()["job"]
     assert flagged["unverified"] == "its worker failed a check after this"
 
-    waiting = submit(client)
     for _ in range(trust.RELEASE_STREAK):  # only canaries while quarantined
         leased = run_canary(client, token, honest=True)
         assert leased["job"]["id"] != waiting["id"]
     assert provider_trust(client)["quarantined"] is False
     assert next_renter_job(client, token)["job"]["id"] == waiting["id"]  # renters' jobs again
+
+
+def test_a_canary_comes_only_instead_of_a_renters_job(client: TestClient) -> None:
+    token = worker(client)  # new: every job it would be handed is a canary
+    assert lease(client, "worker-1", token) is None  # nothing queued: nothing to check
+    renter = submit(client)
+    leased = lease(client, "worker-1", token)
+    assert leased is not None and leased["job"]["id"] != renter["id"]
+    assert leased["job"]["type"] == "matmul" and queued(client) == 1  # the renter's waits
+
+
+def test_a_waiting_worker_gets_a_canary_and_the_job_goes_to_the_next(client: TestClient) -> None:
+    first, second = worker(client), worker(client, "worker-2")
+    got: dict[str, Any] = {}
+    polls = [
+        threading.Thread(target=lambda: got.update(w1=lease(client, "worker-1", first, 10))),
+        threading.Thread(target=lambda: got.update(w2=lease(client, "worker-2", second, 10))),
+    ]
+    for poll in polls:
+        poll.start()
+        time.sleep(0.3)  # worker-1 has waited longest
+    renter = submit(client)
+    for poll in polls:
+        poll.join(15)
+    assert got["w1"]["job"]["type"] == "matmul" and got["w1"]["job"]["id"] != renter["id"]
+    assert got["w2"]["job"]["id"] == renter["id"]  # one canary per job, not one per waiter
+    body = answer(got["w1"], honest=True)
+    assert report(client, got["w1"]["job"]["id"], first, 1, result=body).status_code == 200
+    assert provider_trust(client)["canariesPassed"] == 1
 
 
 def test_an_a40_without_a_gpu_engine_is_unverified_and_not_penalised(client: TestClient) -> None:
@@ -108,21 +153,17 @@ def test_a_gpu_engine_at_cpu_speed_is_a_mismatch_and_a_fast_one_verified(
     run_canary(client, token, honest=True, engine="cuda", seconds=0.013)  # plain Python speed
     assert provider_trust(client)["claim"] == "mismatch"
     other = worker(client, "worker-2")
-    leased = lease(client, "worker-2", other)
-    assert leased is not None
-    body = answer(leased, honest=True, engine="cuda", seconds=0.00005)
-    report(client, leased["job"]["id"], other, 1, result=body)
+    run_canary(client, other, "worker-2", honest=True, engine="cuda", seconds=0.00005)
     assert provider_trust(client, "worker-2")["claim"] == "verified"
 
 
 def test_verified_jobs_go_only_to_verified_workers(client: TestClient) -> None:
     fast, slow = worker(client), worker(client, "worker-2")
     gpu = {"engine": "cuda", "seconds": 5e-5}
+    filler = submit(client)  # each worker's first canary comes instead of it
     for name, token, result in (("worker-1", fast, gpu), ("worker-2", slow, {})):
-        leased = lease(client, name, token)
-        assert leased is not None
-        body = answer(leased, honest=True, **result)
-        report(client, leased["job"]["id"], token, 1, result=body)
+        run_canary(client, token, name, honest=True, **result)
+    client.post(f"/api/jobs/{filler['id']}/cancel", headers=KEY)
     job = submit(client, requirements={"verified": True})
     for _ in range(30):  # the unverified worker is never handed it
         got = lease(client, "worker-2", slow)
