@@ -9,6 +9,7 @@ from typing import Any
 
 import httpx
 
+from qubix_cli import config
 from qubix_cli.errors import ServerError
 from qubix_cli.server.schemas import FINISHED
 
@@ -116,6 +117,13 @@ class Client:
         return job
 
 
+def connect(server: str | None, api_key: str | None) -> Client:
+    """A client for the CLI: the server and key from the flags, else the environment, else
+    the config file (`qubix login`)."""
+    url = config.server_url(server)
+    return Client(url, config.api_key(api_key, url))
+
+
 def _error_sentence(response: httpx.Response) -> str:
     try:
         body = response.json()
@@ -124,5 +132,5 @@ def _error_sentence(response: httpx.Response) -> str:
         message = response.text[:200] or response.reason_phrase
     hint = ""
     if response.status_code == 401:
-        hint = " (give the server's API key with --api-key or QUBIX_API_KEY)"
+        hint = " (give an API key with --api-key or QUBIX_API_KEY, or store one: qubix login)"
     return f"the server answered {response.status_code}: {message}{hint}"

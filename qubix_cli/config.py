@@ -46,9 +46,35 @@ def server_url(flag: str | None) -> str:
     )
 
 
-def api_key(flag: str | None) -> str | None:
-    key = flag or os.environ.get("QUBIX_API_KEY") or _read(config_path()).get("apiKey")
+def api_key(flag: str | None, server: str) -> str | None:
+    """flag > QUBIX_API_KEY > the key `qubix login` stored for this server > the config
+    file's `apiKey`."""
+    stored = _read(config_path())
+    keys = stored.get("keys")
+    saved = keys.get(server.rstrip("/")) if isinstance(keys, dict) else None
+    key = flag or os.environ.get("QUBIX_API_KEY") or saved or stored.get("apiKey")
     return str(key) if key else None
+
+
+def login(server: str, key: str) -> Path:
+    """Store `key` for `server` and make that server the default: the config file is
+    written whole and atomically, readable by its owner only (0600)."""
+    path = config_path()
+    stored = _read(path)
+    keys = stored.get("keys")
+    keys = keys if isinstance(keys, dict) else {}
+    stored.update(server=server.rstrip("/"), keys={**keys, server.rstrip("/"): key})
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temp = path.with_suffix(".tmp")
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(json.dumps(stored, indent=2) + "\n")
+        os.chmod(temp, 0o600)
+        os.replace(temp, path)
+    except OSError as exc:
+        raise QubixError(f"cannot write {path}: {exc.strerror}") from exc
+    return path
 
 
 def remember_worker(worker_id: str) -> None:

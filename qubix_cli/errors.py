@@ -66,6 +66,18 @@ class RateLimited(QubixError):
     code = "rate_limited"
 
 
+class QuotaExceeded(RateLimited):
+    """An account's quota, set by an operator, is used up (`details.quota` names it)."""
+
+    code = "quota_exceeded"
+
+
+class PaymentRequired(QubixError):
+    """What a job may cost is more than its account has available."""
+
+    code = "insufficient_funds"
+
+
 class Unavailable(QubixError):
     """Something the server needs is not there now; the same request may work later."""
 

@@ -36,7 +36,9 @@ def to_script(markdown: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-@pytest.mark.parametrize("page", ["api.md", "cli.md", "jobs.md", "worker.md"])
+@pytest.mark.parametrize(
+    "page", ["api.md", "cli.md", "jobs.md", "worker.md", "accounts.md", "billing.md"]
+)
 def test_the_examples_in_docs_run(page: str, server: ServerProcess, tmp_path: Path) -> None:
     script = to_script((ROOT / "docs" / page).read_text())
     env = {k: v for k, v in os.environ.items() if not k.startswith("QUBIX_")}

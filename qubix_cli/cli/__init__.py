@@ -10,7 +10,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from qubix_cli import __version__
-from qubix_cli.cli import demo, installer, jobs, providers, serve, watch, worker
+from qubix_cli.cli import accounts, demo, installer, jobs, providers, serve, watch, worker
 from qubix_cli.errors import QubixError
 
 err_console = Console(stderr=True, soft_wrap=True)  # paths stay whole
@@ -27,6 +27,9 @@ app.add_typer(jobs.app, name="jobs")
 app.add_typer(worker.app, name="worker")
 app.add_typer(installer.app, name="installer")
 app.add_typer(providers.app, name="providers")
+app.add_typer(accounts.accounts, name="accounts")
+app.add_typer(accounts.keys, name="keys")
+app.command("login")(accounts.login)
 app.command("watch")(watch.watch)
 app.command("demo")(demo.demo)
 

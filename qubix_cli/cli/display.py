@@ -22,7 +22,7 @@ ServerOpt = Annotated[
 ApiKeyOpt = Annotated[
     str | None,
     typer.Option(
-        help="The server's API key \\[default: QUBIX_API_KEY, else the config file].",
+        help="An API key \\[default: QUBIX_API_KEY, else the key `qubix login` stored].",
         show_default=False,
     ),
 ]

@@ -11,18 +11,13 @@ import typer
 from rich.console import Console
 from rich.table import Column, Table
 
-from qubix_cli import config
 from qubix_cli.cli import display
 from qubix_cli.cli.display import ApiKeyOpt, JsonOpt, ServerOpt, safe
-from qubix_cli.client import Client
+from qubix_cli.client import Client, connect
 from qubix_cli.server.schemas import FILE_NAME, JOB_STATUSES, JOB_TYPES
 
 app = typer.Typer(help="Submit, list, show and cancel jobs (needs the server's API key).")
 console = Console(highlight=False)
-
-
-def _client(server: str | None, api_key: str | None) -> Client:
-    return Client(config.server_url(server), config.api_key(api_key))
 
 
 # The payload options of each job type (the rest of the payload comes from the server's
@@ -144,6 +139,18 @@ def submit(
         typer.Option("--network", help="It needs the network (only workers that allow it)."),
     ] = False,
     provider: Annotated[str | None, typer.Option(help="Run only on this worker id.")] = None,
+    max_price: Annotated[
+        float | None,
+        typer.Option(
+            min=0,
+            help="The most a worker may ask an hour \\[default: the server's maximum]. The "
+            "job holds this price for its whole timeout from your balance while it is open.",
+        ),
+    ] = None,
+    timeout: Annotated[
+        int | None,
+        typer.Option(min=1, max=7 * 86_400, help="Seconds it may run \\[default: 3600]."),
+    ] = None,
     wait: Annotated[bool, typer.Option("--wait", help="Wait until the job ends.")] = False,
     server: ServerOpt = None,
     api_key: ApiKeyOpt = None,
@@ -162,9 +169,13 @@ def submit(
     body: dict[str, Any] = {"type": type_, "payload": _payload(type_, given)}
     wanted = {"minVramMb": min_vram_mb, "gpus": gpus, "sandbox": sandbox, "network": network}
     body["requirements"] = {k: v for k, v in wanted.items() if v not in (None, 0, False)}
+    if max_price is not None:
+        body["requirements"]["maxPricePerHour"] = max_price
+    if timeout is not None:
+        body["timeoutS"] = timeout
     if provider:
         body["providerId"] = provider
-    with _client(server, api_key) as client:
+    with connect(server, api_key) as client:
         if input_file or input_url:
             body["inputs"] = _inputs(client, input_file or [], input_url or [])
         job = client.submit_job(body)
@@ -188,7 +199,7 @@ def list_(
     as_json: JsonOpt = False,
 ) -> None:
     """List jobs, newest first."""
-    with _client(server, api_key) as client:
+    with connect(server, api_key) as client:
         answer = client.list_jobs(status=status, providerId=provider, limit=limit)
     if as_json:
         typer.echo(json.dumps(answer, indent=2))
@@ -216,7 +227,7 @@ def show(
     as_json: JsonOpt = False,
 ) -> None:
     """Show one job with its history; --wait follows it until it ends."""
-    with _client(server, api_key) as client:
+    with connect(server, api_key) as client:
         job = _wait(client, job_id, as_json) if wait else client.get_job(job_id)
     _show(job, as_json)
     _exit_for(job, wait)
@@ -230,7 +241,7 @@ def cancel(
     as_json: JsonOpt = False,
 ) -> None:
     """Cancel a queued or running job (its worker stops it at its next heartbeat)."""
-    with _client(server, api_key) as client:
+    with connect(server, api_key) as client:
         job = client.cancel_job(job_id)
     _show(job, as_json)
 
@@ -247,7 +258,7 @@ def logs(
     """Print a job's output (what its worker has sent so far); --follow prints it live.
     At the end: how many lines were dropped, and the last part of each stream."""
     after = -1
-    with _client(server, api_key) as client:
+    with connect(server, api_key) as client:
         while True:
             answer = client.logs(job_id, after, 25.0 if follow else 0.0)
             for chunk in answer["chunks"]:
@@ -282,7 +293,7 @@ def download(
     api_key: ApiKeyOpt = None,
 ) -> None:
     """Download the files a job left in $QUBIX_OUTPUT, each checked against its SHA-256."""
-    with _client(server, api_key) as client:
+    with connect(server, api_key) as client:
         job = client.get_job(job_id)
         artifacts = job.get("artifacts") or []
         if not artifacts:

@@ -10,7 +10,7 @@ from rich.console import Console
 
 from qubix_cli import config
 from qubix_cli.cli.display import ApiKeyOpt, JsonOpt, ServerOpt, fleet_table, provider_panel, safe
-from qubix_cli.client import Client
+from qubix_cli.client import Client, connect
 
 app = typer.Typer(help="List the providers in the marketplace, or show one.")
 console = Console(highlight=False)
@@ -68,7 +68,7 @@ def why(
 ) -> None:
     """Why a worker gets no jobs: offline, quarantined, busy, or which requirement of the
     queued jobs leaves it out, with numbers (needs the server's API key)."""
-    with Client(config.server_url(server), config.api_key(api_key)) as client:
+    with connect(server, api_key) as client:
         found = client.call("GET", f"/api/providers/{worker_id}/diagnosis")
     if as_json:
         typer.echo(json.dumps(found, indent=2))

@@ -134,6 +134,15 @@ def serve(
             "this often (a worker without a record: always).",
         ),
     ] = 0.05,
+    max_price: Annotated[
+        float,
+        typer.Option(
+            min=0,
+            max=1_000_000,
+            help="The most a provider may ask an hour; a job without maxPricePerHour holds "
+            "this price for its whole timeout from its renter's balance.",
+        ),
+    ] = 1000.0,
     canaries: Annotated[
         bool,
         typer.Option(
@@ -184,6 +193,7 @@ def serve(
         canaries=canaries,
         secrets_min_reputation=secrets_min_reputation,
         replication_floor=replication_floor,
+        max_price_per_hour=max_price,
     )
     app = create_app(settings)
     console.print(escape(f"Data directory: {data_dir}"))

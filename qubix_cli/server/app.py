@@ -18,12 +18,12 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from qubix_cli.errors import QubixError, StorageError
+from qubix_cli.server.accounts import Accounts
 from qubix_cli.server.blobs import Blobs
 from qubix_cli.server.events import EventBus
 from qubix_cli.server.http import error_response, error_status, internal_error, json_response
 from qubix_cli.server.jobfiles import JobFiles
 from qubix_cli.server.jobs import JobQueue
-from qubix_cli.server.keys import install_start_key
 from qubix_cli.server.openapi import openapi_document
 from qubix_cli.server.providers import Clock, Registry
 from qubix_cli.server.routes import HEARTBEAT_PATH, Api
@@ -144,7 +144,8 @@ def create_app(settings: Settings, clock: Clock = time.time) -> Starlette:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        await install_start_key(store, api_key, clock)
+        if not await accounts.install_start_key(api_key):
+            log.warning("the key this server was started with was revoked: it stays refused")
         await jobs.recover()
         tick_s = min(1.0, settings.heartbeat_interval_s / 4)
         task = asyncio.create_task(_housekeeping(app, tick_s))
@@ -162,9 +163,10 @@ def create_app(settings: Settings, clock: Clock = time.time) -> Starlette:
 
     web = Path(__file__).parent.parent / "web"
 
-    jobs = JobQueue(store, events, registry, clock)
+    accounts = Accounts(store, clock)
+    jobs = JobQueue(store, events, registry, accounts, clock)
     files = JobFiles(store, Blobs(settings.data_dir / "blobs"), settings, clock)
-    api = Api(registry, jobs, files)
+    api = Api(registry, jobs, files, accounts)
     app = Coordinator(
         routes=[
             *api.routes(),
@@ -185,5 +187,6 @@ def create_app(settings: Settings, clock: Clock = time.time) -> Starlette:
     app.state.store = store
     app.state.registry = registry
     app.state.jobs = jobs
+    app.state.accounts = accounts
     app.state.files = files
     return app

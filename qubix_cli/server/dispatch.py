@@ -1,14 +1,15 @@
 """Dispatch: which queued job a worker is handed, in one place (DESIGN.md "Dispatch").
 
 A worker asks for work; of the queued jobs, those it may take (`ELIGIBLE`: every step must
-agree) are ordered (`order`) and the first is leased to it. Each later rule is one more
-step in `ELIGIBLE` or one more part of `order`; a backend that claims in one statement
+agree) are ordered (`candidates`: accounts in turn, then age) and the first whose account
+is not at its running quota is leased to it. Each later rule is one more step in
+`ELIGIBLE` or one more part of `candidates`; a backend that claims in one statement
 (PostgreSQL) expresses the same steps as its WHERE and ORDER BY.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, NamedTuple
 
 from qubix_cli.server.providers import best_vram_mb
@@ -84,6 +85,11 @@ def not_a_checker_of_itself(provider: Doc, job: Doc) -> bool:
     )
 
 
+def within_price(provider: Doc, job: Doc) -> bool:
+    most = job["requirements"].get("maxPricePerHour")
+    return most is None or bool((provider.get("pricePerHour") or 0.0) <= most)
+
+
 def not_pinned_elsewhere(provider: Doc, job: Doc) -> bool:
     return not job.get("providerId") or job["providerId"] == provider["workerId"]
 
@@ -108,6 +114,7 @@ ELIGIBLE: tuple[Rule, ...] = (
     Rule(verified_if_asked, "need a verified GPU claim, and its claim is not verified"),
     Rule(reputation_if_asked, "need a higher reputation than it has"),
     Rule(not_a_checker_of_itself, "are replicas that it, its address or its IP ran already"),
+    Rule(within_price, "allow a lower price per hour than it asks"),
     Rule(not_pinned_elsewhere, "are pinned to other workers"),
 )
 
@@ -126,9 +133,21 @@ def order(job: Doc) -> tuple[Any, ...]:
     return (job["createdAt"], job["id"])
 
 
-def choose(provider: Doc, queued: Iterable[Doc]) -> Doc | None:
-    """The job this provider is handed next, of those queued, or None."""
-    return next((job for job in sorted(queued, key=order) if eligible(provider, job)), None)
+def candidates(provider: Doc, queued: Iterable[Doc], turns: Mapping[str, int]) -> Iterator[Doc]:
+    """The jobs this provider may be handed, best first: accounts take turns (the one
+    served longest ago first: `turns` holds when each was last served), and each account
+    offers its oldest job that this provider may take. One account's batch of 10,000
+    jobs so waits one round behind another account's single job, not 10,000."""
+    by_account: dict[str, list[Doc]] = {}
+    for job in queued:
+        by_account.setdefault(job.get("account") or "", []).append(job)
+    firsts = []
+    for account, jobs in by_account.items():
+        first = next((j for j in sorted(jobs, key=order) if eligible(provider, j)), None)
+        if first is not None:
+            firsts.append((turns.get(account, -1), order(first), first))
+    firsts.sort(key=lambda first: first[:2])
+    return (job for *_, job in firsts)
 
 
 def with_room(provider: Doc, held: list[Doc]) -> Doc | None:

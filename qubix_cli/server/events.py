@@ -1,14 +1,15 @@
 """Server events fanned out to WebSocket subscribers as `{type, data, at}`.
 
 Provider events are public (the marketplace). Job events go only to subscribers that
-showed a key, and carry a job's id, state, attempt and worker, never its payload."""
+showed a key, and only those of the jobs that key may see (an operator's: all; a
+renter's: its own); they carry a job's id, state, attempt and worker, never its payload."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -18,11 +19,14 @@ JOB_FIELDS = ("id", "status", "attempt", "workerId")
 log = logging.getLogger("qubix.events")
 
 
-class Subscription:
-    """One subscriber's queue; `jobs` once it has shown a key."""
+Sees = Callable[[dict[str, Any]], bool]  # which jobs' events a subscriber may see
 
-    def __init__(self, jobs: bool) -> None:
-        self.jobs = jobs
+
+class Subscription:
+    """One subscriber's queue; `sees` once it has shown a key."""
+
+    def __init__(self, sees: Sees | None) -> None:
+        self.sees = sees
         self.queue: asyncio.Queue[Event | None] = asyncio.Queue(_QUEUE_SIZE)
 
 
@@ -33,13 +37,13 @@ class EventBus:
         self._subscribers: set[Subscription] = set()
 
     def publish(self, type_: str, data: dict[str, Any]) -> None:
-        job = type_.startswith("JOB_")
-        if job:
-            data = {field: data.get(field) for field in JOB_FIELDS}
+        job = data if type_.startswith("JOB_") else None
+        if job is not None:
+            data = {field: job.get(field) for field in JOB_FIELDS}
         event = {"type": type_, "data": data, "at": time.time()}
         log.info("%s %s", type_, _subject(data))
         for sub in list(self._subscribers):
-            if job and not sub.jobs:
+            if job is not None and (sub.sees is None or not sub.sees(job)):
                 continue
             try:
                 sub.queue.put_nowait(event)
@@ -49,8 +53,8 @@ class EventBus:
                 sub.queue.put_nowait(None)  # tells the subscriber it was dropped
 
     @asynccontextmanager
-    async def subscribe(self, jobs: bool) -> AsyncIterator[Subscription]:
-        sub = Subscription(jobs)
+    async def subscribe(self, sees: Sees | None) -> AsyncIterator[Subscription]:
+        sub = Subscription(sees)
         self._subscribers.add(sub)
         try:
             yield sub

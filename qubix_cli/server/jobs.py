@@ -10,6 +10,7 @@ back. Which job a worker gets is decided in `dispatch`.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import random
 import secrets
@@ -18,6 +19,7 @@ from typing import Any, NamedTuple
 
 from qubix_cli.errors import Conflict, StorageError, TooLarge
 from qubix_cli.server import dispatch, trust
+from qubix_cli.server.accounts import Accounts, Caller, money
 from qubix_cli.server.events import EventBus
 from qubix_cli.server.http import not_found
 from qubix_cli.server.providers import Clock, Registry
@@ -44,8 +46,14 @@ RESTART_GRACE_S = 60.0
 
 
 class JobQueue:
-    def __init__(self, store: Store, events: EventBus, registry: Registry, clock: Clock) -> None:
+    def __init__(
+        self, store: Store, events: EventBus, registry: Registry, accounts: Accounts, clock: Clock
+    ) -> None:
         self.store, self.events, self.registry, self.clock = store, events, registry, clock
+        self.accounts = accounts
+        # When each account was last served (fair shares, `dispatch.candidates`).
+        self._turns: dict[str, int] = {}
+        self._served = itertools.count()
         self.lease_s = registry.settings.lease_s
         # Workers waiting in a long-poll, in the order they came: only this process can
         # answer their connections, so they live here, not in the store.
@@ -62,21 +70,22 @@ class JobQueue:
 
     # -- submitter side --------------------------------------------------------------
 
-    async def submit(self, body: JobSubmit, payload: dict[str, Any]) -> Doc:
+    async def submit(self, body: JobSubmit, payload: dict[str, Any], caller: Caller) -> Doc:
         job = self._new_job(body, payload)
         least = self.registry.settings.secrets_min_reputation
         if payload.get("env") and "minReputation" not in body.requirements.model_fields_set:
             # A renter's secrets go only to workers with a record, unless it says otherwise.
             job["requirements"]["minReputation"] = least
         taker, checked = self._takers(job)
+        try:
+            leased = await self._create(job, taker.provider if taker else None, caller)
+        except BaseException:
+            for waiter in (taker, checked):
+                if waiter and not waiter.future.done():
+                    waiter.future.set_result(None)  # handed nothing: the worker polls again
+            raise
         if checked is not None:
             await self._give_canary(checked)
-        try:
-            leased = await self._create(job, taker.provider if taker else None)
-        except BaseException:
-            if taker and not taker.future.done():
-                taker.future.set_result(None)  # handed nothing: the worker polls again
-            raise
         self.events.publish("JOB_QUEUED", job)
         if taker:
             view = await self._leased(leased) if leased else None
@@ -102,23 +111,44 @@ class JobQueue:
         )
         return job
 
-    async def _create(self, job: Doc, taker: Doc | None) -> Doc | None:
-        """Store a new job, leased in the same commit to the waiting worker `taker` (unless
-        it deregistered while it waited); the leased job, if it was."""
+    def worst_case(self, job: Doc) -> float:
+        """The most a job may cost: its price limit (or the server's maximum price) for
+        its whole timeout, for each run it may be charged (three if it is replicated)."""
+        most = job["requirements"].get("maxPricePerHour")
+        if most is None:
+            most = self.registry.settings.max_price_per_hour
+        runs = 3 if job.get("verify") == "replicate" else 1
+        return money(most * job["timeoutS"] / 3600.0 * runs)
+
+    async def _create(self, job: Doc, taker: Doc | None, caller: Caller) -> Doc | None:
+        """Store a new job (within its account's quotas and balance), leased in the same
+        commit to the waiting worker `taker` (unless it deregistered while it waited, or
+        the account runs as many jobs as its quota allows); the leased job, if it was."""
         async with self.store.transaction() as tx:
+            await self.accounts.admit(tx, caller, job, self.worst_case(job))
             tx.put("jobs", job)
             if taker is None or await tx.get("providers", taker["workerId"]) is None:
+                return None
+            if await self._running_in_full(tx, caller.account):
                 return None
             leased = self._lease(tx, job, taker)
         return leased
 
-    async def cancel(self, job_id: str) -> Doc:
+    async def _running_in_full(self, tx: Transaction, account: str | None) -> bool:
+        """Whether the account runs as many jobs as its `maxRunning` quota allows."""
+        found = await tx.get("accounts", account or "")
+        most = found["quota"].get("maxRunning") if found else None
+        if most is None:
+            return False
+        return bool(await tx.count("jobs", {"account": account, "status": "assigned"}) >= most)
+
+    async def cancel(self, job_id: str, caller: Caller) -> Doc:
         async with self.store.transaction() as tx:
-            job = await find_job(tx, job_id)
+            job = await find_job(tx, job_id, caller)
             if job["status"] in FINISHED:
                 raise Conflict(f"job {job_id} is already {job['status']}", code="job_finished")
             holder = job["workerId"] if job["status"] == "assigned" else None
-            job = self._change(tx, job, "cancelled", {"event": "cancelled"})
+            job = await self._finish(tx, job, "cancelled", {"event": "cancelled"}, [])
         self.store.remember("leases", job_id, None)
         if holder is not None:
             await self._tell_to_stop(holder, job_id)
@@ -131,15 +161,19 @@ class JobQueue:
         ids = sorted({*(pending or {}).get("jobIds", []), job_id})
         self.store.remember("cancels", worker_id, {"jobIds": ids})
 
-    async def get(self, job_id: str) -> Doc:
-        return await self.view(await find_job(self.store, job_id))
+    async def get(self, job_id: str, caller: Caller | None = None) -> Doc:
+        """A job as answers show it; one that `caller` may not see is not found."""
+        return await self.view(await find_job(self.store, job_id, caller))
 
-    async def search(self, query: JobListQuery) -> tuple[list[Doc], int]:
+    async def search(self, query: JobListQuery, caller: Caller) -> tuple[list[Doc], int]:
+        """Jobs, newest first: an operator's of every account, a renter's of its own."""
         where = {
             field: value
             for field, value in (("status", query.status), ("workerId", query.providerId))
             if value is not None
         }
+        if not caller.is_operator:
+            where["account"] = caller.account
         page = await self.store.scan(
             "jobs", where, "createdAt", descending=True, offset=query.offset, limit=query.limit
         )
@@ -187,11 +221,17 @@ class JobQueue:
                 one = await tx.get("jobs", job_id)
                 queued = [one] if one is not None and one["status"] == "queued" else []
             due = job_id is None and self._canary_due(room)
-            job = dispatch.choose(trust.unquarantined(room) if due else room, queued)
-            if job is None:
+            offered = dispatch.candidates(
+                trust.unquarantined(room) if due else room, queued, self._turns
+            )
+            for job in offered:
+                if not await self._running_in_full(tx, job.get("account")):
+                    break
+            else:
                 return None
             if not due:
                 job = self._lease(tx, job, provider)
+                self._turns[job.get("account") or ""] = next(self._served)
         return await (self._canary(provider) if due else self._leased(job))
 
     async def _canary(self, provider: Doc) -> Doc | None:
@@ -224,6 +264,7 @@ class JobQueue:
         attempt, worker_id = job["attempt"] + 1, provider["workerId"]
         entry = {"event": "leased", "workerId": worker_id, "attempt": attempt}
         fields = {"attempt": attempt, "workerId": worker_id, HOLDER: provider["tokenHash"]}
+        fields["pricePerHour"] = provider.get("pricePerHour") or 0.0
         return self._change(tx, job, "assigned", entry, **fields)
 
     async def _leased(self, job: Doc) -> Doc:
@@ -270,7 +311,8 @@ class JobQueue:
         off the waiters so that no other job is offered to them meanwhile. (Waiters are
         online: a silent one is released. Their records are the ones their polls were
         checked against, so no read is needed here, and 10,000 waiters cost no copy.)"""
-        taker = checked = None
+        taker: Waiter | None = None
+        checked: Waiter | None = None
         for waiter in self._waiters.values():
             if waiter.future.done():
                 continue
@@ -282,9 +324,9 @@ class JobQueue:
             if dispatch.eligible(provider, job):
                 taker = waiter
                 break
-        for waiter in (taker, checked):
-            if waiter is not None:
-                del self._waiters[waiter.provider["workerId"]]
+        for taken in (taker, checked):
+            if taken is not None:
+                del self._waiters[taken.provider["workerId"]]
         return taker, checked
 
     async def _offer(self, job: Doc) -> None:
@@ -339,10 +381,13 @@ class JobQueue:
                 raise TooLarge(message, code="metrics_too_large")
             entry = {"event": "reported", "workerId": worker_id, "attempt": report.attempt}
             fields = {"result": report.result, "metrics": report.metrics}
+            record = await tx.get("providers", worker_id) or provider
+            run = self._run(job, record)
             if job.get("verify") == "replicate":
-                job = await self._replicated(tx, job, provider, report, entry)
+                job = await self._replicated(tx, job, record, report, entry, run)
             else:
-                job = self._change(tx, job, report.status, entry, **fields)
+                runs = [run] if report.status == "completed" else []
+                job = await self._finish(tx, job, report.status, entry, runs, **fields)
                 await self._judge(tx, job, provider, report)
         self.store.remember("leases", job_id, None)
         if job["status"] == "queued":
@@ -352,29 +397,48 @@ class JobQueue:
             self.events.publish(f"JOB_{job['status'].upper()}", job)
         return await self.view(job)
 
+    def _run(self, job: Doc, provider: Doc) -> Doc:
+        """The run a report ends, as a charge counts it: the price its lease fixed, for the
+        time from the lease to now as the server measured it, at most the job's timeout."""
+        seconds = min(max(0.0, self.clock() - job["updatedAt"]), float(job["timeoutS"]))
+        return {
+            "workerId": provider["workerId"],
+            "qubicAddress": provider["qubicAddress"],
+            "pricePerHour": job.get("pricePerHour") or 0.0,
+            "seconds": seconds,
+        }
+
     async def _replicated(
-        self, tx: Transaction, job: Doc, provider: Doc, report: JobReport, entry: Doc
+        self, tx: Transaction, job: Doc, record: Doc, report: JobReport, entry: Doc, run: Doc
     ) -> Doc:
         """One replica's report: queued again for another worker until two agree (a third
         decides a disagreement); then completed with the agreed result, and every replica
-        that disagreed counts as a failed check for its worker."""
-        record = await tx.get("providers", provider["workerId"]) or provider
-        replicas = [*job.get("replicas", []), trust.replica(record, report.status, report.result)]
+        that disagreed counts as a failed check for its worker. The runs that agreed are
+        charged; one that disagreed costs nothing."""
+        one_run = {k: run[k] for k in ("pricePerHour", "seconds")}
+        mine = {**trust.replica(record, report.status, report.result), **one_run}
+        replicas = [*job.get("replicas", []), mine]
         agreed = trust.verdict(replicas)
         fields = {"replicas": replicas, "result": report.result, "metrics": report.metrics}
         floor = self.registry.settings.replication_floor
         if len(replicas) == 1 and self.rng.random() >= trust.replicate_rate(
             trust.trust_of(record), floor
         ):
-            job = self._change(tx, job, report.status, entry, **fields, verified=False)
-            await self._judge(tx, job, provider, report)  # a trusted worker, taken at its word
+            runs = [run] if report.status == "completed" else []
+            job = await self._finish(tx, job, report.status, entry, runs, **fields, verified=False)
+            await self._judge(tx, job, record, report)  # a trusted worker, taken at its word
             return job
         if agreed is None and len(replicas) < 3:
             return self._change(tx, job, "queued", {**entry, "event": "replica"}, **fields)
         if agreed is None:
             failed = {"error": "the replicas disagree: no two results are the same"}
-            return self._change(tx, job, "failed", entry, **{**fields, "result": failed})
-        job = self._change(tx, job, report.status, entry, **fields, verified=True)
+            return await self._finish(tx, job, "failed", entry, [], **{**fields, "result": failed})
+        runs = [
+            {k: r[k] for k in ("workerId", "qubicAddress", "pricePerHour", "seconds")}
+            for r in replicas
+            if r["digest"] == agreed and report.status == "completed"
+        ]
+        job = await self._finish(tx, job, report.status, entry, runs, **fields, verified=True)
         for one in replicas:
             worker = await tx.get("providers", one["workerId"])
             if worker is None:
@@ -411,11 +475,15 @@ class JobQueue:
         tx.put("providers", {**record, trust.TRUST: after})
 
     async def _flag_since(self, tx: Transaction, worker_id: str, since: float | None) -> None:
-        """Mark what the worker completed since its last passed canary as unverified."""
+        """Mark what the worker completed since its last passed canary as unverified, and
+        give back what their renters paid for them."""
         where = {"workerId": worker_id, "status": "completed"}
         for done in await tx.scan("jobs", where):
-            if trust.CANARY not in done and (since is None or done["updatedAt"] > since):
+            if trust.CANARY in done or "unverified" in done:
+                continue
+            if since is None or done["updatedAt"] > since:
                 tx.put("jobs", {**done, "unverified": "its worker failed a check after this"})
+                await self.accounts.refund(tx, done, worker_id)
 
     async def expire_leases(self) -> None:
         """Requeue jobs whose worker stopped renewing the lease ("agent lost"), and fail those
@@ -444,7 +512,7 @@ class JobQueue:
             entry["attempt"] = attempt
             runs = attempt - len(job.get("replicas", []))  # replicas are not retries
             if reason == TIMED_OUT or runs >= job["maxAttempts"]:
-                job = self._change(tx, job, "failed", entry, result={"error": reason})
+                job = await self._finish(tx, job, "failed", entry, [], result={"error": reason})
             else:
                 job = self._change(tx, job, "queued", entry)
             record = await tx.get("providers", entry["workerId"])
@@ -464,6 +532,15 @@ class JobQueue:
 
     # -- state -----------------------------------------------------------------------
 
+    async def _finish(
+        self, tx: Transaction, job: Doc, status: str, entry: Doc, runs: list[Doc], **fields: Any
+    ) -> Doc:
+        """A job ends: its hold is released and the `runs` accepted are charged, in the
+        same commit as the change."""
+        job = self._change(tx, job, status, entry, **fields)
+        await self.accounts.settle(tx, job, runs)
+        return job
+
     def _change(self, tx: Transaction, job: Doc, status: str, entry: Doc, **fields: Any) -> Doc:
         """Record a state change (a new document: stored documents are never mutated)."""
         now = self.clock()
@@ -474,9 +551,11 @@ class JobQueue:
         return job
 
 
-async def find_job(reader: Store | Transaction, job_id: str) -> Doc:
+async def find_job(reader: Store | Transaction, job_id: str, caller: Caller | None = None) -> Doc:
+    """A job by id; one that `caller` (if given) may not see is not found, as if it did not
+    exist: a renter learns nothing of another's jobs."""
     job = await reader.get("jobs", job_id)
-    if job is None:
+    if job is None or (caller is not None and not caller.may_see(job)):
         raise not_found(f"job {job_id!r}")
     return job
 

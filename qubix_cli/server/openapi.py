@@ -19,13 +19,14 @@ _CODES = {
     201: "Created",
     204: "Nothing to answer (no content)",
     400: "Malformed request",
-    401: "No or bad token",
-    403: "Token of another worker",
-    404: "Not found",
+    401: "No or bad token, or a revoked key",
+    402: "More than the account has available (insufficient_funds)",
+    403: "Token of another worker, or a renter's key where an operator's is needed",
+    404: "Not found (also another renter's job)",
     409: "Conflict",
     413: "Body too large",
     422: "Invalid fields",
-    429: "Too many (see Retry-After)",
+    429: "Too many, or an account's quota (see Retry-After)",
     503: "Storage unavailable",
 }
 

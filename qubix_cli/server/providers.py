@@ -40,6 +40,13 @@ class Registry:
         """Create or update a provider. Returns its record and a new token if created.
         New registrations are limited per client IP (re-registering with the token is not)."""
         now = self.clock()
+        most = self.settings.max_price_per_hour
+        if body.pricePerHour is not None and body.pricePerHour > most:
+            raise InvalidInput(
+                f"pricePerHour {body.pricePerHour:g} is over this server's maximum, {most:g} "
+                "an hour: ask for less (worker run --price)",
+                code="price_too_high",
+            )
         async with self.store.transaction() as tx:
             existing = await tx.get("providers", body.workerId)
             if existing is not None and not token_matches(token, existing["tokenHash"]):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from pydantic import BaseModel
@@ -19,11 +20,13 @@ from qubix_cli.errors import (
     Forbidden,
     InvalidInput,
     Malformed,
+    NotFound,
     QubixError,
     RateLimited,
     Unauthorized,
 )
 from qubix_cli.installer.render import render
+from qubix_cli.server.accounts import Accounts, Caller
 from qubix_cli.server.diagnosis import diagnose
 from qubix_cli.server.events import Subscription
 from qubix_cli.server.http import (
@@ -45,13 +48,15 @@ from qubix_cli.server.http import (
 )
 from qubix_cli.server.jobfiles import JobFiles
 from qubix_cli.server.jobs import RESULT_LIMIT_BYTES, JobQueue
-from qubix_cli.server.keys import find_key
 from qubix_cli.server.providers import Registry
 from qubix_cli.server.schemas import (
     JOB_TYPES,
+    AccountCreate,
+    AccountList,
     ArtifactPath,
     ArtifactQuery,
     CheckNewQuery,
+    Credit,
     Diagnosis,
     Health,
     Heartbeat,
@@ -61,18 +66,27 @@ from qubix_cli.server.schemas import (
     JobReport,
     Jobs,
     JobSubmit,
+    KeyCreate,
+    KeyList,
     Lease,
+    Ledger,
+    LedgerQuery,
     LogChunk,
     Logs,
     LogsQuery,
     LogStored,
+    NewAccount,
+    NewKey,
     NewProviders,
+    OneAccount,
     OneArtifact,
     OneJob,
+    OneKey,
     OneProvider,
     PendingQuery,
     ProviderListQuery,
     ProviderPage,
+    QuotaChange,
     Register,
     Registered,
     Uploaded,
@@ -127,6 +141,24 @@ class Heartbeats:
         }
 
 
+# Who may call an endpoint, and the security schemes that says. A key's account is checked
+# in one place (`Api._guard`); a job of another renter is then not found (`find_job`).
+ANYONE, WORKER, RENTER, OPERATOR, WORKER_OR_OPERATOR = (
+    "anyone",
+    "worker",  # the worker token of the worker named in the path, or of the lease holder
+    "renter",  # any account's key: a renter's or an operator's
+    "operator",  # an operator's key
+    "worker or operator",
+)
+ACCESS: dict[str, tuple[str, ...]] = {
+    ANYONE: (),
+    WORKER: ("workerToken",),
+    RENTER: ("apiKey",),
+    OPERATOR: ("apiKey",),
+    WORKER_OR_OPERATOR: ("workerToken", "apiKey"),
+}
+
+
 @dataclass(frozen=True)
 class Endpoint:
     """One HTTP operation: its route (the `Api` method named `handler`) and its OpenAPI
@@ -141,12 +173,16 @@ class Endpoint:
     query: type[BaseModel] | None = None
     answer: type[BaseModel] | None = None  # the model of its 200/201 answers
     media_type: str = "application/json"  # of its 200 answer
-    auth: tuple[str, ...] = ()  # security schemes: "workerToken", "apiKey"
+    access: str = ANYONE  # who may call it: one of ACCESS
     upload: bool = False  # its body is a file's bytes (application/octet-stream)
+
+    @property
+    def auth(self) -> tuple[str, ...]:
+        """Its OpenAPI security schemes."""
+        return ACCESS[self.access]
 
 
 LOG_BODY_LIMIT_BYTES = 512 * 1024  # a log chunk's 64 KiB of text, JSON-escaped
-WORKER, API_KEY = ("workerToken",), ("apiKey",)
 
 # Routes are matched in this order, the busiest first. Heartbeat POSTs are handed over
 # before the router (see `Coordinator`); their route answers other methods (405).
@@ -159,7 +195,7 @@ ENDPOINTS = (
         (200, 400, 401, 403, 404, 422),
         body=Heartbeat,
         answer=HeartbeatAnswer,
-        auth=WORKER,
+        access=WORKER,
     ),
     Endpoint(
         "GET",
@@ -169,7 +205,7 @@ ENDPOINTS = (
         (200, 204, 401, 403, 404, 422),
         query=PendingQuery,
         answer=Lease,
-        auth=WORKER,
+        access=WORKER,
     ),
     Endpoint("GET", "/healthz", "healthz", "Liveness", (200,), answer=Health),
     Endpoint(
@@ -214,7 +250,7 @@ ENDPOINTS = (
         "Why this worker gets no jobs, in words and numbers (its token or the API key)",
         (200, 401, 403, 404),
         answer=Diagnosis,
-        auth=WORKER + API_KEY,
+        access=WORKER_OR_OPERATOR,
     ),
     Endpoint(
         "DELETE",
@@ -222,17 +258,17 @@ ENDPOINTS = (
         "delete_provider",
         "Deregister (its worker token or the API key)",
         (204, 401, 403, 404),
-        auth=WORKER + API_KEY,
+        access=WORKER_OR_OPERATOR,
     ),
     Endpoint(
         "POST",
         "/api/jobs",
         "submit_job",
         "Submit a job",
-        (201, 400, 401, 413, 422),
+        (201, 400, 401, 402, 413, 422, 429),
         body=JobSubmit,
         answer=OneJob,
-        auth=API_KEY,
+        access=RENTER,
     ),
     Endpoint(
         "GET",
@@ -242,7 +278,7 @@ ENDPOINTS = (
         (200, 401, 422),
         query=JobListQuery,
         answer=Jobs,
-        auth=API_KEY,
+        access=RENTER,
     ),
     Endpoint(
         "GET",
@@ -251,7 +287,7 @@ ENDPOINTS = (
         "One job with its history",
         (200, 401, 404),
         answer=OneJob,
-        auth=API_KEY,
+        access=RENTER,
     ),
     Endpoint(
         "POST",
@@ -260,7 +296,7 @@ ENDPOINTS = (
         "Cancel a queued or assigned job",
         (200, 401, 404, 409),
         answer=OneJob,
-        auth=API_KEY,
+        access=RENTER,
     ),
     Endpoint(
         "POST",
@@ -270,7 +306,7 @@ ENDPOINTS = (
         (200, 400, 401, 404, 409, 413, 422),
         body=JobReport,
         answer=OneJob,
-        auth=WORKER,
+        access=WORKER,
     ),
     Endpoint(
         "POST",
@@ -279,7 +315,7 @@ ENDPOINTS = (
         "Upload a file that jobs name as an input (by its SHA-256)",
         (201, 401, 413),
         answer=Uploaded,
-        auth=API_KEY,
+        access=RENTER,
         upload=True,
     ),
     Endpoint(
@@ -289,7 +325,7 @@ ENDPOINTS = (
         "An uploaded input of a job, for the worker that holds its lease",
         (200, 401, 404, 409),
         media_type="application/octet-stream",
-        auth=WORKER,
+        access=WORKER,
     ),
     Endpoint(
         "PUT",
@@ -299,7 +335,7 @@ ENDPOINTS = (
         (200, 401, 404, 409, 413, 422),
         query=ArtifactQuery,
         answer=OneArtifact,
-        auth=WORKER,
+        access=WORKER,
         upload=True,
     ),
     Endpoint(
@@ -309,7 +345,7 @@ ENDPOINTS = (
         "Download an output file of a job",
         (200, 401, 404),
         media_type="application/octet-stream",
-        auth=API_KEY,
+        access=RENTER,
     ),
     Endpoint(
         "POST",
@@ -319,7 +355,7 @@ ENDPOINTS = (
         (200, 400, 401, 404, 409, 413, 422),
         body=LogChunk,
         answer=LogStored,
-        auth=WORKER,
+        access=WORKER,
     ),
     Endpoint(
         "GET",
@@ -329,7 +365,102 @@ ENDPOINTS = (
         (200, 401, 404, 422),
         query=LogsQuery,
         answer=Logs,
-        auth=API_KEY,
+        access=RENTER,
+    ),
+    Endpoint(
+        "GET",
+        "/api/account",
+        "my_account",
+        "The account of the key used: name, role, quotas, balance",
+        (200, 401),
+        answer=OneAccount,
+        access=RENTER,
+    ),
+    Endpoint(
+        "POST",
+        "/api/accounts",
+        "create_account",
+        "Create an account and its first key (shown once)",
+        (201, 400, 401, 403, 409, 413, 422),
+        body=AccountCreate,
+        answer=NewAccount,
+        access=OPERATOR,
+    ),
+    Endpoint(
+        "GET",
+        "/api/accounts",
+        "list_accounts",
+        "All accounts",
+        (200, 401, 403),
+        answer=AccountList,
+        access=OPERATOR,
+    ),
+    Endpoint(
+        "GET",
+        "/api/accounts/{name}",
+        "get_account",
+        "One account (an operator, or the account's own key)",
+        (200, 401, 404),
+        answer=OneAccount,
+        access=RENTER,
+    ),
+    Endpoint(
+        "POST",
+        "/api/accounts/{name}/quota",
+        "set_quota",
+        "Change an account's quotas (null: no limit)",
+        (200, 400, 401, 403, 404, 413, 422),
+        body=QuotaChange,
+        answer=OneAccount,
+        access=OPERATOR,
+    ),
+    Endpoint(
+        "POST",
+        "/api/accounts/{name}/credit",
+        "credit_account",
+        "Add to an account's balance (recorded in the ledger)",
+        (200, 400, 401, 403, 404, 413, 422),
+        body=Credit,
+        answer=OneAccount,
+        access=OPERATOR,
+    ),
+    Endpoint(
+        "POST",
+        "/api/keys",
+        "create_key",
+        "Create a key (shown once): a renter for itself, an operator for any account",
+        (201, 400, 401, 404, 413, 422),
+        body=KeyCreate,
+        answer=NewKey,
+        access=RENTER,
+    ),
+    Endpoint(
+        "GET",
+        "/api/keys",
+        "list_keys",
+        "Keys: a renter's own, or every key for an operator",
+        (200, 401),
+        answer=KeyList,
+        access=RENTER,
+    ),
+    Endpoint(
+        "DELETE",
+        "/api/keys/{keyId}",
+        "revoke_key",
+        "Revoke a key; it is refused from the next request",
+        (200, 401, 404),
+        answer=OneKey,
+        access=RENTER,
+    ),
+    Endpoint(
+        "GET",
+        "/api/ledger",
+        "ledger",
+        "Credits, charges and refunds, oldest first (a renter sees its own)",
+        (200, 401, 422),
+        query=LedgerQuery,
+        answer=Ledger,
+        access=RENTER,
     ),
     Endpoint(
         "GET",
@@ -346,8 +477,10 @@ ENDPOINTS = (
 class Api:
     """The endpoints, bound to one registry, one queue and the store that holds the keys."""
 
-    def __init__(self, registry: Registry, jobs: JobQueue, files: JobFiles) -> None:
-        self.registry, self.jobs, self.files = registry, jobs, files
+    def __init__(
+        self, registry: Registry, jobs: JobQueue, files: JobFiles, accounts: Accounts
+    ) -> None:
+        self.registry, self.jobs, self.files, self.accounts = registry, jobs, files, accounts
         self.settings = registry.settings
         self.store = registry.store
         self.heartbeats = Heartbeats(registry, jobs)
@@ -357,21 +490,57 @@ class Api:
     def routes(self) -> list[BaseRoute]:
         """The routes of `ENDPOINTS`, then the events stream."""
         routes: list[BaseRoute] = [
-            Route(e.path, getattr(self, e.handler), methods=[e.method]) for e in ENDPOINTS
+            Route(e.path, self._guarded(e), methods=[e.method]) for e in ENDPOINTS
         ]
         return [*routes, WebSocketRoute("/api/events", self.events)]
+
+    def _guarded(self, endpoint: Endpoint) -> Callable[[Request], Awaitable[Response]]:
+        handler = getattr(self, endpoint.handler)
+
+        async def guarded(request: Request) -> Response:
+            request.state.caller = await self._guard(endpoint, request)
+            answer: Response = await handler(request)
+            return answer
+
+        return guarded
+
+    async def _guard(self, endpoint: Endpoint, request: Request) -> Caller | None:
+        """Who may call an endpoint, checked here for every endpoint (`Endpoint.access`):
+        the account of the key shown, or None where a worker token is checked by the
+        endpoint itself (it names the worker)."""
+        if endpoint.access in (ANYONE, WORKER):
+            return None
+        token = require_token(request.headers)
+        caller = await self.accounts.caller(token)
+        if endpoint.access == WORKER_OR_OPERATOR:
+            if caller is not None and not caller.is_operator:
+                raise Forbidden(
+                    f"the key of the renter account {caller.account!r} cannot do this: it "
+                    "needs the worker's token or an operator's key"
+                )
+            return caller
+        if caller is None:
+            raise Unauthorized(
+                "this needs an API key (Authorization: Bearer qbx_...); the one given is "
+                "not known, or was revoked"
+            )
+        if endpoint.access == OPERATOR and not caller.is_operator:
+            raise Forbidden(
+                f"only an operator may do this; the key's account {caller.account!r} is a renter",
+                code="operator_only",
+            )
+        return caller
+
+    @staticmethod
+    def _caller(request: Request) -> Caller:
+        """The account of an endpoint that needs a key (checked by `_guard`)."""
+        caller: Caller = request.state.caller
+        return caller
 
     async def _worker(self, request: Request) -> Doc:
         """The provider named in the path, authenticated by its worker token."""
         token = require_token(request.headers)
         return await self.registry.authenticate(request.path_params["workerId"], token)
-
-    async def _is_api_key(self, token: str | None) -> bool:
-        return token is not None and await find_key(self.store, token) is not None
-
-    async def _require_api_key(self, request: Request) -> None:
-        if not await self._is_api_key(require_token(request.headers)):
-            raise Unauthorized("this needs the server's API key as a Bearer token")
 
     async def healthz(self, request: Request) -> Response:
         return json_response({"ok": True, "serverTime": time.time()})
@@ -401,24 +570,23 @@ class Api:
         provider = await self.registry.get(request.path_params["workerId"])
         return json_response({"provider": provider})
 
-    async def diagnosis(self, request: Request) -> Response:
-        token = require_token(request.headers)
+    async def _worker_or_operator(self, request: Request) -> Doc:
+        """The provider in the path, for its own worker token or an operator's key."""
         worker_id = request.path_params["workerId"]
-        if await self._is_api_key(token):
-            provider = await self.registry.find(worker_id)
-        else:
-            try:
-                provider = await self.registry.authenticate(worker_id, token)
-            except Forbidden as exc:
-                message = f"this is neither the server's API key nor the token of {worker_id!r}"
-                raise Forbidden(message) from exc
+        if request.state.caller is not None:
+            return await self.registry.find(worker_id)
+        try:
+            return await self.registry.authenticate(worker_id, require_token(request.headers))
+        except Forbidden as exc:
+            message = f"this is neither an operator's API key nor the token of {worker_id!r}"
+            raise Forbidden(message) from exc
+
+    async def diagnosis(self, request: Request) -> Response:
+        provider = await self._worker_or_operator(request)
         return json_response(await diagnose(self.registry, self.jobs, provider))
 
     async def delete_provider(self, request: Request) -> Response:
-        token = require_token(request.headers)
-        worker_id = request.path_params["workerId"]
-        if not await self._is_api_key(token):
-            await self.registry.authenticate(worker_id, token)
+        worker_id = (await self._worker_or_operator(request))["workerId"]
         await self.registry.delete(worker_id)
         await self.jobs.requeue_held_by(worker_id)
         return Response(status_code=204)
@@ -426,26 +594,25 @@ class Api:
     # -- jobs --------------------------------------------------------------------------
 
     async def submit_job(self, request: Request) -> Response:
-        await self._require_api_key(request)
         body = await read_json(request, JobSubmit)
         payload = validate(JOB_TYPES[body.type].payload, body.payload, "body.payload")
         await self.files.check_inputs(body.inputs)
-        job = await self.jobs.submit(body, payload.model_dump(exclude_none=True))
+        payload_doc = payload.model_dump(exclude_none=True)
+        job = await self.jobs.submit(body, payload_doc, self._caller(request))
         return json_response({"job": job}, 201)
 
     async def list_jobs(self, request: Request) -> Response:
-        await self._require_api_key(request)
         query = read_query(request, JobListQuery)
-        jobs, total = await self.jobs.search(query)
+        jobs, total = await self.jobs.search(query, self._caller(request))
         return json_response({"jobs": jobs, "total": total, "offset": query.offset})
 
     async def get_job(self, request: Request) -> Response:
-        await self._require_api_key(request)
-        return json_response({"job": await self.jobs.get(request.path_params["jobId"])})
+        job = await self.jobs.get(request.path_params["jobId"], self._caller(request))
+        return json_response({"job": job})
 
     async def cancel_job(self, request: Request) -> Response:
-        await self._require_api_key(request)
-        return json_response({"job": await self.jobs.cancel(request.path_params["jobId"])})
+        job = await self.jobs.cancel(request.path_params["jobId"], self._caller(request))
+        return json_response({"job": job})
 
     async def pending_job(self, request: Request) -> Response:
         provider = await self._worker(request)
@@ -473,7 +640,6 @@ class Api:
     # -- inputs, outputs, logs ------------------------------------------------------
 
     async def upload_input(self, request: Request) -> Response:
-        await self._require_api_key(request)
         return json_response(await self.files.upload_input(request.stream()), 201)
 
     async def job_input(self, request: Request) -> Response:
@@ -491,8 +657,8 @@ class Api:
         return json_response({"artifact": artifact})
 
     async def get_artifact(self, request: Request) -> Response:
-        await self._require_api_key(request)
         job_id, name = request.path_params["jobId"], request.path_params["name"]
+        await self.jobs.get(job_id, self._caller(request))  # another renter's: not found
         path, artifact = await self.files.artifact(job_id, name)
         headers = {
             "X-Checksum-Sha256": artifact["sha256"],
@@ -507,11 +673,65 @@ class Api:
         return json_response({"stored": stored})
 
     async def get_logs(self, request: Request) -> Response:
-        await self._require_api_key(request)
         query = read_query(request, LogsQuery)
         job_id = request.path_params["jobId"]
+        await self.jobs.get(job_id, self._caller(request))  # another renter's: not found
         logs = await unless_disconnected(request, self.files.logs(job_id, query))
         return json_response(logs) if logs is not None else Response(status_code=204)
+
+    # -- accounts, keys, the ledger ------------------------------------------------------
+
+    async def my_account(self, request: Request) -> Response:
+        account = await self.accounts.get(self._caller(request).account)
+        return json_response({"account": account})
+
+    async def create_account(self, request: Request) -> Response:
+        body = await read_json(request, AccountCreate)
+        account, key, secret = await self.accounts.create(body.name, body.role, body.keyName)
+        return json_response({"account": account, "key": key, "apiKey": secret}, 201)
+
+    async def list_accounts(self, request: Request) -> Response:
+        return json_response({"accounts": await self.accounts.all()})
+
+    async def get_account(self, request: Request) -> Response:
+        caller, name = self._caller(request), request.path_params["name"]
+        if not caller.is_operator and name != caller.account:
+            raise NotFound(f"no account {name!r}", code="account_not_found")
+        return json_response({"account": await self.accounts.get(name)})
+
+    async def set_quota(self, request: Request) -> Response:
+        body = await read_json(request, QuotaChange)
+        changes = body.model_dump(include=body.model_fields_set)
+        account = await self.accounts.set_quota(request.path_params["name"], changes)
+        return json_response({"account": account})
+
+    async def credit_account(self, request: Request) -> Response:
+        body = await read_json(request, Credit)
+        name, caller = request.path_params["name"], self._caller(request)
+        return json_response({"account": await self.accounts.credit(name, body.amount, caller)})
+
+    async def create_key(self, request: Request) -> Response:
+        body = await read_json(request, KeyCreate)
+        caller = self._caller(request)
+        account = body.account or caller.account
+        if not caller.is_operator and account != caller.account:
+            raise NotFound(f"no account {account!r}", code="account_not_found")
+        key, secret = await self.accounts.create_key(account, body.name)
+        return json_response({"key": key, "apiKey": secret}, 201)
+
+    async def list_keys(self, request: Request) -> Response:
+        return json_response({"keys": await self.accounts.keys(self._caller(request))})
+
+    async def revoke_key(self, request: Request) -> Response:
+        key = await self.accounts.revoke(self._caller(request), request.path_params["keyId"])
+        return json_response({"key": key})
+
+    async def ledger(self, request: Request) -> Response:
+        query, caller = read_query(request, LedgerQuery), self._caller(request)
+        where = query.model_dump(exclude_none=True)
+        if not caller.is_operator:
+            where["account"] = caller.account
+        return json_response({"entries": await self.accounts.ledger(where or None)})
 
     # -- installers --------------------------------------------------------------------
 
@@ -542,19 +762,19 @@ class Api:
         if not self._own_origin(websocket):
             await websocket.close(code=1008)  # before accepting: the upgrade is answered 403
             return
-        keyed = await self._is_api_key(bearer_token(websocket.headers))
+        caller = await self.accounts.caller(bearer_token(websocket.headers))
         await websocket.accept()
         try:
             with self._streams.hold(self._ip(websocket.scope)):
-                await self._stream(websocket, keyed)
+                await self._stream(websocket, caller)
         except RateLimited as exc:
             await websocket.close(code=1013, reason=exc.message[:120])
 
     def _ip(self, scope: Scope) -> str:
         return client_ip(scope, self.settings.trusted_proxies)
 
-    async def _stream(self, websocket: WebSocket, keyed: bool) -> None:
-        async with self.registry.events.subscribe(jobs=keyed) as sub:
+    async def _stream(self, websocket: WebSocket, caller: Caller | None) -> None:
+        async with self.registry.events.subscribe(caller.may_see if caller else None) as sub:
             tasks = {
                 asyncio.ensure_future(self._send_events(websocket, sub)),
                 asyncio.ensure_future(self._read_auth(websocket, sub)),
@@ -594,8 +814,9 @@ class Api:
                 if not isinstance(message, dict) or message.get("type") != "auth":
                     continue
                 key = message.get("key")
-                if not isinstance(key, str) or not await self._is_api_key(key):
+                caller = await self.accounts.caller(key) if isinstance(key, str) else None
+                if caller is None:
                     await websocket.close(code=1008, reason="this key is not valid")
                     return
-                sub.jobs = True
+                sub.sees = caller.may_see
                 await websocket.send_json({"type": "AUTHENTICATED", "data": {}, "at": time.time()})

@@ -206,6 +206,9 @@ class Requirements(Body):
     minReputation: float | None = Field(default=None, ge=0, le=1)
     sandbox: bool = Field(default=False, description="Only workers that run it in a sandbox.")
     network: bool = Field(default=False, description="It needs the network (off by default).")
+    maxPricePerHour: float | None = Field(
+        default=None, ge=0, le=1_000_000, description="Only workers that ask at most this."
+    )
 
 
 class SleepPayload(Body):
@@ -519,7 +522,10 @@ class Job(JobSubmit):
     history: list[HistoryEntry]
     leaseExpiresAt: float | None
     artifacts: list[Artifact] = Field(default_factory=list)
-    replicas: list[dict[str, str]] | None = None
+    replicas: list[dict[str, Any]] | None = None
+    account: str | None = Field(default=None, description="The account that submitted it.")
+    hold: float | None = Field(default=None, description="Its worst case, held while open.")
+    pricePerHour: float | None = Field(default=None, description="Fixed by its lease.")
     verified: bool | None = Field(default=None, description="Replicas agreed on the result.")
     unverified: str | None = Field(default=None, description="Why its result is in doubt.")
     log: dict[str, int] | None = Field(default=None, description="storedBytes, droppedLines")
@@ -547,3 +553,110 @@ class Lease(Answer):
 class Health(Answer):
     ok: bool
     serverTime: float
+
+
+# -- accounts, keys, the ledger -------------------------------------------------------
+
+AccountName = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$")]
+KeyName = Annotated[str, Field(min_length=1, max_length=64)]
+QuotaValue = Annotated[int, Field(ge=0, le=10_000_000)]
+
+
+class AccountCreate(Body):
+    """POST /api/accounts."""
+
+    name: AccountName
+    role: Literal["operator", "renter"] = "renter"
+    keyName: KeyName = "first"
+
+
+class QuotaChange(Body):
+    """POST /api/accounts/{name}/quota: the quotas given change (null: no limit)."""
+
+    maxQueued: QuotaValue | None = Field(default=None, description="Jobs queued at once.")
+    maxPerMinute: QuotaValue | None = Field(default=None, description="Jobs submitted a minute.")
+    maxRunning: QuotaValue | None = Field(default=None, description="Jobs running at once.")
+
+
+class Credit(Body):
+    """POST /api/accounts/{name}/credit (negative: take back)."""
+
+    amount: float = Field(ge=-1e12, le=1e12)
+    model_config = ConfigDict(strict=False, extra="forbid", allow_inf_nan=False)
+
+
+class KeyCreate(Body):
+    """POST /api/keys: a renter makes keys for its own account only."""
+
+    account: AccountName | None = None
+    name: KeyName = "key"
+
+
+class LedgerQuery(Query):
+    account: str | None = None
+    qubicAddress: str | None = None
+    jobId: str | None = None
+
+
+class Quota(Answer):
+    maxQueued: int | None
+    maxPerMinute: int | None
+    maxRunning: int | None
+
+
+class Account(Answer):
+    name: str
+    role: str
+    createdAt: float
+    quota: Quota
+    balance: float
+    held: float
+
+
+class OneAccount(Answer):
+    account: Account
+
+
+class AccountList(Answer):
+    accounts: list[Account]
+
+
+class ApiKey(Answer):
+    id: str = Field(description="The key's first 12 characters.")
+    account: str
+    name: str
+    createdAt: float
+    revokedAt: float | None
+    lastUsedAt: float | None
+
+
+class OneKey(Answer):
+    key: ApiKey
+
+
+class KeyList(Answer):
+    keys: list[ApiKey]
+
+
+class NewKey(Answer):
+    key: ApiKey
+    apiKey: str = Field(description="The key itself, shown only now.")
+
+
+class NewAccount(Answer):
+    account: Account
+    key: ApiKey
+    apiKey: str = Field(description="The account's first key, shown only now.")
+
+
+class LedgerEntry(Answer):
+    model_config = ConfigDict(extra="allow")
+    id: str
+    at: float
+    kind: Literal["credit", "charge", "refund"]
+    account: str
+    amount: float
+
+
+class Ledger(Answer):
+    entries: list[LedgerEntry]

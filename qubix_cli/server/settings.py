@@ -41,6 +41,7 @@ class Settings:
     canaries: bool = True  # check workers with canaries (off: a fleet of one's own machines)
     secrets_min_reputation: float = 0.5  # jobs with `env` go to workers this trusted at least
     replication_floor: float = 0.05  # the least share of a trusted worker's jobs replicated
+    max_price_per_hour: float = 1000.0  # the most a provider may ask; a job's default limit
 
     def allowed_origins(self) -> list[str]:
         """Origins besides the request's own that may open the events stream."""

@@ -49,12 +49,14 @@ class Table:
 
 TABLES = {
     "providers": Table("workerId", ("tokenHash", "clientIp", "qubicAddress")),
-    "jobs": Table("id", ("status", "workerId")),
-    "keys": Table("id", ("hash",)),
+    "jobs": Table("id", ("status", "workerId", "account")),
+    "keys": Table("id", ("hash", "account")),
     "logs": Table("id", ("jobId",)),  # a running job's output, a chunk a document
+    "accounts": Table("name"),
+    "ledger": Table("id", ("account", "qubicAddress", "jobId")),  # append-only
 }
 # Volatile state, per kind: key -> document. Kept in memory, saved now and then.
-VOLATILE = ("liveness", "leases", "cancels", "registrations")
+VOLATILE = ("liveness", "leases", "cancels", "registrations", "keyUse")
 
 
 class Reader(Protocol):

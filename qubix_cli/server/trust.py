@@ -2,8 +2,9 @@
 
 A canary is a verifiable job (`matmul`, worker/engine.py) that the coordinator makes on
 demand for a worker and knows the answer of; to the worker it is a `matmul` job like a
-renter's. It is slipped in at a rate that falls as the worker's record grows (every job
-for a new worker, a few percent later). A wrong answer quarantines the worker: it gets
+renter's. It takes the place of a renter's job the worker would be handed, at a rate
+that falls as the worker's record grows (every job for a new worker, a few percent
+later). A wrong answer quarantines the worker: it gets
 only canaries until it has passed `RELEASE_STREAK` in a row, and the results it reported
 since its last passed canary are flagged. The canary's timing checks the hardware claim.
 

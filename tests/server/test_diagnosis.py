@@ -117,6 +117,6 @@ def test_only_its_own_token_or_an_operator_may_ask(client: TestClient) -> None:
     assert client.get(url).status_code == 401
     refused = client.get(url, headers=auth(other))
     assert refused.status_code == 403
-    assert "neither the server's API key nor the token of 'worker-1'" in refused.json()["message"]
+    assert "neither an operator's API key nor the token of 'worker-1'" in refused.json()["message"]
     assert client.get(url, headers=KEY).status_code == 200
     assert client.get("/api/providers/nobody/diagnosis", headers=KEY).status_code == 404

@@ -247,6 +247,49 @@ def test_log_chunks_come_back_in_order_by_job_and_go_with_it(backend: Any) -> No
         assert run(lambda r=reader: r.count("logs", {"jobId": "b"})) == 4
 
 
+def test_a_hold_and_its_job_commit_together_and_the_ledger_sums_by_index(backend: Any) -> None:
+    """What accounts need: an account (keyed by name) changed in the same transaction as
+    the job it holds money for, refused as a whole when the block raises; ledger lines
+    found by account, by Qubic address and by job, in time order, after a restart."""
+    store = backend.open()
+    run(lambda: put(store, "accounts", {"name": "alice", "balance": 10.0, "held": 0.0}))
+
+    async def submit(hold: float) -> None:
+        async with store.transaction() as tx:
+            account = await tx.get("accounts", "alice")
+            assert account is not None
+            if hold > account["balance"] - account["held"]:
+                raise ValueError("insufficient funds")
+            tx.put("accounts", {**account, "held": account["held"] + hold})
+            tx.put("jobs", job(1, account="alice", hold=hold))
+
+    run(lambda: submit(4.0))
+    with pytest.raises(ValueError):
+        run(lambda: submit(7.0))
+    assert run(lambda: store.get("accounts", "alice"))["held"] == 4.0
+    assert run(lambda: store.count("jobs", {"account": "alice"})) == 1
+
+    lines = [
+        {
+            "id": f"led_{i}",
+            "at": float(10 - i),
+            "kind": "charge",
+            "account": acct,
+            "jobId": f"j{i % 2}",
+            "qubicAddress": addr,
+            "amount": float(i),
+        }
+        for i, (acct, addr) in enumerate([("alice", "A"), ("bob", "B"), ("alice", "B")])
+    ]
+    run(lambda: put(store, "ledger", *lines))
+    for reader in (store, backend.open()):
+        by_alice = run(lambda r=reader: r.scan("ledger", {"account": "alice"}, "at"))
+        assert [e["id"] for e in by_alice] == ["led_2", "led_0"]
+        by_b = run(lambda r=reader: r.scan("ledger", {"qubicAddress": "B"}, "at"))
+        assert sum(e["amount"] for e in by_b) == 3.0
+        assert run(lambda r=reader: r.count("ledger", {"jobId": "j0"})) == 2
+
+
 # -- volatile state ----------------------------------------------------------------------
 
 

@@ -1,0 +1,248 @@
+"""`qubix accounts`, `qubix keys` and `qubix login`: who may use a coordinator, and how
+much it may spend."""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from qubix_cli import config
+from qubix_cli.cli.display import ApiKeyOpt, JsonOpt, ServerOpt, ago, safe
+from qubix_cli.client import Client, connect
+
+accounts = typer.Typer(help="Create and list accounts, set their quotas and credit (operators).")
+keys = typer.Typer(help="Create, list and revoke API keys.")
+console = Console(highlight=False)
+
+NameArg = Annotated[str, typer.Argument(help="The account's name.")]
+
+
+def _echo_json(value: Any) -> None:
+    typer.echo(json.dumps(value, indent=2))
+
+
+def _show_account(account: dict[str, Any]) -> None:
+    quota = account["quota"]
+    limits = ", ".join(f"{k} {v}" for k, v in quota.items() if v is not None) or "none"
+    console.print(safe(f"account {account['name']} ({account['role']})"))
+    console.print(safe(f"  balance {account['balance']:g}, held for open jobs {account['held']:g}"))
+    console.print(safe(f"  quotas: {limits}"))
+
+
+def _show_new_key(answer: dict[str, Any]) -> None:
+    key = answer["key"]
+    console.print(safe(f"key {key['id']} ({key['name']}) of account {key['account']}:"))
+    typer.echo(answer["apiKey"])
+    console.print("Keep it now: it is shown only once (the server keeps only its hash).")
+
+
+@accounts.command("create")
+def create(
+    name: NameArg,
+    role: Annotated[str, typer.Option(help="renter (its own jobs only) or operator.")] = "renter",
+    server: ServerOpt = None,
+    api_key: ApiKeyOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Create an account and its first API key (printed once). Needs an operator's key."""
+    with connect(server, api_key) as client:
+        answer = client.call("POST", "/api/accounts", json={"name": name, "role": role})
+    if as_json:
+        _echo_json(answer)
+        return
+    _show_account(answer["account"])
+    _show_new_key(answer)
+
+
+@accounts.command("list")
+def list_accounts(
+    server: ServerOpt = None, api_key: ApiKeyOpt = None, as_json: JsonOpt = False
+) -> None:
+    """List the accounts with their role, balance and quotas. Needs an operator's key."""
+    with connect(server, api_key) as client:
+        found = client.call("GET", "/api/accounts")["accounts"]
+    if as_json:
+        _echo_json(found)
+        return
+    table = Table("name", "role", "balance", "held", "quotas")
+    for account in found:
+        quota = ", ".join(f"{k} {v}" for k, v in account["quota"].items() if v is not None)
+        table.add_row(
+            safe(account["name"]),
+            account["role"],
+            f"{account['balance']:g}",
+            f"{account['held']:g}",
+            safe(quota) or "-",
+        )
+    console.print(table)
+
+
+@accounts.command("show")
+def show(
+    name: Annotated[
+        str | None, typer.Argument(help="The account \\[default: the key's own].")
+    ] = None,
+    server: ServerOpt = None,
+    api_key: ApiKeyOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Show an account: role, balance, what its open jobs hold, quotas."""
+    with connect(server, api_key) as client:
+        path = f"/api/accounts/{name}" if name else "/api/account"
+        account = client.call("GET", path)["account"]
+    if as_json:
+        _echo_json(account)
+        return
+    _show_account(account)
+
+
+@accounts.command("quota")
+def quota(
+    name: NameArg,
+    max_queued: Annotated[int | None, typer.Option(min=0, help="Jobs queued at once.")] = None,
+    max_per_minute: Annotated[
+        int | None, typer.Option(min=0, help="Jobs submitted a minute.")
+    ] = None,
+    max_running: Annotated[int | None, typer.Option(min=0, help="Jobs running at once.")] = None,
+    no_limit: Annotated[
+        list[str] | None,
+        typer.Option(help="Remove a quota: max-queued, max-per-minute or max-running."),
+    ] = None,
+    server: ServerOpt = None,
+    api_key: ApiKeyOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Set an account's quotas; those not given stay as they are. Needs an operator's key."""
+    names = {
+        "max-queued": "maxQueued",
+        "max-per-minute": "maxPerMinute",
+        "max-running": "maxRunning",
+    }
+    body: dict[str, int | None] = {}
+    for field, value in (
+        ("maxQueued", max_queued),
+        ("maxPerMinute", max_per_minute),
+        ("maxRunning", max_running),
+    ):
+        if value is not None:
+            body[field] = value
+    for option in no_limit or []:
+        if option not in names:
+            raise typer.BadParameter(f"{option!r} is not a quota: {', '.join(names)}")
+        body[names[option]] = None
+    if not body:
+        raise typer.BadParameter("give a quota to set, e.g. --max-queued 100")
+    with connect(server, api_key) as client:
+        account = client.call("POST", f"/api/accounts/{name}/quota", json=body)["account"]
+    if as_json:
+        _echo_json(account)
+        return
+    _show_account(account)
+
+
+@accounts.command("credit")
+def credit(
+    name: NameArg,
+    amount: Annotated[float, typer.Argument(help="How much to add (negative: take back).")],
+    server: ServerOpt = None,
+    api_key: ApiKeyOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Add to an account's balance; the ledger records it. Needs an operator's key."""
+    with connect(server, api_key) as client:
+        account = client.call("POST", f"/api/accounts/{name}/credit", json={"amount": amount})
+    if as_json:
+        _echo_json(account["account"])
+        return
+    _show_account(account["account"])
+
+
+@keys.command("create")
+def create_key(
+    account: Annotated[
+        str | None, typer.Option(help="Whose key \\[default: the account of the key used].")
+    ] = None,
+    name: Annotated[str, typer.Option(help="A name to tell it apart, e.g. ci.")] = "key",
+    server: ServerOpt = None,
+    api_key: ApiKeyOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Create an API key (printed once): a renter for itself, an operator for any account."""
+    body = {"name": name, **({"account": account} if account else {})}
+    with connect(server, api_key) as client:
+        answer = client.call("POST", "/api/keys", json=body)
+    if as_json:
+        _echo_json(answer)
+        return
+    _show_new_key(answer)
+
+
+@keys.command("list")
+def list_keys(
+    server: ServerOpt = None, api_key: ApiKeyOpt = None, as_json: JsonOpt = False
+) -> None:
+    """List keys (an operator sees every account's): id, name, created, last used."""
+    with connect(server, api_key) as client:
+        found = client.call("GET", "/api/keys")["keys"]
+    if as_json:
+        _echo_json(found)
+        return
+    table = Table("id", "account", "name", "created", "last used", "revoked")
+    for key in found:
+        table.add_row(
+            safe(key["id"]),
+            safe(key["account"]),
+            safe(key["name"]),
+            ago(key["createdAt"]),
+            ago(key["lastUsedAt"]) if key["lastUsedAt"] else "never",
+            ago(key["revokedAt"]) if key["revokedAt"] else "-",
+        )
+    console.print(table)
+
+
+@keys.command("revoke")
+def revoke(
+    key_id: Annotated[str, typer.Argument(help="The key's id (its first 12 characters).")],
+    server: ServerOpt = None,
+    api_key: ApiKeyOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Revoke a key: the next request with it is refused."""
+    with connect(server, api_key) as client:
+        key = client.call("DELETE", f"/api/keys/{key_id}")["key"]
+    if as_json:
+        _echo_json(key)
+        return
+    console.print(safe(f"key {key['id']} ({key['name']}) of account {key['account']} is revoked"))
+
+
+def login(
+    server: Annotated[
+        str | None,
+        typer.Option(
+            help="The coordinator's URL \\[default: QUBIX_SERVER, else the config file's]."
+        ),
+    ] = None,
+    api_key: Annotated[
+        str | None,
+        typer.Option(
+            help="The key \\[default: QUBIX_API_KEY, else asked for, hidden].", show_default=False
+        ),
+    ] = None,
+) -> None:
+    """Check a key against a server and store it in the config file (readable by you only),
+    so that later commands need neither --server nor --api-key."""
+    url = config.server_url(server)
+    key = api_key or os.environ.get("QUBIX_API_KEY")
+    if not key:
+        key = str(typer.prompt(f"API key for {url}", hide_input=True)).strip()
+    with Client(url, key) as client:
+        account = client.call("GET", "/api/account")["account"]
+    path = config.login(url, key)
+    console.print(safe(f"logged in to {url} as account {account['name']} ({account['role']})"))
+    console.print(safe(f"the key is stored in {path}"))

@@ -1,0 +1,318 @@
+"""Accounts, their API keys and quotas, balances and holds, and the ledger.
+
+An account is an `operator` (does everything) or a `renter` (its own jobs only). A key is
+`qbx_` and 43 random characters (256 bits), shown once; the store keeps its SHA-256 hash
+and its id, its first 12 characters. A revoked key keeps its record (so the key the server
+was started with cannot come back at the next start) and is refused at once.
+
+Money: a renter's balance is what operators credited less what its jobs were charged
+(plus refunds). A job holds its worst case (the most it may cost) while it is open; a
+submission whose worst case exceeds the balance less what is held is refused. The ledger
+is append-only: credits, charges and refunds, each with its account, and a charge with
+the worker and Qubic address that earned it; the balances kept on accounts are its sums.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Any
+
+from qubix_cli.errors import Conflict, InvalidInput, NotFound, PaymentRequired, QuotaExceeded
+from qubix_cli.server.http import token_hash
+from qubix_cli.server.providers import Clock
+from qubix_cli.server.store import Doc, Store, Transaction
+
+OPERATOR, RENTER = "operator", "renter"
+ROLES = (OPERATOR, RENTER)
+FIRST_OPERATOR = "operator"  # the account of the key the server was started with
+KEY_PREFIX = "qbx_"
+KEY_ID_LENGTH = 12
+ACCOUNT_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+QUOTAS = ("maxQueued", "maxPerMinute", "maxRunning")
+MINUTE_S = 60.0
+KEY_USE = "keyUse"  # volatile: key id -> {"at": last use}
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who a request's key belongs to."""
+
+    account: str
+    role: str
+    key_id: str
+
+    @property
+    def is_operator(self) -> bool:
+        return self.role == OPERATOR
+
+    def may_see(self, job: Doc) -> bool:
+        """An operator sees every job; a renter only its own."""
+        return self.is_operator or job.get("account") == self.account
+
+
+def money(amount: float) -> float:
+    """Amounts are kept to six decimal places."""
+    return round(amount, 6)
+
+
+def new_key() -> str:
+    return KEY_PREFIX + secrets.token_urlsafe(32)
+
+
+def key_doc(key: str, account: str, name: str, now: float) -> Doc:
+    return {
+        "id": key[:KEY_ID_LENGTH],
+        "hash": token_hash(key),
+        "account": account,
+        "name": name,
+        "createdAt": now,
+        "revokedAt": None,
+    }
+
+
+def public_key(doc: Doc, last_used: Doc | None) -> Doc:
+    """A key as listings show it: never its hash."""
+    shown = {k: doc.get(k) for k in ("id", "account", "name", "createdAt", "revokedAt")}
+    return {**shown, "lastUsedAt": last_used["at"] if last_used else None}
+
+
+def new_account(name: str, role: str, now: float) -> Doc:
+    return {
+        "name": name,
+        "role": role,
+        "createdAt": now,
+        "quota": {q: None for q in QUOTAS},
+        "balance": 0.0,
+        "held": 0.0,
+    }
+
+
+def check_name(name: str) -> str:
+    if not ACCOUNT_NAME.fullmatch(name):
+        raise InvalidInput(
+            f"{name!r} is not an account name: 1-63 lowercase letters, digits, '-' or '_', "
+            "starting with a letter or digit",
+            code="invalid_account_name",
+        )
+    return name
+
+
+class Accounts:
+    def __init__(self, store: Store, clock: Clock) -> None:
+        self.store, self.clock = store, clock
+        # Submissions per account in the last minute, in this process (monotonic times).
+        self._recent: dict[str, deque[float]] = {}
+
+    # -- keys --------------------------------------------------------------------------
+
+    async def caller(self, key: str | None) -> Caller | None:
+        """The account a presented key belongs to, or None (unknown or revoked). The hash
+        is looked up, so the comparison takes the same time whatever the key."""
+        if not key:
+            return None
+        found = await self.store.scan("keys", where={"hash": token_hash(key)})
+        if not found or found[0].get("revokedAt") is not None:
+            return None
+        account = await self.store.get("accounts", found[0].get("account") or "")
+        if account is None:
+            return None
+        self.store.remember(KEY_USE, found[0]["id"], {"at": self.clock()})
+        return Caller(account["name"], account["role"], found[0]["id"])
+
+    async def install_start_key(self, key: str) -> bool:
+        """Make the key the server was started with (`--api-key`, `QUBIX_API_KEY` or the
+        data dir's key file) a key of the first operator account; a key a previous start
+        used stops working, unless it was made an account's key some other way. False if
+        this key was revoked: it stays refused."""
+        now = self.clock()
+        async with self.store.transaction() as tx:
+            if await tx.get("accounts", FIRST_OPERATOR) is None:
+                tx.put("accounts", new_account(FIRST_OPERATOR, OPERATOR, now))
+            for old in await tx.scan("keys", where={"startKey": True}):
+                if old["hash"] != token_hash(key) and old.get("revokedAt") is None:
+                    tx.put("keys", {**old, "revokedAt": now})
+            found = await tx.scan("keys", where={"hash": token_hash(key)})
+            if found:
+                if found[0].get("revokedAt") is not None:
+                    return False
+                if found[0].get("account") is None:  # a key from before accounts
+                    tx.put("keys", {**found[0], "account": FIRST_OPERATOR, "name": "start"})
+                return True
+            tx.put("keys", {**key_doc(key, FIRST_OPERATOR, "start", now), "startKey": True})
+        return True
+
+    async def create_key(self, account: str, name: str) -> tuple[Doc, str]:
+        """A new key for an account: its listing, and the key itself (shown only now)."""
+        async with self.store.transaction() as tx:
+            await self._account(tx, account)
+            doc, key = await self._new_key(tx, account, name)
+        return public_key(doc, None), key
+
+    async def _new_key(self, tx: Transaction, account: str, name: str) -> tuple[Doc, str]:
+        while True:
+            key = new_key()
+            if await tx.get("keys", key[:KEY_ID_LENGTH]) is None:  # ids are 48 random bits
+                break
+        doc = key_doc(key, account, name, self.clock())
+        tx.put("keys", doc)
+        return doc, key
+
+    async def keys(self, caller: Caller) -> list[Doc]:
+        """The keys an operator sees (all) or a renter sees (its own), oldest first."""
+        where = None if caller.is_operator else {"account": caller.account}
+        docs = await self.store.scan("keys", where, "createdAt")
+        return [public_key(d, await self.store.recall(KEY_USE, d["id"])) for d in docs]
+
+    async def revoke(self, caller: Caller, key_id: str) -> Doc:
+        async with self.store.transaction() as tx:
+            doc = await tx.get("keys", key_id)
+            if doc is None or not (caller.is_operator or doc.get("account") == caller.account):
+                raise NotFound(f"no key {key_id!r}", code="key_not_found")
+            if doc.get("revokedAt") is None:
+                doc = {**doc, "revokedAt": self.clock()}
+                tx.put("keys", doc)
+        return public_key(doc, await self.store.recall(KEY_USE, key_id))
+
+    # -- accounts ----------------------------------------------------------------------
+
+    async def create(self, name: str, role: str, key_name: str) -> tuple[Doc, Doc, str]:
+        """A new account and its first key: the account, the key's listing, the key."""
+        check_name(name)
+        if role not in ROLES:
+            raise InvalidInput(f"{role!r} is not a role: operator or renter", code="invalid_role")
+        async with self.store.transaction() as tx:
+            if await tx.get("accounts", name) is not None:
+                raise Conflict(f"the account {name!r} exists already", code="account_exists")
+            account = new_account(name, role, self.clock())
+            tx.put("accounts", account)
+            doc, key = await self._new_key(tx, name, key_name)
+        return account, public_key(doc, None), key
+
+    async def all(self) -> list[Doc]:
+        return await self.store.scan("accounts", None, "createdAt")
+
+    async def get(self, name: str) -> Doc:
+        return await self._account(self.store, name)
+
+    @staticmethod
+    async def _account(reader: Store | Transaction, name: str) -> Doc:
+        account = await reader.get("accounts", name)
+        if account is None:
+            raise NotFound(f"no account {name!r}", code="account_not_found")
+        return account
+
+    async def set_quota(self, name: str, quota: dict[str, int | None]) -> Doc:
+        """Change the quotas given (None: no limit); the others stay as they are."""
+        async with self.store.transaction() as tx:
+            account = await self._account(tx, name)
+            account = {**account, "quota": {**account["quota"], **quota}}
+            tx.put("accounts", account)
+        return account
+
+    async def credit(self, name: str, amount: float, by: Caller) -> Doc:
+        """Add to an account's balance (a negative amount takes back), in the ledger."""
+        async with self.store.transaction() as tx:
+            account = await self._account(tx, name)
+            entry = {"kind": "credit", "account": name, "amount": money(amount), "by": by.account}
+            self._record(tx, entry)
+            account = {**account, "balance": money(account["balance"] + amount)}
+            tx.put("accounts", account)
+        return account
+
+    def _record(self, tx: Transaction, entry: Doc) -> None:
+        now = self.clock()
+        ledger_id = f"led_{int(now * 1000):011x}{secrets.token_hex(4)}"
+        tx.put("ledger", {"id": ledger_id, "at": now, **entry})
+
+    # -- jobs --------------------------------------------------------------------------
+
+    async def admit(self, tx: Transaction, caller: Caller, job: Doc, hold: float) -> None:
+        """Check a submission against the account's quotas and balance, in the transaction
+        that stores the job, and hold its worst case. Raises (nothing stored) past one."""
+        account = await self._account(tx, caller.account)
+        quota = account["quota"]
+        most = quota.get("maxQueued")
+        if most is not None:
+            queued = await tx.count("jobs", {"account": caller.account, "status": "queued"})
+            if queued >= most:
+                raise QuotaExceeded(
+                    f"the account {caller.account!r} has {queued} queued jobs, its quota "
+                    f"maxQueued is {most}: wait for some to start, or cancel some",
+                    details={"quota": "maxQueued", "limit": most},
+                )
+        recent = self._recent.setdefault(caller.account, deque())
+        now = time.monotonic()
+        while recent and recent[0] <= now - MINUTE_S:
+            recent.popleft()
+        per_minute = quota.get("maxPerMinute")
+        if per_minute is not None and len(recent) >= per_minute:
+            wait = max(1, int(recent[0] + MINUTE_S - now + 1))
+            raise QuotaExceeded(
+                f"the account {caller.account!r} submitted {len(recent)} jobs in the last "
+                f"minute, its quota maxPerMinute is {per_minute}: try again in {wait} s",
+                details={"quota": "maxPerMinute", "limit": per_minute, "retryAfterS": wait},
+            )
+        available = money(account["balance"] - account["held"])
+        if not caller.is_operator and hold > available:
+            raise PaymentRequired(
+                f"this job may cost up to {hold:g} (its price limit x its timeout), and the "
+                f"account {caller.account!r} has {available:g} available (balance "
+                f"{account['balance']:g}, held for open jobs {account['held']:g}): lower "
+                "requirements.maxPricePerHour or timeoutS, or ask an operator for credit",
+                details={"worstCase": hold, "available": available},
+            )
+        recent.append(now)
+        job.update(account=caller.account, hold=hold)
+        tx.put("accounts", {**account, "held": money(account["held"] + hold)})
+
+    async def settle(self, tx: Transaction, job: Doc, runs: list[Doc]) -> None:
+        """A job of an account ended: its hold is released, and each accepted run in
+        `runs` ({workerId, qubicAddress, pricePerHour, seconds}) is charged."""
+        account = await tx.get("accounts", job.get("account") or "")
+        if account is None:
+            return
+        charged = 0.0
+        for run in runs:
+            amount = money(run["pricePerHour"] * run["seconds"] / 3600.0)
+            entry = {"kind": "charge", "account": account["name"], "jobId": job["id"], **run}
+            self._record(tx, {**entry, "seconds": round(run["seconds"], 3), "amount": amount})
+            charged += amount
+        balance = money(account["balance"] - charged)
+        held = money(max(0.0, account["held"] - job.get("hold", 0.0)))
+        tx.put("accounts", {**account, "balance": balance, "held": held})
+
+    async def refund(self, tx: Transaction, job: Doc, worker_id: str) -> None:
+        """Give back what a job's account paid for a worker's run of it (its worker was
+        caught cheating after it): the work cost nothing."""
+        account = await tx.get("accounts", job.get("account") or "")
+        if account is None:
+            return
+        back = 0.0
+        for entry in await tx.scan("ledger", {"jobId": job["id"], "workerId": worker_id}):
+            if entry["kind"] == "charge":
+                fields = {k: entry[k] for k in ("jobId", "workerId", "qubicAddress", "amount")}
+                self._record(tx, {"kind": "refund", "account": account["name"], **fields})
+                back += entry["amount"]
+        if back:
+            tx.put("accounts", {**account, "balance": money(account["balance"] + back)})
+
+    async def ledger(self, where: dict[str, Any] | None = None) -> list[Doc]:
+        return await self.store.scan("ledger", where, "at")
+
+
+def totals(entries: list[Doc]) -> tuple[dict[str, float], dict[str, float]]:
+    """Balances by account and earnings by Qubic address, summed over ledger entries."""
+    balances: dict[str, float] = {}
+    earned: dict[str, float] = {}
+    sign = {"credit": 1.0, "refund": 1.0, "charge": -1.0}
+    for entry in entries:
+        change = sign[entry["kind"]] * entry["amount"]  # to the renter's balance
+        balances[entry["account"]] = money(balances.get(entry["account"], 0.0) + change)
+        if "qubicAddress" in entry:
+            address = entry["qubicAddress"]
+            earned[address] = money(earned.get(address, 0.0) - change)
+    return balances, earned

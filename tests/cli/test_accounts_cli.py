@@ -1,0 +1,76 @@
+"""`qubix accounts`, `qubix keys` and `qubix login`, run as real processes against a real
+`qubix serve`, with a config directory of their own."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.helpers import API_KEY, ServerProcess
+
+
+def qubix(home: Path, *args: str, key: str | None = None) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("QUBIX_")}
+    env.update(XDG_CONFIG_HOME=str(home / "config"), HOME=str(home), COLUMNS="200")
+    if key:
+        env["QUBIX_API_KEY"] = key
+    return subprocess.run(
+        [sys.executable, "-m", "qubix_cli", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
+
+
+def test_an_operator_makes_a_renter_who_logs_in_and_works_without_flags(tmp_path: Path) -> None:
+    server = ServerProcess(tmp_path / "data").start()
+    try:
+        url = server.url
+        create = ["accounts", "create", "alice", "--server", url, "--json"]
+        made = qubix(tmp_path, *create, key=API_KEY)
+        assert made.returncode == 0, made.stderr
+        alice = json.loads(made.stdout)["apiKey"]
+        assert alice.startswith("qbx_")
+        quota = ["accounts", "quota", "alice", "--max-queued", "1", "--server", url]
+        assert qubix(tmp_path, *quota, key=API_KEY).returncode == 0
+        credit = qubix(tmp_path, "accounts", "credit", "alice", "2.5", "--server", url, key=API_KEY)
+        assert "balance 2.5, held for open jobs 0" in credit.stdout
+
+        logged = qubix(tmp_path, "login", "--server", url, "--api-key", alice)
+        assert logged.returncode == 0, logged.stderr
+        assert f"logged in to {url} as account alice (renter)" in logged.stdout
+        config = tmp_path / "config" / "qubix" / "config.json"
+        assert stat.S_IMODE(config.stat().st_mode) == 0o600
+        assert json.loads(config.read_text())["keys"][url] == alice
+
+        # no --server, no --api-key: the stored ones
+        shown = qubix(tmp_path, "accounts", "show")
+        assert shown.returncode == 0 and "account alice (renter)" in shown.stdout
+        dear = qubix(tmp_path, "jobs", "submit", "--type", "sleep", "--seconds", "0")
+        assert dear.returncode == 1 and "402" in dear.stderr and "may cost up to" in dear.stderr
+        submit = ["jobs", "submit", "--type", "sleep", "--seconds", "0", "--max-price", "0"]
+        first = qubix(tmp_path, *submit)
+        assert first.returncode == 0, first.stderr
+        second = qubix(tmp_path, *submit)
+        assert second.returncode == 1
+        assert "429" in second.stderr and "maxQueued is 1" in second.stderr
+
+        refused = qubix(tmp_path, "accounts", "list")
+        assert refused.returncode == 1 and "only an operator may do this" in refused.stderr
+
+        ci = json.loads(qubix(tmp_path, "keys", "create", "--name", "ci", "--json").stdout)
+        listed = qubix(tmp_path, "keys", "list")
+        assert ci["key"]["id"] in listed.stdout and ci["apiKey"] not in listed.stdout
+        revoked = qubix(tmp_path, "keys", "revoke", ci["key"]["id"])
+        assert "is revoked" in revoked.stdout
+        after = qubix(tmp_path, "accounts", "show", key=ci["apiKey"])
+        assert after.returncode == 1 and "401" in after.stderr and "revoked" in after.stderr
+        listed = json.loads(qubix(tmp_path, "accounts", "list", "--json", key=API_KEY).stdout)
+        assert [a["name"] for a in listed] == ["operator", "alice"]
+    finally:
+        server.stop()
