@@ -234,6 +234,7 @@ def login(
             help="The key \\[default: QUBIX_API_KEY, else asked for, hidden].", show_default=False
         ),
     ] = None,
+    as_json: JsonOpt = False,
 ) -> None:
     """Check a key against a server and store it in the config file (readable by you only),
     so that later commands need neither --server nor --api-key."""
@@ -244,5 +245,8 @@ def login(
     with Client(url, key) as client:
         account = client.call("GET", "/api/account")["account"]
     path = config.login(url, key)
+    if as_json:
+        _echo_json({"server": url, "account": account, "config": str(path)})
+        return
     console.print(safe(f"logged in to {url} as account {account['name']} ({account['role']})"))
     console.print(safe(f"the key is stored in {path}"))

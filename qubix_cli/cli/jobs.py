@@ -247,6 +247,30 @@ def cancel(
 
 
 @app.command()
+def why(
+    job_id: Annotated[str, typer.Argument(help="The job's id.")],
+    server: ServerOpt = None,
+    api_key: ApiKeyOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Why a job is still queued: how many workers are online, how many of them fit each of
+    its requirements in turn (type, VRAM, GPUs, sandbox, verified, reputation, price), and
+    how many of those are busy."""
+    with connect(server, api_key) as client:
+        job = client.get_job(job_id)
+    if as_json:
+        typer.echo(json.dumps(job.get("why"), indent=2))
+        return
+    if job["status"] != "queued":
+        worker = f" on worker {job['workerId']}" if job.get("workerId") else ""
+        console.print(safe(f"job {job_id} is not queued: it is {job['status']}{worker}"))
+        return
+    console.print(safe(f"job {job_id} is queued ({job['type']})"))
+    for reason in job["why"]["reasons"]:
+        console.print(safe(f"- {reason}"))
+
+
+@app.command()
 def logs(
     job_id: Annotated[str, typer.Argument(help="The job's id.")],
     follow: Annotated[

@@ -1,5 +1,5 @@
-"""'Why does my worker get no jobs?', answered in plain words with numbers, from the very
-rules that dispatch applies (`dispatch.ELIGIBLE`)."""
+"""'Why does my worker get no jobs?' and 'why is my job still queued?', answered in plain
+words with numbers, from the very rules that dispatch applies (`dispatch.ELIGIBLE`)."""
 
 from __future__ import annotations
 
@@ -66,4 +66,61 @@ async def diagnose(registry: Registry, jobs: JobQueue, provider: Doc) -> Doc:
         "eligible": eligible,
         "excluded": dict(excluded),
         "trust": record,
+    }
+
+
+async def why_queued(registry: Registry, jobs: JobQueue, job: Doc) -> Doc:
+    """Why a queued job waits: of the online workers, how many pass each rule in turn, and
+    how many of those that fit are busy. {online, fit, busy, steps: [{rule, workers}],
+    reasons: [sentences]}."""
+    liveness = await jobs.store.recall_all("liveness")
+    online = [
+        doc
+        for doc in await jobs.store.scan("providers")
+        if (liveness.get(doc["workerId"]) or {}).get("status", "offline") != "offline"
+    ]
+    held: dict[str, list[Doc]] = {}
+    for leased in await jobs.store.scan("jobs", where={"status": "assigned"}):
+        held.setdefault(leased["workerId"], []).append(leased)
+    reasons = [f"{len(online)} worker(s) are online."]
+    if not online:
+        reasons.append("No worker is online: it runs when one comes online.")
+    left = [{**doc, dispatch.FREE_GPUS: len(doc.get("gpus", []))} for doc in online]
+    steps = []
+    for rule in dispatch.ELIGIBLE:
+        if rule.check is dispatch.gpus_free:
+            continue  # counted below, as busy
+        passing = [doc for doc in left if rule.check(doc, job)]
+        fits = rule.fits.format(type=job["type"])
+        if len(passing) < len(left):
+            steps.append({"rule": fits, "workers": len(passing)})
+            reasons.append(f"{len(passing)} of those {fits}.")
+            if not passing:
+                reasons.append(f"None of the online workers {fits}: it waits until one does.")
+        left = passing
+        if not left:
+            break
+    busy = sum(
+        1
+        for doc in left
+        if (room := dispatch.with_room(doc, held.get(doc["workerId"], []))) is None
+        or not dispatch.gpus_free(room, job)
+    )
+    if left:
+        reasons.append(f"{len(left)} online worker(s) fit it; {busy} of them are busy.")
+        if busy == len(left):
+            reasons.append("It runs when one of them finishes a job.")
+        else:
+            reasons.append("It goes to the next of them that asks for work.")
+    if left and await jobs.running_in_full(job.get("account")):
+        reasons.append(
+            f"Its account {job['account']!r} runs as many jobs as its maxRunning quota "
+            "allows: it starts when one of them ends."
+        )
+    return {
+        "online": len(online),
+        "fit": len(left),
+        "busy": busy,
+        "steps": steps,
+        "reasons": reasons,
     }

@@ -96,26 +96,52 @@ def not_pinned_elsewhere(provider: Doc, job: Doc) -> bool:
 
 class Rule(NamedTuple):
     """One step of eligibility, and what it says when it leaves a worker out ("N queued
-    jobs ..."), for the diagnosis (`qubix providers why`)."""
+    jobs ...", for `qubix providers why`) and what the workers that pass it do ("N online
+    workers ...", for `qubix jobs why`; `{type}` is the job's type)."""
 
     check: Step
     why: str
+    fits: str
 
 
 ELIGIBLE: tuple[Rule, ...] = (
-    Rule(runs_the_type, "are of a type this worker does not run"),
-    Rule(enough_vram, "need more VRAM than its best GPU has"),
-    Rule(right_vendor, "need a GPU of a vendor it does not have"),
-    Rule(enough_gpus, "need more GPUs than it has"),
-    Rule(sandboxed, "need a sandbox for renters' code, which it does not have"),
-    Rule(gives_network, "need the network, which it does not give (--allow-network-jobs)"),
-    Rule(gpus_free, "need more GPUs than are free on it now"),
-    Rule(not_quarantined, "wait while it is quarantined"),
-    Rule(verified_if_asked, "need a verified GPU claim, and its claim is not verified"),
-    Rule(reputation_if_asked, "need a higher reputation than it has"),
-    Rule(not_a_checker_of_itself, "are replicas that it, its address or its IP ran already"),
-    Rule(within_price, "allow a lower price per hour than it asks"),
-    Rule(not_pinned_elsewhere, "are pinned to other workers"),
+    Rule(runs_the_type, "are of a type this worker does not run", "accept `{type}` jobs"),
+    Rule(enough_vram, "need more VRAM than its best GPU has", "have a GPU with enough VRAM"),
+    Rule(right_vendor, "need a GPU of a vendor it does not have", "have a GPU of its vendor"),
+    Rule(enough_gpus, "need more GPUs than it has", "have as many GPUs as it needs"),
+    Rule(
+        sandboxed,
+        "need a sandbox for renters' code, which it does not have",
+        "run renters' code in a sandbox",
+    ),
+    Rule(
+        gives_network,
+        "need the network, which it does not give (--allow-network-jobs)",
+        "give jobs the network",
+    ),
+    Rule(gpus_free, "need more GPUs than are free on it now", "have that many GPUs free now"),
+    Rule(not_quarantined, "wait while it is quarantined", "are not quarantined"),
+    Rule(
+        verified_if_asked,
+        "need a verified GPU claim, and its claim is not verified",
+        "have a verified GPU claim",
+    ),
+    Rule(
+        reputation_if_asked,
+        "need a higher reputation than it has",
+        "have the reputation it asks for",
+    ),
+    Rule(
+        not_a_checker_of_itself,
+        "are replicas that it, its address or its IP ran already",
+        "did not run it already (nor their address or IP)",
+    ),
+    Rule(
+        within_price,
+        "allow a lower price per hour than it asks",
+        "ask at most its maxPricePerHour",
+    ),
+    Rule(not_pinned_elsewhere, "are pinned to other workers", "are the worker it is pinned to"),
 )
 
 

@@ -134,7 +134,10 @@ class JobQueue:
             leased = self._lease(tx, job, taker)
         return leased
 
-    async def _running_in_full(self, tx: Transaction, account: str | None) -> bool:
+    async def running_in_full(self, account: str | None) -> bool:
+        return await self._running_in_full(self.store, account)
+
+    async def _running_in_full(self, tx: Store | Transaction, account: str | None) -> bool:
         """Whether the account runs as many jobs as its `maxRunning` quota allows."""
         found = await tx.get("accounts", account or "")
         most = found["quota"].get("maxRunning") if found else None

@@ -27,7 +27,7 @@ from qubix_cli.errors import (
 )
 from qubix_cli.installer.render import render
 from qubix_cli.server.accounts import Accounts, Caller
-from qubix_cli.server.diagnosis import diagnose
+from qubix_cli.server.diagnosis import diagnose, why_queued
 from qubix_cli.server.events import Subscription
 from qubix_cli.server.http import (
     PerIp,
@@ -284,7 +284,7 @@ ENDPOINTS = (
         "GET",
         "/api/jobs/{jobId}",
         "get_job",
-        "One job with its history",
+        "One job with its history (and, while it is queued, why: `why`)",
         (200, 401, 404),
         answer=OneJob,
         access=RENTER,
@@ -608,6 +608,8 @@ class Api:
 
     async def get_job(self, request: Request) -> Response:
         job = await self.jobs.get(request.path_params["jobId"], self._caller(request))
+        if job["status"] == "queued":
+            job["why"] = await why_queued(self.registry, self.jobs, job)
         return json_response({"job": job})
 
     async def cancel_job(self, request: Request) -> Response:

@@ -507,6 +507,19 @@ class Logs(Answer):
     finished: bool = Field(description="The job has ended: no more chunks will come.")
 
 
+class QueueStep(Answer):
+    rule: str
+    workers: int
+
+
+class QueueWhy(Answer):
+    online: int
+    fit: int
+    busy: int
+    steps: list[QueueStep]
+    reasons: list[str]
+
+
 class Job(JobSubmit):
     """A job as answers show it: the submission and its state."""
 
@@ -526,6 +539,7 @@ class Job(JobSubmit):
     account: str | None = Field(default=None, description="The account that submitted it.")
     hold: float | None = Field(default=None, description="Its worst case, held while open.")
     pricePerHour: float | None = Field(default=None, description="Fixed by its lease.")
+    why: QueueWhy | None = Field(default=None, description="While queued: why it waits.")
     verified: bool | None = Field(default=None, description="Replicas agreed on the result.")
     unverified: str | None = Field(default=None, description="Why its result is in doubt.")
     log: dict[str, int] | None = Field(default=None, description="storedBytes, droppedLines")

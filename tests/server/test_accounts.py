@@ -442,7 +442,12 @@ def test_prices_a_job_never_goes_to_a_worker_that_asks_more(app_client: TestClie
     assert lease(client, "worker-1", token) is None
     found = client.get("/api/providers/worker-1/diagnosis", headers=KEY).json()
     assert "1 of the 1 queued jobs allow a lower price per hour than it asks." in found["reasons"]
-    assert client.get(f"/api/jobs/{job['id']}", headers=KEY).json()["job"]["status"] == "queued"
+    shown = client.get(f"/api/jobs/{job['id']}", headers=auth(alice)).json()["job"]
+    assert shown["status"] == "queued"
+    assert (
+        "None of the online workers ask at most its maxPricePerHour: it waits until one does."
+        in shown["why"]["reasons"]
+    )
     too_dear = client.post(
         "/api/providers/quick-register",
         json=register_body("worker-2", pricePerHour=5000),

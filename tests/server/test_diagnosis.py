@@ -120,3 +120,60 @@ def test_only_its_own_token_or_an_operator_may_ask(client: TestClient) -> None:
     assert "neither an operator's API key nor the token of 'worker-1'" in refused.json()["message"]
     assert client.get(url, headers=KEY).status_code == 200
     assert client.get("/api/providers/nobody/diagnosis", headers=KEY).status_code == 404
+
+
+def job_why(client: TestClient, job_id: str) -> dict[str, Any]:
+    found: dict[str, Any] = client.get(f"/api/jobs/{job_id}", headers=KEY).json()["job"]["why"]
+    return found
+
+
+def test_why_a_job_is_queued_no_worker_online(client: TestClient) -> None:
+    job = submit(client)
+    found = job_why(client, job["id"])
+    assert (found["online"], found["fit"]) == (0, 0)
+    assert found["reasons"] == [
+        "0 worker(s) are online.",
+        "No worker is online: it runs when one comes online.",
+    ]
+
+
+def test_why_a_job_is_queued_no_worker_runs_its_type(client: TestClient) -> None:
+    register(client, capabilities=["sleep"])
+    register(client, "worker-2", capabilities=["sleep"])
+    job = submit(client, type="command", payload={"argv": ["true"]})
+    found = job_why(client, job["id"])
+    assert found["steps"] == [{"rule": "accept `command` jobs", "workers": 0}]
+    assert found["reasons"] == [
+        "2 worker(s) are online.",
+        "0 of those accept `command` jobs.",
+        "None of the online workers accept `command` jobs: it waits until one does.",
+    ]
+
+
+def test_why_a_job_is_queued_each_requirement_counted_in_turn(client: TestClient) -> None:
+    gpu = [{"vendor": "nvidia", "model": "NVIDIA A40", "vramMb": 46068}]
+    register(client, "cheap", capabilities=["sleep"], gpus=gpu, pricePerHour=1.0)
+    register(client, "dear", capabilities=["sleep"], gpus=gpu, pricePerHour=9.0)
+    register(client, "small", capabilities=["sleep"], pricePerHour=1.0)
+    job = submit(client, requirements={"minVramMb": 40000, "maxPricePerHour": 5})
+    found = job_why(client, job["id"])
+    assert found["steps"] == [
+        {"rule": "have a GPU with enough VRAM", "workers": 2},
+        {"rule": "ask at most its maxPricePerHour", "workers": 1},
+    ]
+    assert found["reasons"][-2:] == [
+        "1 online worker(s) fit it; 0 of them are busy.",
+        "It goes to the next of them that asks for work.",
+    ]
+
+
+def test_why_a_job_is_queued_every_fitting_worker_is_busy(client: TestClient) -> None:
+    token = register(client, capabilities=["sleep"])
+    first, second = submit(client), submit(client)
+    assert lease(client, "worker-1", token)["job"]["id"] == first["id"]  # type: ignore[index]
+    found = job_why(client, second["id"])
+    assert found["reasons"][-2:] == [
+        "1 online worker(s) fit it; 1 of them are busy.",
+        "It runs when one of them finishes a job.",
+    ]
+    assert "why" not in client.get(f"/api/jobs/{first['id']}", headers=KEY).json()["job"]
