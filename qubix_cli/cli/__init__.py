@@ -30,6 +30,7 @@ app.add_typer(providers.app, name="providers")
 app.add_typer(accounts.accounts, name="accounts")
 app.add_typer(accounts.keys, name="keys")
 app.command("login")(accounts.login)
+app.command("earnings")(accounts.earnings)
 app.command("watch")(watch.watch)
 app.command("demo")(demo.demo)
 

@@ -3,8 +3,11 @@ much it may spend."""
 
 from __future__ import annotations
 
+import csv
+import datetime
 import json
 import os
+import sys
 from typing import Annotated, Any
 
 import typer
@@ -31,6 +34,7 @@ def _show_account(account: dict[str, Any]) -> None:
     limits = ", ".join(f"{k} {v}" for k, v in quota.items() if v is not None) or "none"
     console.print(safe(f"account {account['name']} ({account['role']})"))
     console.print(safe(f"  balance {account['balance']:g}, held for open jobs {account['held']:g}"))
+    console.print(f"  spent on jobs {account.get('spent', 0.0):g}")
     console.print(safe(f"  quotas: {limits}"))
 
 
@@ -250,3 +254,60 @@ def login(
         return
     console.print(safe(f"logged in to {url} as account {account['name']} ({account['role']})"))
     console.print(safe(f"the key is stored in {path}"))
+
+
+def earnings(
+    address: Annotated[str, typer.Argument(help="The Qubic address (60 letters).")],
+    since: Annotated[
+        str | None, typer.Option(help="Only from this day on (YYYY-MM-DD, UTC).")
+    ] = None,
+    csv_out: Annotated[
+        bool,
+        typer.Option(
+            "--csv",
+            help="Print each ledger line as CSV, what an operator pays from (needs an "
+            "operator's key).",
+        ),
+    ] = False,
+    server: ServerOpt = None,
+    api_key: ApiKeyOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """What a Qubic address earned: today, over 7 and 30 days, and in all (charges for its
+    workers' jobs, less refunds)."""
+    params: dict[str, float] = {}
+    if since:
+        try:
+            day = datetime.datetime.strptime(since, "%Y-%m-%d").replace(tzinfo=datetime.UTC)
+        except ValueError as exc:
+            raise typer.BadParameter(f"{since!r} is not a day: write it as 2026-11-01") from exc
+        params["since"] = day.timestamp()
+    with connect(server, api_key) as client:
+        found = client.call("GET", f"/api/earnings/{address}", params=params)
+    if csv_out:
+        if found.get("lines") is None:
+            raise typer.BadParameter(
+                "the lines of an address are shown to an operator's key (or a worker token of "
+                "that address) only: give one with --api-key"
+            )
+        writer = csv.writer(sys.stdout, lineterminator="\n")
+        fields = ["at", "kind", "jobId", "workerId", "account", "pricePerHour", "seconds"]
+        writer.writerow([*fields, "amount"])
+        for line in found["lines"]:
+            at = datetime.datetime.fromtimestamp(line["at"], datetime.UTC)
+            sign = -1 if line["kind"] == "refund" else 1
+            row = [at.isoformat(timespec="seconds"), *(line.get(f, "") for f in fields[1:])]
+            writer.writerow([*row, f"{sign * line['amount']:.6f}"])
+        return
+    if as_json:
+        _echo_json(found)
+        return
+    console.print(safe(f"earnings of {address}" + (f" since {since}" if since else "")))
+    for label, key in (
+        ("today", "today"),
+        ("7 days", "last7Days"),
+        ("30 days", "last30Days"),
+        ("all time", "allTime"),
+    ):
+        console.print(f"  {label:<9} {found[key]:g}")
+    console.print(f"  from {found['jobs']} job(s)")

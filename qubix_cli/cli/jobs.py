@@ -354,6 +354,9 @@ def _show(job: dict[str, Any], as_json: bool) -> None:
         value = job.get(key)
         text = display.status(str(value)) if key == "status" else _text(value)
         table.add_row(key, text)
+    for key in ("account", "pricePerHour", "hold", "cost"):
+        if job.get(key) is not None:
+            table.add_row(key, _text(job[key]))
     for entry in job["history"]:
         detail = ", ".join(f"{k}={v}" for k, v in entry.items() if k not in ("event", "at"))
         table.add_row(_time(entry["at"]), safe(f"{entry['event']} {detail}"))

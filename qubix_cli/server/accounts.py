@@ -88,6 +88,7 @@ def new_account(name: str, role: str, now: float) -> Doc:
         "quota": {q: None for q in QUOTAS},
         "balance": 0.0,
         "held": 0.0,
+        "spent": 0.0,
     }
 
 
@@ -269,12 +270,13 @@ class Accounts:
         job.update(account=caller.account, hold=hold)
         tx.put("accounts", {**account, "held": money(account["held"] + hold)})
 
-    async def settle(self, tx: Transaction, job: Doc, runs: list[Doc]) -> None:
+    async def settle(self, tx: Transaction, job: Doc, runs: list[Doc]) -> float:
         """A job of an account ended: its hold is released, and each accepted run in
-        `runs` ({workerId, qubicAddress, pricePerHour, seconds}) is charged."""
+        `runs` ({workerId, qubicAddress, pricePerHour, seconds}) is charged. What it was
+        charged."""
         account = await tx.get("accounts", job.get("account") or "")
         if account is None:
-            return
+            return 0.0
         charged = 0.0
         for run in runs:
             amount = money(run["pricePerHour"] * run["seconds"] / 3600.0)
@@ -283,14 +285,16 @@ class Accounts:
             charged += amount
         balance = money(account["balance"] - charged)
         held = money(max(0.0, account["held"] - job.get("hold", 0.0)))
-        tx.put("accounts", {**account, "balance": balance, "held": held})
+        spent = money(account.get("spent", 0.0) + charged)
+        tx.put("accounts", {**account, "balance": balance, "held": held, "spent": spent})
+        return money(charged)
 
-    async def refund(self, tx: Transaction, job: Doc, worker_id: str) -> None:
+    async def refund(self, tx: Transaction, job: Doc, worker_id: str) -> float:
         """Give back what a job's account paid for a worker's run of it (its worker was
-        caught cheating after it): the work cost nothing."""
+        caught cheating after it): the work cost nothing. What was given back."""
         account = await tx.get("accounts", job.get("account") or "")
         if account is None:
-            return
+            return 0.0
         back = 0.0
         for entry in await tx.scan("ledger", {"jobId": job["id"], "workerId": worker_id}):
             if entry["kind"] == "charge":
@@ -298,10 +302,39 @@ class Accounts:
                 self._record(tx, {"kind": "refund", "account": account["name"], **fields})
                 back += entry["amount"]
         if back:
-            tx.put("accounts", {**account, "balance": money(account["balance"] + back)})
+            balance, spent = account["balance"] + back, account.get("spent", 0.0) - back
+            tx.put("accounts", {**account, "balance": money(balance), "spent": money(spent)})
+        return money(back)
 
     async def ledger(self, where: dict[str, Any] | None = None) -> list[Doc]:
         return await self.store.scan("ledger", where, "at")
+
+    async def earnings(self, address: str, since: float | None, lines: bool) -> Doc:
+        """What a Qubic address earned (charges less refunds): today, over 7 and 30 days
+        and in all (since `since`, if given), and with `lines` each ledger line."""
+        now = self.clock()
+        found = [
+            e
+            for e in await self.ledger({"qubicAddress": address})
+            if since is None or e["at"] >= since
+        ]
+        day = now - now % 86_400  # UTC midnight
+
+        def total(after: float) -> float:
+            signs = {"charge": 1.0, "refund": -1.0}
+            return money(sum(signs[e["kind"]] * e["amount"] for e in found if e["at"] >= after))
+
+        answer: Doc = {
+            "qubicAddress": address,
+            "today": total(day),
+            "last7Days": total(now - 7 * 86_400),
+            "last30Days": total(now - 30 * 86_400),
+            "allTime": total(float("-inf")),
+            "jobs": len({e["jobId"] for e in found if e["kind"] == "charge"}),
+        }
+        if lines:
+            answer["lines"] = found
+        return answer
 
 
 def totals(entries: list[Doc]) -> tuple[dict[str, float], dict[str, float]]:

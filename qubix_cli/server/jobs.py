@@ -485,8 +485,11 @@ class JobQueue:
             if trust.CANARY in done or "unverified" in done:
                 continue
             if since is None or done["updatedAt"] > since:
-                tx.put("jobs", {**done, "unverified": "its worker failed a check after this"})
-                await self.accounts.refund(tx, done, worker_id)
+                back = await self.accounts.refund(tx, done, worker_id)
+                flagged = {**done, "unverified": "its worker failed a check after this"}
+                if back:
+                    flagged["cost"] = money(flagged.get("cost", 0.0) - back)
+                tx.put("jobs", flagged)
 
     async def expire_leases(self) -> None:
         """Requeue jobs whose worker stopped renewing the lease ("agent lost"), and fail those
@@ -541,7 +544,10 @@ class JobQueue:
         """A job ends: its hold is released and the `runs` accepted are charged, in the
         same commit as the change."""
         job = self._change(tx, job, status, entry, **fields)
-        await self.accounts.settle(tx, job, runs)
+        cost = await self.accounts.settle(tx, job, runs)
+        if job.get("account"):
+            job = {**job, "cost": cost}
+            tx.put("jobs", job)
         return job
 
     def _change(self, tx: Transaction, job: Doc, status: str, entry: Doc, **fields: Any) -> Doc:

@@ -53,11 +53,14 @@ from qubix_cli.server.schemas import (
     JOB_TYPES,
     AccountCreate,
     AccountList,
+    AddressPath,
     ArtifactPath,
     ArtifactQuery,
     CheckNewQuery,
     Credit,
     Diagnosis,
+    Earnings,
+    EarningsQuery,
     Health,
     Heartbeat,
     HeartbeatAnswer,
@@ -464,6 +467,16 @@ ENDPOINTS = (
     ),
     Endpoint(
         "GET",
+        "/api/earnings/{qubicAddress}",
+        "earnings",
+        "What a Qubic address earned (public totals; each line to a worker token of that "
+        "address or an operator)",
+        (200, 401, 422),
+        query=EarningsQuery,
+        answer=Earnings,
+    ),
+    Endpoint(
+        "GET",
         "/api/installer/{os}",
         "installer",
         "A one-file installer for windows, linux or macos (.bat or .sh)",
@@ -734,6 +747,21 @@ class Api:
         if not caller.is_operator:
             where["account"] = caller.account
         return json_response({"entries": await self.accounts.ledger(where or None)})
+
+    async def earnings(self, request: Request) -> Response:
+        where = {"qubicAddress": request.path_params["qubicAddress"]}
+        address = validate(AddressPath, where, "path").qubicAddress
+        since = read_query(request, EarningsQuery).since
+        token = bearer_token(request.headers)
+        lines = False
+        if token is not None:
+            caller = await self.accounts.caller(token)
+            if caller is not None:
+                lines = caller.is_operator
+            else:  # a worker token (Unauthorized if it is not one either)
+                worker = await self.registry.worker_for_token(token)
+                lines = worker["qubicAddress"] == address
+        return json_response(await self.accounts.earnings(address, since, lines))
 
     # -- installers --------------------------------------------------------------------
 

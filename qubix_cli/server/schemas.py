@@ -238,6 +238,10 @@ class ArtifactPath(Body):
     name: FileName
 
 
+class AddressPath(Body):
+    qubicAddress: QubicAddress
+
+
 EnvVars = Annotated[
     dict[Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")], str],
     Field(default_factory=dict, max_length=64),
@@ -539,6 +543,7 @@ class Job(JobSubmit):
     account: str | None = Field(default=None, description="The account that submitted it.")
     hold: float | None = Field(default=None, description="Its worst case, held while open.")
     pricePerHour: float | None = Field(default=None, description="Fixed by its lease.")
+    cost: float | None = Field(default=None, description="What it was charged, once ended.")
     why: QueueWhy | None = Field(default=None, description="While queued: why it waits.")
     verified: bool | None = Field(default=None, description="Replicas agreed on the result.")
     unverified: str | None = Field(default=None, description="Why its result is in doubt.")
@@ -625,6 +630,7 @@ class Account(Answer):
     quota: Quota
     balance: float
     held: float
+    spent: float = Field(default=0.0, description="Charged for its jobs, less refunds.")
 
 
 class OneAccount(Answer):
@@ -674,3 +680,19 @@ class LedgerEntry(Answer):
 
 class Ledger(Answer):
     entries: list[LedgerEntry]
+
+
+class EarningsQuery(Query):
+    since: float | None = Field(default=None, description="Only lines from then (unix seconds).")
+
+
+class Earnings(Answer):
+    qubicAddress: str
+    today: float
+    last7Days: float
+    last30Days: float
+    allTime: float
+    jobs: int
+    lines: list[LedgerEntry] | None = Field(
+        default=None, description="Each line: to a worker token of the address or an operator."
+    )

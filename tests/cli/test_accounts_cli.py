@@ -10,7 +10,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.helpers import API_KEY, ServerProcess
+import httpx
+
+from tests.helpers import API_KEY, ServerProcess, register_body
 
 
 def qubix(home: Path, *args: str, key: str | None = None) -> subprocess.CompletedProcess[str]:
@@ -72,5 +74,31 @@ def test_an_operator_makes_a_renter_who_logs_in_and_works_without_flags(tmp_path
         assert after.returncode == 1 and "401" in after.stderr and "revoked" in after.stderr
         listed = json.loads(qubix(tmp_path, "accounts", "list", "--json", key=API_KEY).stdout)
         assert [a["name"] for a in listed] == ["operator", "alice"]
+
+        # a worker runs the queued job at 3.6 an hour: the address earns, the CSV says so
+        address = register_body()["qubicAddress"]
+        body = register_body("w1", capabilities=["sleep"], pricePerHour=3.6)
+        token = httpx.post(f"{url}/api/providers/quick-register", json=body).json()["workerToken"]
+        headers = {"Authorization": f"Bearer {token}"}
+        job = {"type": "sleep", "payload": {"seconds": 0}, "requirements": {"maxPricePerHour": 4}}
+        operator = {"Authorization": f"Bearer {API_KEY}"}
+        assert httpx.post(f"{url}/api/jobs", json=job, headers=operator).status_code == 201
+        leased = httpx.get(f"{url}/api/jobs/pending/w1", headers=headers).json()
+        assert leased["job"]["pricePerHour"] == 3.6  # alice's free job is not for this worker
+        report = {"attempt": 1, "status": "completed", "result": {}}
+        done = httpx.post(
+            f"{url}/api/jobs/{leased['job']['id']}/complete", json=report, headers=headers
+        )
+        assert done.status_code == 200
+        shown = qubix(tmp_path, "earnings", address, "--server", url)
+        assert "all time" in shown.stdout and "from 1 job(s)" in shown.stdout
+        refused = qubix(tmp_path, "earnings", address, "--csv")  # alice is not an operator
+        assert refused.returncode == 2 and "operator's key" in refused.stderr
+        lines = qubix(tmp_path, "earnings", address, "--csv", "--since", "2020-01-01", key=API_KEY)
+        header, line = lines.stdout.splitlines()
+        assert header == "at,kind,jobId,workerId,account,pricePerHour,seconds,amount"
+        assert f",charge,{leased['job']['id']},w1,operator,3.6," in line
+        bad = qubix(tmp_path, "earnings", address, "--since", "yesterday")
+        assert bad.returncode == 2 and "is not a day" in bad.stderr
     finally:
         server.stop()

@@ -130,6 +130,7 @@ def request(client: TestClient, w: dict[str, Any], handler: str, key: str | None
         "list_keys": ("GET", "/api/keys", None),
         "revoke_key": ("DELETE", f"/api/keys/{w['bobKeyId']}x", None),
         "ledger": ("GET", "/api/ledger", None),
+        "earnings": ("GET", f"/api/earnings/{register_body()['qubicAddress']}", None),
         "installer": ("GET", "/api/installer/linux", None),
     }
     method, path, body = calls[handler]
@@ -175,6 +176,7 @@ MATRIX: dict[str, tuple[object, object, object, object, object]] = {
     "list_keys": (401, 401, "ok", "ok", "ok"),
     "revoke_key": (401, 401, 404, 404, 404),
     "ledger": (401, 401, "ok", "ok", "ok"),
+    "earnings": ("ok", "ok", "ok", "ok", "ok"),
     "installer": ("ok", "ok", "ok", "ok", "ok"),
 }
 
@@ -537,3 +539,41 @@ def test_work_reported_before_a_failed_check_is_refunded(tmp_path: Path, clock: 
         assert kinds.count("charge") == kinds.count("refund") >= 1
         balances, earned = totals(entries)
         assert balances["alice"] == 100.0 and set(earned.values()) == {0.0}
+
+
+def test_earnings_public_totals_and_lines_for_the_address_or_an_operator(
+    app_client: TestClient, clock: Clock
+) -> None:
+    from tests.helpers import OTHER_ADDRESS
+
+    client = app_client
+    alice = account(client, "alice")
+    credit(client, "alice", 100)
+    mine = priced_worker(client, "worker-1", 36.0)
+    other = priced_worker(client, "worker-2", 36.0, OTHER_ADDRESS)
+    address = register_body()["qubicAddress"]
+    for days_later in (0, 8):
+        clock.now += days_later * 86_400
+        job = submit(client, alice, requirements={"maxPricePerHour": 36}, timeoutS=600)
+        lease(client, "worker-1", mine)
+        clock.now += 100
+        report(client, job.json()["job"]["id"], mine, 1)
+    public = client.get(f"/api/earnings/{address}").json()
+    assert (public["today"], public["last7Days"], public["last30Days"]) == (1.0, 1.0, 2.0)
+    assert (public["allTime"], public["jobs"]) == (2.0, 2)
+    assert "lines" not in public
+    shown = client.get(f"/api/jobs/{job.json()['job']['id']}", headers=auth(alice)).json()
+    assert shown["job"]["cost"] == 1.0
+    assert balance(client, "alice")["spent"] == 2.0
+    for key, sees in ((mine, True), (API_KEY, True), (other, False), (alice, False)):
+        found = client.get(f"/api/earnings/{address}", headers=auth(key)).json()
+        assert ("lines" in found) is sees
+    lines = client.get(f"/api/earnings/{address}", headers=KEY).json()["lines"]
+    assert [(e["kind"], e["amount"], e["seconds"]) for e in lines] == [
+        ("charge", 1.0, 100.0),
+        ("charge", 1.0, 100.0),
+    ]
+    since = client.get(f"/api/earnings/{address}?since={clock.now - 86_400}").json()
+    assert since["allTime"] == 1.0
+    assert client.get(f"/api/earnings/{address}", headers=auth("junk")).status_code == 401
+    assert client.get("/api/earnings/NOTANADDRESS").status_code == 422
