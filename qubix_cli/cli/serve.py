@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 import ipaddress
 import logging
 from pathlib import Path
@@ -21,6 +22,11 @@ from qubix_cli.server.settings import (
 )
 
 console = Console(stderr=True, highlight=False, soft_wrap=True)  # paths stay whole
+
+
+class LogFormat(str, enum.Enum):
+    text = "text"
+    json = "json"
 
 
 def serve(
@@ -143,6 +149,17 @@ def serve(
             "this price for its whole timeout from its renter's balance.",
         ),
     ] = 1000.0,
+    metrics_public: Annotated[
+        bool,
+        typer.Option(
+            "--metrics-public",
+            help="Serve GET /metrics to anyone (by default: to an operator's key only).",
+        ),
+    ] = False,
+    log_format: Annotated[
+        LogFormat,
+        typer.Option(help="Log lines as text, or as one JSON object a line (for log shippers)."),
+    ] = LogFormat.text,
     canaries: Annotated[
         bool,
         typer.Option(
@@ -161,19 +178,21 @@ def serve(
 ) -> None:
     """Run the coordinator: provider registry, job queue and events over HTTP."""
     from qubix_cli.server.app import create_app  # the server stack, only for this command
+    from qubix_cli.server.runtime import configure_logging
     from qubix_cli.server.runtime import serve as run_server
 
+    configure_logging(log_format.value)
+    # With JSON logs every line is JSON: what is said at start goes to the log as well.
+    say = console.print if log_format == LogFormat.text else _log_line
     data_dir = (data_dir or default_data_dir()).expanduser().resolve()
     if api_key is None:
         api_key, created = load_or_create_api_key(data_dir)
-        if created and console.is_terminal:  # never into a log that journald or CI keeps
+        # The key itself only to a terminal, never into a log that journald or CI keeps.
+        if created and console.is_terminal and log_format == LogFormat.text:
             console.print(f"Created the API key (shown once): [bold]{api_key}[/bold]")
         elif created:
-            console.print("Created the API key; read it from its file (mode 0600).")
-        console.print(escape(f"API key file: {data_dir / API_KEY_FILE}"))
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+            say("Created the API key; read it from its file (mode 0600).")
+        say(escape(f"API key file: {data_dir / API_KEY_FILE}"))
     settings = Settings(
         data_dir=data_dir,
         heartbeat_interval_s=heartbeat_interval,
@@ -194,16 +213,27 @@ def serve(
         secrets_min_reputation=secrets_min_reputation,
         replication_floor=replication_floor,
         max_price_per_hour=max_price,
+        metrics_public=metrics_public,
+        log_format=log_format.value,
     )
     app = create_app(settings)
-    console.print(escape(f"Data directory: {data_dir}"))
-    console.print(f"Qubix coordinator on http://{host}:{port} (Ctrl+C to stop)")
+    say(escape(f"Data directory: {data_dir}"))
+    logging.getLogger("qubix.server").info(
+        "Qubix coordinator on http://%s:%d (Ctrl+C to stop)",
+        host,
+        port,
+        extra={"event": "START", "url": f"http://{host}:{port}", "dataDir": str(data_dir)},
+    )
     if public_url is None:
-        console.print(
+        say(
             "Installers point workers at the address each request came to (its Host "
             "header); set --public-url to fix it."
         )
     run_server(app, host, port)
+
+
+def _log_line(message: str) -> None:
+    logging.getLogger("qubix.server").info(message)
 
 
 def _network(text: str) -> str:

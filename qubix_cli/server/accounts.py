@@ -251,11 +251,16 @@ class Accounts:
             recent.popleft()
         per_minute = quota.get("maxPerMinute")
         if per_minute is not None and len(recent) >= per_minute:
-            wait = max(1, int(recent[0] + MINUTE_S - now + 1))
+            details: Doc = {"quota": "maxPerMinute", "limit": per_minute}
+            if per_minute == 0:  # waiting does not help
+                message = "it may submit no jobs (ask an operator)"
+            else:
+                details["retryAfterS"] = max(1, int(recent[0] + MINUTE_S - now + 1))
+                message = f"try again in {details['retryAfterS']} s"
             raise QuotaExceeded(
                 f"the account {caller.account!r} submitted {len(recent)} jobs in the last "
-                f"minute, its quota maxPerMinute is {per_minute}: try again in {wait} s",
-                details={"quota": "maxPerMinute", "limit": per_minute, "retryAfterS": wait},
+                f"minute, its quota maxPerMinute is {per_minute}: {message}",
+                details=details,
             )
         available = money(account["balance"] - account["held"])
         if not caller.is_operator and hold > available:

@@ -24,6 +24,7 @@ from qubix_cli.server.events import EventBus
 from qubix_cli.server.http import error_response, error_status, internal_error, json_response
 from qubix_cli.server.jobfiles import JobFiles
 from qubix_cli.server.jobs import JobQueue
+from qubix_cli.server.metrics import Metrics
 from qubix_cli.server.openapi import openapi_document
 from qubix_cli.server.providers import Clock, Registry
 from qubix_cli.server.routes import HEARTBEAT_PATH, Api
@@ -36,8 +37,11 @@ VOLATILE_SAVE_S = 5.0
 
 async def _domain_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, QubixError)
-    if error_status(exc) >= 500:
+    status = error_status(exc)
+    if status >= 500:
         log.error("%s %s: %s", request.method, request.url.path, exc)
+    elif status == 429:
+        request.app.state.metrics.refusals.labels(exc.code).inc()
     return error_response(exc)
 
 
@@ -163,10 +167,12 @@ def create_app(settings: Settings, clock: Clock = time.time) -> Starlette:
 
     web = Path(__file__).parent.parent / "web"
 
+    metrics = Metrics()
+    store.observe_commit = metrics.commit.observe
     accounts = Accounts(store, clock)
-    jobs = JobQueue(store, events, registry, accounts, clock)
+    jobs = JobQueue(store, events, registry, accounts, metrics, clock)
     files = JobFiles(store, Blobs(settings.data_dir / "blobs"), settings, clock)
-    api = Api(registry, jobs, files, accounts)
+    api = Api(registry, jobs, files, accounts, metrics)
     app = Coordinator(
         routes=[
             *api.routes(),
@@ -188,5 +194,6 @@ def create_app(settings: Settings, clock: Clock = time.time) -> Starlette:
     app.state.registry = registry
     app.state.jobs = jobs
     app.state.accounts = accounts
+    app.state.metrics = metrics
     app.state.files = files
     return app

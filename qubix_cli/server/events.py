@@ -41,7 +41,10 @@ class EventBus:
         if job is not None:
             data = {field: job.get(field) for field in JOB_FIELDS}
         event = {"type": type_, "data": data, "at": time.time()}
-        log.info("%s %s", type_, _subject(data))
+        ids = {"event": type_, "workerId": data.get("workerId")}
+        if job is not None:
+            ids.update(jobId=data["id"], status=data["status"], attempt=data["attempt"])
+        log.info("%s %s", type_, _subject(data), extra=ids)
         for sub in list(self._subscribers):
             if job is not None and (sub.sees is None or not sub.sees(job)):
                 continue
@@ -51,6 +54,9 @@ class EventBus:
                 self._subscribers.discard(sub)
                 sub.queue.get_nowait()
                 sub.queue.put_nowait(None)  # tells the subscriber it was dropped
+
+    def subscribers(self) -> int:
+        return len(self._subscribers)
 
     @asynccontextmanager
     async def subscribe(self, sees: Sees | None) -> AsyncIterator[Subscription]:

@@ -22,6 +22,7 @@ from qubix_cli.server import dispatch, trust
 from qubix_cli.server.accounts import Accounts, Caller, money
 from qubix_cli.server.events import EventBus
 from qubix_cli.server.http import not_found
+from qubix_cli.server.metrics import Metrics
 from qubix_cli.server.providers import Clock, Registry
 from qubix_cli.server.schemas import FINISHED, JobListQuery, JobReport, JobSubmit
 from qubix_cli.server.store import Doc, Store, Transaction
@@ -47,10 +48,18 @@ RESTART_GRACE_S = 60.0
 
 class JobQueue:
     def __init__(
-        self, store: Store, events: EventBus, registry: Registry, accounts: Accounts, clock: Clock
+        self,
+        store: Store,
+        events: EventBus,
+        registry: Registry,
+        accounts: Accounts,
+        metrics: Metrics,
+        clock: Clock,
     ) -> None:
         self.store, self.events, self.registry, self.clock = store, events, registry, clock
-        self.accounts = accounts
+        self.accounts, self.metrics = accounts, metrics
+        for reason in (AGENT_LOST, PROVIDER_REMOVED, TIMED_OUT):
+            metrics.leases_expired.labels(reason)  # shown as 0 before the first
         # When each account was last served (fair shares, `dispatch.candidates`).
         self._turns: dict[str, int] = {}
         self._served = itertools.count()
@@ -213,6 +222,10 @@ class JobQueue:
         or a canary instead when one is due. A worker that holds as many leases as it runs
         jobs at once is answered its oldest lease again instead (it asks only when it has
         lost track of one): one worker cannot hoard the queue."""
+        with self.metrics.dispatch.time():
+            return await self._claim_timed(provider, job_id)
+
+    async def _claim_timed(self, provider: Doc, job_id: str | None) -> Doc | None:
         async with self.store.transaction() as tx:
             held = await held_by(tx, provider)
             room = dispatch.with_room(provider, held)
@@ -272,7 +285,10 @@ class JobQueue:
 
     async def _leased(self, job: Doc) -> Doc:
         """After a lease is durable: its expiry starts, and it is announced."""
-        self.store.remember("leases", job["id"], {"expiresAt": self.clock() + self.lease_s})
+        now = self.clock()
+        self.store.remember("leases", job["id"], {"expiresAt": now + self.lease_s})
+        if job["attempt"] == 1 and trust.CANARY not in job:
+            self.metrics.queue_wait.observe(max(0.0, now - job["createdAt"]))
         self.events.publish("JOB_ASSIGNED", job)
         return await self.view(job)
 
@@ -296,6 +312,10 @@ class JobQueue:
                 del self._waiters[worker_id]
             if not future.done():
                 future.set_result(None)
+
+    def waiting(self) -> int:
+        """Workers waiting in a long-poll now."""
+        return len(self._waiters)
 
     def _waiting(self, worker_id: str, future: asyncio.Future[Doc | None]) -> bool:
         waiter = self._waiters.get(worker_id)
@@ -528,6 +548,7 @@ class JobQueue:
                 after = trust.after_lost_canary(before) if lost else trust.after_job(before, "lost")
                 tx.put("providers", {**record, trust.TRUST: after})
         self.store.remember("leases", job_id, None)
+        self.metrics.leases_expired.labels(reason).inc()
         if reason == TIMED_OUT:
             await self._tell_to_stop(entry["workerId"], job_id)
         if job["status"] == "failed":

@@ -224,6 +224,10 @@ class Registry:
                 removed.append(doc["workerId"])
         return removed
 
+    def watching(self) -> int:
+        """check-new long-polls waiting now."""
+        return len(self._watchers)
+
     async def check_new(self, query: CheckNewQuery) -> list[Doc]:
         """Providers (re)registered after `since`; with `wait`, answers as soon as one is.
         A registration wakes only the waiters whose filter it matches, and hands them the

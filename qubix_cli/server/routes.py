@@ -48,6 +48,7 @@ from qubix_cli.server.http import (
 )
 from qubix_cli.server.jobfiles import JobFiles
 from qubix_cli.server.jobs import RESULT_LIMIT_BYTES, JobQueue
+from qubix_cli.server.metrics import CONTENT_TYPE, Metrics
 from qubix_cli.server.providers import Registry
 from qubix_cli.server.schemas import (
     JOB_TYPES,
@@ -115,8 +116,9 @@ class Heartbeats:
     `Response`. Together that is a tenth of a heartbeat's cost (docs/performance.md). It
     answers its own errors, as every other endpoint does."""
 
-    def __init__(self, registry: Registry, jobs: JobQueue) -> None:
+    def __init__(self, registry: Registry, jobs: JobQueue, metrics: Metrics) -> None:
         self.registry, self.jobs, self.settings = registry, jobs, registry.settings
+        self.metrics = metrics
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
@@ -135,6 +137,7 @@ class Heartbeats:
         body = parse_json(await read_body(receive, headers), Heartbeat)
         await self.registry.heartbeat(worker_id, body)
         cancels = await self.jobs.heartbeat(worker_id, body.job_ids())
+        self.metrics.heartbeats.inc()
         return {
             "ok": True,
             "serverTime": time.time(),
@@ -153,7 +156,9 @@ ANYONE, WORKER, RENTER, OPERATOR, WORKER_OR_OPERATOR = (
     "operator",  # an operator's key
     "worker or operator",
 )
+METRICS = "operator, or anyone with --metrics-public"
 ACCESS: dict[str, tuple[str, ...]] = {
+    METRICS: ("apiKey",),
     ANYONE: (),
     WORKER: ("workerToken",),
     RENTER: ("apiKey",),
@@ -477,6 +482,16 @@ ENDPOINTS = (
     ),
     Endpoint(
         "GET",
+        "/metrics",
+        "metrics_text",
+        "Operator metrics in Prometheus' text format (an operator's key, or anyone with "
+        "--metrics-public)",
+        (200, 401, 403),
+        media_type="text/plain",
+        access=METRICS,
+    ),
+    Endpoint(
+        "GET",
         "/api/installer/{os}",
         "installer",
         "A one-file installer for windows, linux or macos (.bat or .sh)",
@@ -491,12 +506,18 @@ class Api:
     """The endpoints, bound to one registry, one queue and the store that holds the keys."""
 
     def __init__(
-        self, registry: Registry, jobs: JobQueue, files: JobFiles, accounts: Accounts
+        self,
+        registry: Registry,
+        jobs: JobQueue,
+        files: JobFiles,
+        accounts: Accounts,
+        metrics: Metrics,
     ) -> None:
         self.registry, self.jobs, self.files, self.accounts = registry, jobs, files, accounts
+        self.metrics = metrics
         self.settings = registry.settings
         self.store = registry.store
-        self.heartbeats = Heartbeats(registry, jobs)
+        self.heartbeats = Heartbeats(registry, jobs, metrics)
         self._polls = PerIp("check-new long-polls", LONG_POLLS_PER_IP)
         self._streams = PerIp("event streams", STREAMS_PER_IP)
 
@@ -523,6 +544,8 @@ class Api:
         endpoint itself (it names the worker)."""
         if endpoint.access in (ANYONE, WORKER):
             return None
+        if endpoint.access == METRICS and self.settings.metrics_public:
+            return None
         token = require_token(request.headers)
         caller = await self.accounts.caller(token)
         if endpoint.access == WORKER_OR_OPERATOR:
@@ -537,7 +560,7 @@ class Api:
                 "this needs an API key (Authorization: Bearer qbx_...); the one given is "
                 "not known, or was revoked"
             )
-        if endpoint.access == OPERATOR and not caller.is_operator:
+        if endpoint.access in (OPERATOR, METRICS) and not caller.is_operator:
             raise Forbidden(
                 f"only an operator may do this; the key's account {caller.account!r} is a renter",
                 code="operator_only",
@@ -762,6 +785,15 @@ class Api:
                 worker = await self.registry.worker_for_token(token)
                 lines = worker["qubicAddress"] == address
         return json_response(await self.accounts.earnings(address, since, lines))
+
+    async def metrics_text(self, request: Request) -> Response:
+        page = await self.metrics.page(
+            self.store,
+            job_polls=self.jobs.waiting(),
+            check_new_polls=self.registry.watching(),
+            streams=self.registry.events.subscribers(),
+        )
+        return Response(page, media_type=CONTENT_TYPE)
 
     # -- installers --------------------------------------------------------------------
 

@@ -7,7 +7,9 @@ open-file limit is raised to what the system allows, since each connection is a 
 
 from __future__ import annotations
 
+import datetime
 import gc
+import json
 import logging
 import threading
 import time
@@ -31,10 +33,43 @@ def serve(app: ASGIApp, host: str, port: int) -> None:
         host=host,
         port=port,
         log_level="info",
+        log_config=None,  # uvicorn's lines go through the handler `configure_logging` set
         access_log=False,
         http=DeadlineProtocol,
         timeout_graceful_shutdown=5,
     )
+
+
+# Fields a record may carry (`extra=`) that a JSON line shows: ids and states, never secrets.
+LOG_FIELDS = ("event", "workerId", "jobId", "status", "attempt", "url", "dataDir")
+
+
+class JsonLines(logging.Formatter):
+    """One JSON object a line, for log shippers: `at`, `level`, `logger`, `message`, and
+    the record's `LOG_FIELDS`."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        at = datetime.datetime.fromtimestamp(record.created, datetime.UTC)
+        line = {
+            "at": at.isoformat(timespec="milliseconds"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        line.update({k: getattr(record, k) for k in LOG_FIELDS if hasattr(record, k)})
+        if record.exc_info:
+            line["error"] = self.formatException(record.exc_info)
+        return json.dumps(line)
+
+
+def configure_logging(log_format: str) -> None:
+    """Log lines to stderr, as text or (`json`) as JSON lines."""
+    handler = logging.StreamHandler()
+    if log_format == "json":
+        handler.setFormatter(JsonLines())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=logging.INFO, handlers=[handler], force=True)
 
 
 def raise_descriptor_limit() -> None:

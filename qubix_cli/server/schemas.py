@@ -44,6 +44,7 @@ JOB_STATUSES: tuple[str, ...] = get_args(JobStatus)
 FINISHED = JOB_STATUSES[2:]  # completed, failed, cancelled: a job never leaves these
 ReportStatus = Literal["completed", "failed"]
 ProviderStatus = Literal["online", "busy", "offline"]
+PROVIDER_STATUSES: tuple[str, ...] = get_args(ProviderStatus)
 GpuVendor = Literal["nvidia", "amd", "apple", "intel", "other"]
 Sandbox = Literal["bubblewrap", "none"]
 

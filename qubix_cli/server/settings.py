@@ -42,6 +42,8 @@ class Settings:
     secrets_min_reputation: float = 0.5  # jobs with `env` go to workers this trusted at least
     replication_floor: float = 0.05  # the least share of a trusted worker's jobs replicated
     max_price_per_hour: float = 1000.0  # the most a provider may ask; a job's default limit
+    metrics_public: bool = False  # GET /metrics without an operator's key
+    log_format: str = "text"  # or "json": one JSON object a line, for log shippers
 
     def allowed_origins(self) -> list[str]:
         """Origins besides the request's own that may open the events stream."""

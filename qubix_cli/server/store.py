@@ -28,7 +28,8 @@ import json
 import logging
 import os
 import threading
-from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
+import time
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -89,6 +90,8 @@ class Transaction(Reader, Protocol):
 class Store(Reader, Protocol):
     """What the coordinator needs from storage. Reads outside a transaction see only what
     is durable."""
+
+    observe_commit: Callable[[float], None]  # told the seconds each commit took (metrics)
 
     def transaction(self) -> contextlib.AbstractAsyncContextManager[Transaction]:
         """A unit of work: on a clean exit it is committed and durable before the block's
@@ -267,6 +270,7 @@ class JournalStore(_Scans):
         self._journal_bytes = self._durable_bytes = os.fstat(self._fd).st_size
         self._volatile = {kind: self._load_volatile(kind) for kind in VOLATILE}
         self._changed: set[str] = set()  # kinds of volatile state changed since saved
+        self.observe_commit: Callable[[float], None] = _ignore  # metrics: seconds per commit
 
     # -- loading -----------------------------------------------------------------------
 
@@ -364,9 +368,11 @@ class JournalStore(_Scans):
         async with self._tx_lock:
             tx = _JournalTransaction(self)
             yield tx
+            started = time.perf_counter()
             seq = self._stage(tx.writes) if tx.writes else 0
         if seq:
             await self._sync(seq)
+            self.observe_commit(time.perf_counter() - started)
 
     def _stage(self, writes: Writes) -> int:
         """Append the transaction to the journal and apply it in memory as pending."""
@@ -548,6 +554,10 @@ class _JournalTransaction(_Scans):
 
     def delete(self, table: str, key: str) -> None:
         self.writes[(table, key)] = None
+
+
+def _ignore(seconds: float) -> None:
+    pass
 
 
 def _disk_error(exc: OSError) -> StorageError:

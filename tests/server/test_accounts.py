@@ -130,6 +130,7 @@ def request(client: TestClient, w: dict[str, Any], handler: str, key: str | None
         "list_keys": ("GET", "/api/keys", None),
         "revoke_key": ("DELETE", f"/api/keys/{w['bobKeyId']}x", None),
         "ledger": ("GET", "/api/ledger", None),
+        "metrics_text": ("GET", "/metrics", None),
         "earnings": ("GET", f"/api/earnings/{register_body()['qubicAddress']}", None),
         "installer": ("GET", "/api/installer/linux", None),
     }
@@ -177,6 +178,7 @@ MATRIX: dict[str, tuple[object, object, object, object, object]] = {
     "revoke_key": (401, 401, 404, 404, 404),
     "ledger": (401, 401, "ok", "ok", "ok"),
     "earnings": ("ok", "ok", "ok", "ok", "ok"),
+    "metrics_text": (401, 401, 403, 403, "ok"),
     "installer": ("ok", "ok", "ok", "ok", "ok"),
 }
 
@@ -330,6 +332,10 @@ def test_past_the_per_minute_quota_a_submission_is_429_with_retry_after(
     assert refused.status_code == 429 and refused.json()["details"]["quota"] == "maxPerMinute"
     assert 1 <= int(refused.headers["Retry-After"]) <= 61
     assert client.get("/api/jobs", headers=auth(alice)).json()["total"] == 1
+    client.post("/api/accounts/alice/quota", json={"maxPerMinute": 0}, headers=KEY)
+    none = submit(client, alice)
+    assert none.status_code == 429 and "Retry-After" not in none.headers  # waiting won't help
+    assert "it may submit no jobs" in none.json()["message"]
 
 
 def test_the_running_quota_keeps_the_rest_queued(app_client: TestClient) -> None:
