@@ -72,13 +72,14 @@ def main() -> None:
 
 async def simulate(url: str, sims: list[Sim], honest_jobs: int, rng: random.Random) -> None:
     """Every simulated worker polls and answers at once; renters keep jobs queued."""
-    feeder = Connection(url)
+    feeders = [Connection(url) for _ in range(8)]
     done = asyncio.Event()
-    feeding = asyncio.create_task(keep_queued(feeder, len(sims) // 4, rng, done))
+    feeding = asyncio.create_task(keep_queued(feeders, len(sims) // 4, rng, done))
     await asyncio.gather(*(work(Connection(url), sim, rng, honest_jobs) for sim in sims))
     done.set()
     await feeding
-    feeder.close()
+    for feeder in feeders:
+        feeder.close()
 
 
 def register(http: httpx.Client, count: int, rng: random.Random) -> list[Sim]:
@@ -100,11 +101,12 @@ def register(http: httpx.Client, count: int, rng: random.Random) -> list[Sim]:
 
 
 async def keep_queued(
-    feeder: Connection, wanted: int, rng: random.Random, done: asyncio.Event
+    feeders: list[Connection], wanted: int, rng: random.Random, done: asyncio.Event
 ) -> None:
-    while not done.is_set():
-        _, queued = await feeder.request("GET", "/api/jobs?status=queued&limit=1", token=API_KEY)
-        for _ in range(max(0, wanted - queued["total"])):
+    """Renters: keep about `wanted` jobs queued, submitting over several connections."""
+
+    async def submit(feeder: Connection, count: int) -> None:
+        for _ in range(count):
             job: dict[str, object] = {
                 "type": "matmul",
                 "payload": {"seed": rng.randrange(2**32), "n": 16},
@@ -112,6 +114,14 @@ async def keep_queued(
             if rng.random() < 0.2:  # a fifth of the renters ask for replication
                 job["verify"] = "replicate"
             await feeder.request("POST", "/api/jobs", job, API_KEY)
+
+    while not done.is_set():
+        path = "/api/jobs?status=queued&limit=1"
+        _, queued = await feeders[0].request("GET", path, token=API_KEY)
+        missing = max(0, wanted - queued["total"])
+        n = len(feeders)
+        counts = [missing // n + (i < missing % n) for i in range(n)]
+        await asyncio.gather(*(submit(f, c) for f, c in zip(feeders, counts, strict=True)))
         await asyncio.sleep(0.05)
 
 
@@ -132,9 +142,9 @@ def count_forged_verified(http: httpx.Client, key: dict[str, str]) -> int:
 
 async def work(conn: Connection, sim: Sim, rng: random.Random, honest_jobs: int) -> None:
     while not finished(sim, honest_jobs):
-        status, leased = await conn.request("GET", f"/api/jobs/pending/{sim.name}", token=sim.token)
+        path = f"/api/jobs/pending/{sim.name}?wait=5"  # a long-poll, as the real agent does
+        status, leased = await conn.request("GET", path, token=sim.token)
         if status != 200:
-            await asyncio.sleep(0.05)
             continue
         job, payload = leased["job"], leased["job"]["payload"]
         sim.jobs += 1
