@@ -314,14 +314,17 @@ class Accounts:
     async def ledger(self, where: dict[str, Any] | None = None) -> list[Doc]:
         return await self.store.scan("ledger", where, "at")
 
-    async def earnings(self, address: str, since: float | None, lines: bool) -> Doc:
-        """What a Qubic address earned (charges less refunds): today, over 7 and 30 days
-        and in all (since `since`, if given), and with `lines` each ledger line."""
+    async def earnings(
+        self, address: str, since: float | None, worker_id: str | None, lines: bool
+    ) -> Doc:
+        """What a Qubic address (or one worker of it) earned, charges less refunds: today,
+        over 7 and 30 days and in all (since `since`, if given); with `lines` each line."""
         now = self.clock()
         found = [
             e
             for e in await self.ledger({"qubicAddress": address})
-            if since is None or e["at"] >= since
+            if (since is None or e["at"] >= since)
+            and (worker_id is None or e["workerId"] == worker_id)
         ]
         day = now - now % 86_400  # UTC midnight
 
@@ -340,6 +343,12 @@ class Accounts:
         if lines:
             answer["lines"] = found
         return answer
+
+
+def earned(entries: list[Doc]) -> float:
+    """What ledger lines of a worker's runs come to: charges less refunds."""
+    signs = {"charge": 1.0, "refund": -1.0}
+    return money(sum(signs.get(e["kind"], 0.0) * e["amount"] for e in entries))
 
 
 def totals(entries: list[Doc]) -> tuple[dict[str, float], dict[str, float]]:

@@ -179,6 +179,8 @@ def create_app(settings: Settings, clock: Clock = time.time) -> Starlette:
             Route("/openapi.json", openapi),
             _page(web / "index.html", "/"),
             _page(web / "marketplace.html", "/marketplace"),
+            _page(web / "provider.html", "/providers/{workerId}"),
+            _page(web / "provider.html", "/address/{qubicAddress}"),
             Mount("/static", _Page(StaticFiles(directory=web)), name="static"),
         ],
         lifespan=lifespan,

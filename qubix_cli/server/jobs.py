@@ -19,7 +19,7 @@ from typing import Any, NamedTuple
 
 from qubix_cli.errors import Conflict, StorageError, TooLarge
 from qubix_cli.server import dispatch, trust
-from qubix_cli.server.accounts import Accounts, Caller, money
+from qubix_cli.server.accounts import Accounts, Caller, earned, money
 from qubix_cli.server.events import EventBus
 from qubix_cli.server.http import not_found
 from qubix_cli.server.metrics import Metrics
@@ -190,6 +190,30 @@ class JobQueue:
             "jobs", where, "createdAt", descending=True, offset=query.offset, limit=query.limit
         )
         return [await self.view(j) for j in page], await self.store.count("jobs", where)
+
+    async def of_worker(self, worker_id: str, count: int = 20) -> list[Doc]:
+        """The last renters' jobs this worker was leased, newest first, as its public page
+        shows them: type, state, when it was leased and ended, what it earned."""
+        where = {"workerId": worker_id}
+        found = await self.store.scan("jobs", where, "updatedAt", descending=True)
+        shown = []
+        for job in (j for j in found if trust.CANARY not in j and j["status"] != "queued"):
+            leased = next(e["at"] for e in reversed(job["history"]) if e["event"] == "leased")
+            ended = job["updatedAt"] if job["status"] in FINISHED else None
+            lines = await self.store.scan("ledger", {"jobId": job["id"], "workerId": worker_id})
+            shown.append(
+                {
+                    "type": job["type"],
+                    "status": job["status"],
+                    "leasedAt": leased,
+                    "endedAt": ended,
+                    "durationS": round(ended - leased, 3) if ended is not None else None,
+                    "earned": earned(lines),
+                }
+            )
+            if len(shown) == count:
+                break
+        return shown
 
     async def view(self, job: Doc) -> Doc:
         lease = await self._lease_expiry(job) if job["status"] == "assigned" else None

@@ -296,6 +296,8 @@ def _matches_listing(view: Doc, query: ProviderListQuery) -> bool:
         return False
     if query.minVramMb is not None and best_vram_mb(view) < query.minVramMb:
         return False
+    if query.qubicAddress and view["qubicAddress"] != query.qubicAddress:
+        return False
     gpu = (query.gpu or "").lower()
     return not gpu or any(gpu in g["model"].lower() for g in view.get("gpus", []))
 

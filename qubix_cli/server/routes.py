@@ -94,6 +94,7 @@ from qubix_cli.server.schemas import (
     Register,
     Registered,
     Uploaded,
+    WorkerJobs,
 )
 from qubix_cli.server.store import Doc
 
@@ -259,6 +260,15 @@ ENDPOINTS = (
         (200, 401, 403, 404),
         answer=Diagnosis,
         access=WORKER_OR_OPERATOR,
+    ),
+    Endpoint(
+        "GET",
+        "/api/providers/{workerId}/jobs",
+        "worker_jobs",
+        "The last renters' jobs a worker ran: type, state, times, earned (no ids, payloads, "
+        "results nor renters)",
+        (200, 404),
+        answer=WorkerJobs,
     ),
     Endpoint(
         "DELETE",
@@ -774,7 +784,7 @@ class Api:
     async def earnings(self, request: Request) -> Response:
         where = {"qubicAddress": request.path_params["qubicAddress"]}
         address = validate(AddressPath, where, "path").qubicAddress
-        since = read_query(request, EarningsQuery).since
+        query = read_query(request, EarningsQuery)
         token = bearer_token(request.headers)
         lines = False
         if token is not None:
@@ -784,7 +794,12 @@ class Api:
             else:  # a worker token (Unauthorized if it is not one either)
                 worker = await self.registry.worker_for_token(token)
                 lines = worker["qubicAddress"] == address
-        return json_response(await self.accounts.earnings(address, since, lines))
+        found = await self.accounts.earnings(address, query.since, query.workerId, lines)
+        return json_response(found)
+
+    async def worker_jobs(self, request: Request) -> Response:
+        worker = await self.registry.find(request.path_params["workerId"])
+        return json_response({"jobs": await self.jobs.of_worker(worker["workerId"])})
 
     async def metrics_text(self, request: Request) -> Response:
         page = await self.metrics.page(

@@ -192,6 +192,7 @@ class ProviderListQuery(Query):
     status: ProviderStatus | None = None
     minVramMb: int | None = Field(default=None, ge=0)
     gpu: str | None = Field(default=None, max_length=128)
+    qubicAddress: str | None = Field(default=None, max_length=60, description="Its workers.")
     limit: int = Field(default=100, ge=1, le=1000)
     cursor: str | None = Field(
         default=None, max_length=200, description="`nextCursor` of the previous page."
@@ -685,6 +686,7 @@ class Ledger(Answer):
 
 class EarningsQuery(Query):
     since: float | None = Field(default=None, description="Only lines from then (unix seconds).")
+    workerId: str | None = Field(default=None, max_length=64, description="Only this worker's.")
 
 
 class Earnings(Answer):
@@ -697,3 +699,18 @@ class Earnings(Answer):
     lines: list[LedgerEntry] | None = Field(
         default=None, description="Each line: to a worker token of the address or an operator."
     )
+
+
+class WorkerJob(Answer):
+    """A job as a worker's public page shows it: no id, payload, result nor renter."""
+
+    type: str
+    status: JobStatus
+    leasedAt: float
+    endedAt: float | None
+    durationS: float | None
+    earned: float
+
+
+class WorkerJobs(Answer):
+    jobs: list[WorkerJob]

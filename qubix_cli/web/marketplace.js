@@ -42,7 +42,9 @@ function render() {
     if (gpu && !p.gpus.some((g) => g.model.toLowerCase().includes(gpu))) continue;
     const row = body.insertRow();
     row.dataset.workerId = p.workerId;
-    cell(row, p.name ? `${p.name} (${p.workerId})` : p.workerId);
+    const name = row.insertCell().appendChild(document.createElement("a"));
+    name.href = `/providers/${encodeURIComponent(p.workerId)}`;
+    name.textContent = p.name ? `${p.name} (${p.workerId})` : p.workerId;
     cell(row, p.status, `s-${p.status}`);
     cell(row, p.gpus.map((g) => g.model).join(", ") || "none");
     cell(row, `${Math.round(best / 1024)} GB`);
@@ -78,7 +80,7 @@ async function load() {
 
 function connect() {
   const socket = new WebSocket(`${location.protocol === "https:" ? "wss" : "ws"}://${location.host}/api/events`);
-  socket.onopen = () => { retryS = 1; $("live").textContent = "live"; load(); };
+  socket.onopen = () => { retryS = 1; $("live").textContent = "● live"; load(); };
   socket.onmessage = (message) => {
     const event = JSON.parse(message.data);
     if (!event.type.startsWith("PROVIDER_")) return;
@@ -87,7 +89,7 @@ function connect() {
     render();
   };
   socket.onclose = () => {
-    $("live").textContent = `disconnected; reconnecting in ${retryS} s…`;
+    $("live").textContent = `reconnecting in ${retryS} s…`;
     setTimeout(connect, retryS * 1000);
     retryS = Math.min(retryS * 2, 15);
   };

@@ -147,7 +147,8 @@ async function heartbeat(provider, gpu) {
 
 function showOnline(provider, gpu) {
   show("ok", `Online: this browser shares its GPU (${gpu.model}, via ${gpu.api}) as ${provider.workerId}.`,
-    "Keep this page open to stay online.");
+    "Keep this page open to stay online.",
+    element("a", "Its page: status, jobs and earnings", { href: `/providers/${encodeURIComponent(provider.workerId)}` }));
 }
 
 async function shareBrowser(gpu) {
@@ -220,7 +221,8 @@ async function followRegistration() {
         box.hidden = true;
         const p = found[0];
         const gpus = p.gpus.map((g) => `${g.model} (${Math.round(g.vramMb / 1024)} GB)`).join(", ") || "no GPU";
-        show("ok", `Online: worker ${p.workerId} is sharing ${gpus}.`, element("a", "See it in the marketplace", { href: "/marketplace" }));
+        show("ok", `Online: worker ${p.workerId} is sharing ${gpus}.`,
+          element("a", "Its page: status, jobs and earnings", { href: `/providers/${encodeURIComponent(p.workerId)}` }));
         return;
       }
     } catch (error) {

@@ -131,6 +131,7 @@ def request(client: TestClient, w: dict[str, Any], handler: str, key: str | None
         "revoke_key": ("DELETE", f"/api/keys/{w['bobKeyId']}x", None),
         "ledger": ("GET", "/api/ledger", None),
         "metrics_text": ("GET", "/metrics", None),
+        "worker_jobs": ("GET", "/api/providers/worker-1/jobs", None),
         "earnings": ("GET", f"/api/earnings/{register_body()['qubicAddress']}", None),
         "installer": ("GET", "/api/installer/linux", None),
     }
@@ -179,6 +180,7 @@ MATRIX: dict[str, tuple[object, object, object, object, object]] = {
     "ledger": (401, 401, "ok", "ok", "ok"),
     "earnings": ("ok", "ok", "ok", "ok", "ok"),
     "metrics_text": (401, 401, 403, 403, "ok"),
+    "worker_jobs": ("ok", "ok", "ok", "ok", "ok"),
     "installer": ("ok", "ok", "ok", "ok", "ok"),
 }
 

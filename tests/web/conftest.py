@@ -25,7 +25,10 @@ Object.defineProperty(navigator, 'userAgentData', {value: undefined});
 @pytest.fixture(scope="session")
 def browser() -> Iterator[Browser]:
     if not os.path.exists(CHROMIUM):
-        pytest.fail(f"{CHROMIUM} is missing: .ci/run installs Debian's chromium package")
+        pytest.skip(
+            f"{CHROMIUM} is missing, so the pages are not tested in a browser: install "
+            "Debian's chromium package (sudo apt-get install chromium); CI installs it"
+        )
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(
             executable_path=CHROMIUM,

@@ -29,7 +29,7 @@ def test_the_marketplace_follows_registrations_and_departures(
     page.goto(web_server.url + "/marketplace")
     rows = page.locator("#providers tbody tr")
     expect(rows).to_have_count(1)
-    expect(page.locator("#live")).to_have_text("live")
+    expect(page.locator("#live")).to_have_text("● live")
     small = [{"vendor": "amd", "model": "Radeon RX 6600", "vramMb": 8176}]
     token = httpx.post(
         web_server.url + "/api/providers/quick-register",
@@ -38,6 +38,7 @@ def test_the_marketplace_follows_registrations_and_departures(
     expect(rows).to_have_count(2)  # pushed over the WebSocket
     row = page.locator('tr[data-worker-id="first"]')
     expect(row).to_contain_text("Ada's rig")
+    expect(row.locator("a")).to_have_attribute("href", "/providers/first")  # its own page
     expect(row).to_contain_text("NVIDIA GeForce RTX 4090")
     expect(row).to_contain_text("24 GB")
     expect(row).to_contain_text("Lisbon")
@@ -65,10 +66,10 @@ def test_the_marketplace_follows_registrations_and_departures(
 def test_the_marketplace_reconnects(browser: Browser, web_server: ServerProcess) -> None:
     page = open_page(browser)
     page.goto(web_server.url + "/marketplace")
-    expect(page.locator("#live")).to_have_text("live")
+    expect(page.locator("#live")).to_have_text("● live")
     web_server.kill()
     expect(page.locator("#live")).to_contain_text("reconnecting")
     web_server.start()
-    expect(page.locator("#live")).to_have_text("live", timeout=30_000)
+    expect(page.locator("#live")).to_have_text("● live", timeout=30_000)
     httpx.post(web_server.url + "/api/providers/quick-register", json=register_body("late"))
     expect(page.locator("#providers tbody tr")).to_have_count(1)

@@ -208,7 +208,7 @@ def test_readable_on_a_phone_without_console_errors(
         page.click("#share")
         expect(page.locator("#status")).to_contain_text("Online")
     else:
-        expect(page.locator("#live")).to_have_text("live")
+        expect(page.locator("#live")).to_have_text("● live")
     overflow = page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
     assert overflow <= 0
     assert errors == []
