@@ -37,7 +37,8 @@ def to_script(markdown: str) -> str:
 
 
 @pytest.mark.parametrize(
-    "page", ["api.md", "cli.md", "jobs.md", "worker.md", "accounts.md", "billing.md"]
+    "page",
+    ["api.md", "cli.md", "jobs.md", "worker.md", "accounts.md", "billing.md", "installing.md"],
 )
 def test_the_examples_in_docs_run(page: str, server: ServerProcess, tmp_path: Path) -> None:
     script = to_script((ROOT / "docs" / page).read_text())

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import sys
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
+import typer.core
 from rich.console import Console
 from rich.markup import escape
 
@@ -14,6 +15,15 @@ from qubix_cli.cli import accounts, demo, installer, jobs, providers, serve, wat
 from qubix_cli.errors import QubixError
 
 err_console = Console(stderr=True, soft_wrap=True)  # paths stay whole
+
+
+def _flag_without_metavar(self: typer.core.TyperOption, ctx: Any) -> str | None:
+    """A flag takes no value, so its help shows none (Typer would print `<bool>`)."""
+    return "" if self.is_flag else _option_metavar(self, ctx)
+
+
+_option_metavar = typer.core.TyperOption.display_type_rich
+typer.core.TyperOption.display_type_rich = _flag_without_metavar  # type: ignore[method-assign]
 
 app = typer.Typer(
     name="qubix",

@@ -42,6 +42,18 @@ STATUS_COLOURS = {
 _CONTROLS = re.compile("[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
 
 
+def plural(count: int, noun: str) -> str:
+    """'1 provider', '2 providers'."""
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
+
+
+def duration(seconds: float) -> str:
+    """'45 seconds', '1 minute', '2.5 minutes'."""
+    if seconds < 120:
+        return f"{seconds:g} second" + ("" if seconds == 1 else "s")
+    return f"{seconds / 60:g} minutes"
+
+
 def safe(text: str) -> str:
     """Text from elsewhere (a server, a worker's result), ready for Rich: control
     characters are shown as escapes (\\x1b, \\u202e), never obeyed by the terminal, and

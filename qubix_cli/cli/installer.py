@@ -12,6 +12,8 @@ from rich.markup import escape
 from qubix_cli.errors import QubixError
 from qubix_cli.installer.render import OS_CHOICES, OSES, render, this_os
 
+OS_METAVAR = "<linux|macos|windows>"
+
 app = typer.Typer(help="Build one-file installers that set up and start a worker.")
 console = Console(highlight=False, soft_wrap=True)  # paths stay whole
 
@@ -21,9 +23,17 @@ def build(
     server: Annotated[
         str, typer.Option(envvar="QUBIX_SERVER", help="The coordinator URL the worker joins.")
     ],
+    os_arg: Annotated[
+        str | None,
+        typer.Argument(
+            metavar="OS",
+            help=f"{OS_CHOICES} \\[default: this machine's]; the same as --os.",
+            show_default=False,
+        ),
+    ] = None,
     os_name: Annotated[
         str | None,
-        typer.Option("--os", help=f"{OS_CHOICES} \\[default: this machine's]."),
+        typer.Option("--os", metavar=OS_METAVAR, help=f"{OS_CHOICES} \\[default: this machine's]."),
     ] = None,
     qubic_address: Annotated[
         str | None,
@@ -35,7 +45,9 @@ def build(
     ] = None,
 ) -> None:
     """Write the installer; print its path, its SHA-256 and how to run it."""
-    built = render(os_name or this_os(), server, qubic_address)
+    if os_arg and os_name and os_arg != os_name:
+        raise typer.BadParameter(f"give the OS once: {os_arg!r} and --os {os_name!r} differ")
+    built = render(os_arg or os_name or this_os(), server, qubic_address)
     path = output or Path(built.filename)
     try:
         path.write_bytes(built.content)
@@ -44,5 +56,5 @@ def build(
         raise QubixError(f"cannot write {path}: {exc.strerror}") from exc
     console.print(escape(f"Wrote {path} ({built.os}, {len(built.content):,} bytes)"))
     console.print(f"SHA-256: {built.sha256}")
-    run = OSES[built.os].how_to_run.format(file=path.name)
+    run = OSES[built.os].how_to_run.format(file=path if output else path.name)
     console.print(escape(f"Run it on the GPU machine: {run}"))

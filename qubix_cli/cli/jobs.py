@@ -14,7 +14,7 @@ from rich.table import Column, Table
 from qubix_cli.cli import display
 from qubix_cli.cli.display import ApiKeyOpt, JsonOpt, ServerOpt, safe
 from qubix_cli.client import Client, connect
-from qubix_cli.server.schemas import FILE_NAME, JOB_STATUSES, JOB_TYPES
+from qubix_cli.server.schemas import FILE_NAME, JOB_TYPES, JobStatus
 
 app = typer.Typer(help="Submit, list, show and cancel jobs (needs the server's API key).")
 console = Console(highlight=False)
@@ -189,9 +189,7 @@ def submit(
 
 @app.command("list")
 def list_(
-    status: Annotated[
-        str | None, typer.Option(help=f"Only jobs in this state: {', '.join(JOB_STATUSES)}.")
-    ] = None,
+    status: Annotated[JobStatus | None, typer.Option(help="Only jobs in this state.")] = None,
     provider: Annotated[str | None, typer.Option(help="Only jobs of this worker id.")] = None,
     limit: Annotated[int, typer.Option(min=1, max=500, help="How many, newest first.")] = 50,
     server: ServerOpt = None,

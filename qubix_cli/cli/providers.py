@@ -9,7 +9,15 @@ import typer
 from rich.console import Console
 
 from qubix_cli import config
-from qubix_cli.cli.display import ApiKeyOpt, JsonOpt, ServerOpt, fleet_table, provider_panel, safe
+from qubix_cli.cli.display import (
+    ApiKeyOpt,
+    JsonOpt,
+    ServerOpt,
+    fleet_table,
+    plural,
+    provider_panel,
+    safe,
+)
 from qubix_cli.client import Client, connect
 
 app = typer.Typer(help="List the providers in the marketplace, or show one.")
@@ -35,7 +43,7 @@ def list_(
         typer.echo(json.dumps(providers, indent=2))
         return
     console.print(fleet_table(providers))
-    console.print(f"{len(providers)} providers")
+    console.print(plural(len(providers), "provider"))
 
 
 @app.command()

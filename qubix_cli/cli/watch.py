@@ -22,7 +22,14 @@ from rich.progress import (
 from rich.text import Text
 
 from qubix_cli import config
-from qubix_cli.cli.display import JsonOpt, ServerOpt, fleet_table, provider_panel, safe
+from qubix_cli.cli.display import (
+    JsonOpt,
+    ServerOpt,
+    duration,
+    fleet_table,
+    provider_panel,
+    safe,
+)
 from qubix_cli.client import Client
 from qubix_cli.watch import Attempt, Watch
 
@@ -30,11 +37,12 @@ console = Console(highlight=False)
 err = Console(stderr=True, highlight=False)
 
 TROUBLESHOOTING = """\
-The worker has not registered with {server} within {minutes}.
-  - Is the worker running? On Linux and macOS: pgrep -f qubix_worker.pyz, and its log is
-    ~/.qubix/worker.log; on Windows: %USERPROFILE%\\.qubix\\worker.log.
-  - Can the GPU machine reach {server}? Try: curl {server}/healthz
-  - Is the address the one the installer used? {address}
+The worker has not registered with {server} within {waited}.
+  - Is the worker running? On Linux and macOS: pgrep -f qubix_worker.pyz
+    Its log: ~/.qubix/worker.log (Windows: %USERPROFILE%\\.qubix\\worker.log).
+  - Can the GPU machine reach {server}?
+    Try: curl {server}/healthz
+  - Is this the address the installer used? {address}
   - A firewall or proxy between them must allow HTTP to that port.
 Then run the installer again, or wait longer with --attempts."""
 
@@ -106,7 +114,7 @@ def report(provider: dict[str, Any] | None, last: Attempt, watcher: Watch, as_js
             title = f"online after {last.elapsed_s:.1f} s"
             console.print(provider_panel(provider, title))
         return
-    minutes = f"{watcher.attempts * watcher.interval_s / 60:g} minutes"
+    waited = duration(watcher.attempts * watcher.interval_s)
     reason = last.error or "no matching registration"
     if as_json:
         typer.echo(
@@ -116,9 +124,7 @@ def report(provider: dict[str, Any] | None, last: Attempt, watcher: Watch, as_js
         address = watcher.qubic_address or "(any address)"
         err.print(
             escape(
-                TROUBLESHOOTING.format(
-                    server=watcher.client.server, minutes=minutes, address=address
-                )
+                TROUBLESHOOTING.format(server=watcher.client.server, waited=waited, address=address)
             )
         )
         err.print(f"[red]error:[/red] {safe(reason)}")

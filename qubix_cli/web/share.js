@@ -58,6 +58,9 @@ async function api(path, options = {}) {
   if (answer.ok) return answer;
   let message = answer.statusText;
   try { message = (await answer.json()).message; } catch { /* not JSON */ }
+  // The server names the field it refuses ("body.qubicAddress: this is ..."): the page
+  // has one field, so the sentence alone says it ("This is ...").
+  message = message.replace(/^body\.[\w.]+: (\w)/, (_, first) => first.toUpperCase());
   if (answer.status >= 500) message = `The server failed (${answer.status}). Please try again in a minute.`;
   const error = new UserError(message);
   error.status = answer.status;

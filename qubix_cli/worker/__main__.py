@@ -127,7 +127,13 @@ def parser(prog: str = "qubix_worker") -> argparse.ArgumentParser:
     _env_option(run, "--qubic-address", "QUBIC_ADDRESS", "Your 60-letter Qubic address.")
     run.add_argument("--name", help="A name shown in the marketplace.")
     run.add_argument("--location", help="Where the machine is, shown in the marketplace.")
-    run.add_argument("--price", type=float, help="Price per hour.")
+    run.add_argument(
+        "--price",
+        type=float,
+        metavar="PER_HOUR",
+        help="What you ask an hour of work, in the coordinator's unit of account (default 0; "
+        "the coordinator's operator sets the most one may ask).",
+    )
     run.add_argument("--worker-id", help="Override the worker id (default: from the MAC).")
     run.add_argument(
         "--no-user-jobs",

@@ -20,7 +20,7 @@ from tests.helpers import ADDRESS, OTHER_ADDRESS, ServerProcess, free_port, regi
 def env_for(tmp_path: Path, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("QUBIX")}
     env.update(XDG_CONFIG_HOME=str(tmp_path / "config"), XDG_STATE_HOME=str(tmp_path / "state"))
-    env.update(COLUMNS="200", **extra)
+    env.update({"COLUMNS": "200", **extra})
     return env
 
 
@@ -104,6 +104,36 @@ def test_watch_times_out_with_troubleshooting(server: ServerProcess, tmp_path: P
         tmp_path, "watch", "--server", server.url, "--interval", "0.5", "--attempts", "1", "--json"
     )
     assert as_json.returncode == 1 and json.loads(as_json.stdout)["error"] == "timeout"
+
+
+def test_watch_counts_a_worker_that_is_online_already(
+    server: ServerProcess, tmp_path: Path
+) -> None:
+    """The installer finished before the watch began: named by id or address, it counts."""
+    httpx.post(server.url + "/api/providers/quick-register", json=register_body("early"))
+    for given in (["--worker-id", "early"], ["--qubic-address", ADDRESS]):
+        started = time.monotonic()
+        result = qubix(
+            tmp_path, "watch", "--server", server.url, "--attempts", "3", *given, "--json"
+        )
+        assert result.returncode == 0, result.stderr
+        assert json.loads(result.stdout)["provider"]["workerId"] == "early"
+        assert time.monotonic() - started < 10  # not a single 5 s attempt waited
+    other = ["--qubic-address", OTHER_ADDRESS, "--interval", "0.5", "--attempts", "1"]
+    assert qubix(tmp_path, "watch", "--server", server.url, *other).returncode == 1
+
+
+def test_watch_troubleshooting_reads_well_at_80_columns(
+    server: ServerProcess, tmp_path: Path
+) -> None:
+    args = ["watch", "--server", server.url, "--interval", "0.5", "--attempts", "3"]
+    result = qubix(tmp_path, *args, COLUMNS="80")
+    assert "within 1.5 seconds." in result.stderr  # not "0.025 minutes"
+    assert all(len(line) <= 80 for line in result.stderr.splitlines())
+    body = register_body("solo")
+    httpx.post(server.url + "/api/providers/quick-register", json=body)
+    listed = qubix(tmp_path, "providers", "list", "--server", server.url)
+    assert "1 provider\n" in listed.stdout
 
 
 def test_watch_an_unreachable_server(tmp_path: Path) -> None:

@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import time
+import zipapp
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,6 +14,7 @@ import httpx
 import psutil
 import pytest
 
+from qubix_cli import __version__
 from qubix_cli.installer.render import render
 from tests.helpers import ADDRESS, KEY, ServerProcess, register_body
 
@@ -65,6 +67,15 @@ def path_without(tmp_path: Path, *missing: str) -> str:
     return str(bin_dir)
 
 
+def pretend_older(pyz: Path, version: str) -> None:
+    """Put a zipapp that says it is `version` where the installed worker is (the running
+    one has its code loaded), as an earlier release would have left it."""
+    source = pyz.parent.parent / "older-worker"  # beside the install, not in it
+    source.mkdir()
+    (source / "__main__.py").write_text(f"print('qubix-worker {version}')\n")
+    zipapp.create_archive(source, pyz)
+
+
 def test_install_run_a_job_upgrade_and_uninstall(server: ServerProcess, tmp_path: Path) -> None:
     home = tmp_path / "home"
     home.mkdir()
@@ -109,8 +120,11 @@ def test_install_run_a_job_upgrade_and_uninstall(server: ServerProcess, tmp_path
             time.sleep(0.2)
 
         (old,) = worker_processes(home)
+        pretend_older(qubix / "qubix_worker.pyz", "0.0.9")
         second = run_installer(script, home, address_env=ADDRESS)  # upgrade in place
         assert second.returncode == 0, second.stdout + second.stderr
+        assert f"upgrading the worker from 0.0.9 to {__version__}" in second.stdout
+        assert "stopped the old worker" in second.stdout
         assert "creating a virtual environment" not in second.stdout
         assert "bubblewrap" not in second.stdout  # it is there now
         providers = httpx.get(server.url + "/api/providers").json()["providers"]

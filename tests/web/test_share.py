@@ -149,6 +149,8 @@ def test_an_invalid_address(browser: Browser, web_server: ServerProcess, tmp_pat
     page.fill("#address", ADDRESS[:-1] + "A")  # the right shape, a wrong checksum
     page.click("#share")
     expect(page.locator("#status")).to_contain_text("checksum does not match")
+    expect(page.locator("#status")).to_contain_text("This is not a valid Qubic address")
+    expect(page.locator("#status")).not_to_contain_text("body.")  # no field paths
     screenshot(page, tmp_path, "invalid-address")
     assert browser_providers(web_server) == []
 

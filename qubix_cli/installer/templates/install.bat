@@ -99,8 +99,20 @@ if errorlevel 1 (
   if errorlevel 1 echo qubix: warning: psutil could not be installed; the worker runs without it
 )
 
-rem 3. The worker and its start script
-call :stop_worker
+rem 3. The worker and its start script (an upgrade says from which version to which)
+if exist "%QUBIX_DIR%\qubix_worker.pyz" (
+  set "OLD_VERSION=an unknown version"
+  for /f "tokens=2" %%V in ('""%VENV_PY%" "%QUBIX_DIR%\qubix_worker.pyz" --version" 2^>nul') do set "OLD_VERSION=%%V"
+  if "!OLD_VERSION!"=="@VERSION@" (
+    echo qubix: reinstalling the worker @VERSION@ over the same version
+  ) else (
+    echo qubix: upgrading the worker from !OLD_VERSION! to @VERSION@
+  )
+  call :stop_worker
+  echo qubix: stopped the old worker; the new one keeps its identity
+) else (
+  call :stop_worker
+)
 move /y "%WORKER_TMP%" "%QUBIX_DIR%\qubix_worker.pyz" >nul
 if errorlevel 1 exit /b 1
 (

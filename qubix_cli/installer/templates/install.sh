@@ -182,8 +182,21 @@ if ! "$VENV_PY" -c 'import psutil' 2>/dev/null; then
     say "warning: psutil could not be installed; the worker runs without it"
 fi
 
-# 4. The worker and its scripts
-stop_worker
+# 4. The worker and its scripts (an upgrade says from which version to which)
+NEW_VERSION=@VERSION@
+if [ -f "$QUBIX_DIR/qubix_worker.pyz" ]; then
+  OLD_VERSION=$("$PYTHON" "$QUBIX_DIR/qubix_worker.pyz" --version 2>/dev/null | sed 's/^qubix-worker //') ||
+    OLD_VERSION="an unknown version"
+  if [ "$OLD_VERSION" = "$NEW_VERSION" ]; then
+    say "reinstalling the worker $NEW_VERSION over the same version"
+  else
+    say "upgrading the worker from ${OLD_VERSION:-an unknown version} to $NEW_VERSION"
+  fi
+  stop_worker
+  say "stopped the old worker; the new one keeps its identity"
+else
+  stop_worker
+fi
 cp "$WORKER_TMP" "$QUBIX_DIR/qubix_worker.pyz.new"
 mv "$QUBIX_DIR/qubix_worker.pyz.new" "$QUBIX_DIR/qubix_worker.pyz"
 cat > "$QUBIX_DIR/worker.conf" <<CONF
