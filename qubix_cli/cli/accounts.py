@@ -12,7 +12,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
-from rich.table import Table
+from rich.table import Column, Table
 
 from qubix_cli import config
 from qubix_cli.cli.display import ApiKeyOpt, JsonOpt, ServerOpt, ago, safe
@@ -73,7 +73,7 @@ def list_accounts(
     if as_json:
         _echo_json(found)
         return
-    table = Table("name", "role", "balance", "held", "quotas")
+    table = Table(Column("name", overflow="fold"), "role", "balance", "held", "quotas")
     for account in found:
         quota = ", ".join(f"{k} {v}" for k, v in account["quota"].items() if v is not None)
         table.add_row(
@@ -196,7 +196,14 @@ def list_keys(
     if as_json:
         _echo_json(found)
         return
-    table = Table("id", "account", "name", "created", "last used", "revoked")
+    table = Table(
+        Column("id", no_wrap=True, min_width=12),
+        "account",
+        "name",
+        "created",
+        "last used",
+        "revoked",
+    )
     for key in found:
         table.add_row(
             safe(key["id"]),

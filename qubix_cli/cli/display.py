@@ -136,7 +136,7 @@ def fleet_table(providers: list[dict[str, Any]]) -> Table:
         "location",
         "price",
         "last seen",
-        "current jobs",
+        Column("current jobs", overflow="fold"),
     )
     for p in providers:
         price = p.get("pricePerHour")
