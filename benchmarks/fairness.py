@@ -10,7 +10,7 @@
    quota set and a balance to check. Printed: the server's CPU time and the wall time per
    cycle of each, and the difference (target < 5 %).
 
-    python benchmarks/fairness.py [--batch 5000] [--cycles 2000]
+    python benchmarks/fairness.py [--batch 5000] [--cycles 4000]
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ FREE = {"maxPricePerHour": 0}
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, default=5000)
-    parser.add_argument("--cycles", type=int, default=2000)
+    parser.add_argument("--cycles", type=int, default=4000)
     args = parser.parse_args()
     with Server(30.0, "--no-canaries") as server:
         asyncio.run(fairness(server, args.batch))
