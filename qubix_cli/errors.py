@@ -72,6 +72,12 @@ class QuotaExceeded(RateLimited):
     code = "quota_exceeded"
 
 
+class UpgradeRequired(QubixError):
+    """The worker's agent is older than the coordinator accepts (`--min-agent-version`)."""
+
+    code = "agent_too_old"
+
+
 class PaymentRequired(QubixError):
     """What a job may cost is more than its account has available."""
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated
 
+import httpx
 import typer
 from rich.console import Console
 from rich.markup import escape
@@ -16,6 +17,22 @@ OS_METAVAR = "<linux|macos|windows>"
 
 app = typer.Typer(help="Build one-file installers that set up and start a worker.")
 console = Console(highlight=False, soft_wrap=True)  # paths stay whole
+
+
+def _update_key(server: str) -> str:
+    """The coordinator's public update key, which the installer embeds so that its worker
+    can check the updates it is offered; none (with a warning) if it cannot be asked."""
+    try:
+        key = str(httpx.get(server.rstrip("/") + "/healthz", timeout=10).json()["updateKey"])
+    except (httpx.HTTPError, ValueError, KeyError, TypeError):
+        console.print(
+            escape(
+                f"warning: {server} did not tell its update key, so this installer's worker "
+                "will not update itself; build it while the server runs to fix that."
+            )
+        )
+        return ""
+    return key
 
 
 @app.command()
@@ -47,7 +64,9 @@ def build(
     """Write the installer; print its path, its SHA-256 and how to run it."""
     if os_arg and os_name and os_arg != os_name:
         raise typer.BadParameter(f"give the OS once: {os_arg!r} and --os {os_name!r} differ")
-    built = render(os_arg or os_name or this_os(), server, qubic_address)
+    target = os_arg or os_name or this_os()
+    render(target, server, qubic_address)  # refuses a bad URL, OS or address before any request
+    built = render(target, server, qubic_address, _update_key(server))
     path = output or Path(built.filename)
     try:
         path.write_bytes(built.content)

@@ -84,16 +84,22 @@ def _sh_quote(value: str) -> str:
     return "'" + value.replace("'", "'\\''") + "'"
 
 
-def render(os_name: str, server: str, address: str | None = None) -> Installer:
-    """The installer for `os_name` that installs a worker for `server` (and `address`)."""
+def render(
+    os_name: str, server: str, address: str | None = None, update_key: str = ""
+) -> Installer:
+    """The installer for `os_name` that installs a worker for `server` (and `address`),
+    with the coordinator's public update key (hex; without one the worker never updates
+    itself)."""
     target = normalize_os(os_name)
     server = validate_server_url(server)
     if address:
         validate_identity(address)
+    if update_key and not re.fullmatch(r"[0-9a-f]{64}", update_key):
+        raise InvalidInput("an update key is 64 lowercase hex digits (an Ed25519 public key)")
     worker = build_worker_pyz()
     if OSES[target].template.endswith(".bat"):
-        return _render_bat(server, address or "", worker)
-    return _render_sh(target, server, address or "", worker)
+        return _render_bat(server, address or "", worker, update_key)
+    return _render_sh(target, server, address or "", worker, update_key)
 
 
 def _template(name: str) -> str:
@@ -106,7 +112,7 @@ def _fill(template: str, values: dict[str, str]) -> str:
     return template
 
 
-def _render_sh(target: str, server: str, address: str, worker: bytes) -> Installer:
+def _render_sh(target: str, server: str, address: str, worker: bytes, update_key: str) -> Installer:
     filename = f"qubix-installer-{target}.sh"
     payload = base64.encodebytes(worker).decode()
     text = _fill(
@@ -116,6 +122,7 @@ def _render_sh(target: str, server: str, address: str, worker: bytes) -> Install
             "FILENAME": filename,
             "SERVER": _sh_quote(server),
             "ADDRESS": _sh_quote(address),
+            "UPDATE_KEY": update_key,
             "SHA256": sha256(worker),
             "PAYLOAD": payload.rstrip("\n"),
         },
@@ -123,7 +130,7 @@ def _render_sh(target: str, server: str, address: str, worker: bytes) -> Install
     return Installer(target, filename, "text/x-shellscript", text.encode())
 
 
-def _render_bat(server: str, address: str, worker: bytes) -> Installer:
+def _render_bat(server: str, address: str, worker: bytes, update_key: str) -> Installer:
     filename = "qubix-installer-windows.bat"
     encoded = base64.b64encode(worker).decode()
     payload = "\r\n".join(encoded[i : i + _BAT_LINE] for i in range(0, len(encoded), _BAT_LINE))
@@ -135,6 +142,7 @@ def _render_bat(server: str, address: str, worker: bytes) -> Installer:
             "FILENAME": filename,
             "SERVER": server,
             "ADDRESS": address,
+            "UPDATE_KEY": update_key,
             "SHA256": sha256(worker),
             "PAYLOAD": payload,
         },

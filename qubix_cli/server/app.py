@@ -18,6 +18,7 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from qubix_cli.errors import QubixError, StorageError
+from qubix_cli.installer.pack import build_worker_pyz
 from qubix_cli.server.accounts import Accounts
 from qubix_cli.server.blobs import Blobs
 from qubix_cli.server.events import EventBus
@@ -30,6 +31,8 @@ from qubix_cli.server.providers import Clock, Registry
 from qubix_cli.server.routes import HEARTBEAT_PATH, Api
 from qubix_cli.server.settings import Settings, load_or_create_api_key
 from qubix_cli.server.store import JournalStore, Store
+from qubix_cli.server.updates import UpdateKey
+from qubix_cli.worker import AGENT_VERSION
 
 log = logging.getLogger("qubix.server")
 VOLATILE_SAVE_S = 5.0
@@ -168,11 +171,12 @@ def create_app(settings: Settings, clock: Clock = time.time) -> Starlette:
     web = Path(__file__).parent.parent / "web"
 
     metrics = Metrics()
+    release = UpdateKey(settings.data_dir).sign(AGENT_VERSION, build_worker_pyz())
     store.observe_commit = metrics.commit.observe
     accounts = Accounts(store, clock)
     jobs = JobQueue(store, events, registry, accounts, metrics, clock)
     files = JobFiles(store, Blobs(settings.data_dir / "blobs"), settings, clock)
-    api = Api(registry, jobs, files, accounts, metrics)
+    api = Api(registry, jobs, files, accounts, metrics, release)
     app = Coordinator(
         routes=[
             *api.routes(),

@@ -28,6 +28,7 @@ from qubix_cli.errors import (
     TooLarge,
     Unauthorized,
     Unavailable,
+    UpgradeRequired,
 )
 
 log = logging.getLogger("qubix.server")
@@ -48,6 +49,7 @@ STATUS: tuple[tuple[type[QubixError], int], ...] = (
     (Conflict, 409),
     (TooLarge, 413),
     (InvalidInput, 422),
+    (UpgradeRequired, 426),
     (RateLimited, 429),
     (Unavailable, 503),
 )

@@ -26,6 +26,7 @@ _CODES = {
     409: "Conflict",
     413: "Body too large",
     422: "Invalid fields",
+    426: "The agent is too old: update it (agent_too_old; the offer in details)",
     429: "Too many, or an account's quota (see Retry-After)",
     503: "Storage unavailable",
 }

@@ -17,6 +17,8 @@ from qubix_cli.server.schemas import CheckNewQuery, Heartbeat, ProviderListQuery
 from qubix_cli.server.settings import Settings
 from qubix_cli.server.store import Doc, Store, Transaction
 from qubix_cli.server.trust import TRUST, trust_of
+from qubix_cli.server.updates import older
+from qubix_cli.worker import AGENT_VERSION
 
 CHECK_NEW_DEFAULT_S = 300.0
 OFFLINE: Doc = {"status": "offline", "lastSeenAt": None}
@@ -58,7 +60,7 @@ class Registry:
             if existing is None:
                 await self._admit(tx, client_ip, now)
             new_token = None if existing else secrets.token_urlsafe(32)
-            doc = body.model_dump(exclude={"gpu", "gpus"}, exclude_none=True)
+            doc = body.model_dump(exclude={"gpu", "gpus", "updateFailed"}, exclude_none=True)
             doc.update(
                 gpus=[g.model_dump(exclude_none=True) for g in body.gpu_list()],
                 registeredAt=existing["registeredAt"] if existing else now,
@@ -68,6 +70,11 @@ class Registry:
             )
             if existing is not None and TRUST in existing:
                 doc[TRUST] = existing[TRUST]  # a record is earned, never reset by re-registering
+            failed = existing.get("failedUpdates", []) if existing else []
+            if body.updateFailed and body.updateFailed not in failed:
+                failed = [*failed[-9:], body.updateFailed]  # not offered to it again
+            if failed:
+                doc["failedUpdates"] = failed
             tx.put("providers", doc)
         was_online = await self.is_online(body.workerId)
         self._touch(body.workerId, "online", None, [])
@@ -269,6 +276,7 @@ def public(doc: Doc, live: Doc | None) -> Doc:
         lastSeenAt=live["lastSeenAt"],
         usage=live.get("usage"),
         currentJobIds=_job_ids(live),
+        outdated=older(doc.get("agentVersion"), AGENT_VERSION),
     )
     view["currentJobId"] = (view["currentJobIds"] or [None])[0]
     return view

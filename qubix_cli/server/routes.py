@@ -97,6 +97,7 @@ from qubix_cli.server.schemas import (
     WorkerJobs,
 )
 from qubix_cli.server.store import Doc
+from qubix_cli.server.updates import UPDATE_PATH, Release, check_floor, offer_for
 
 HEARTBEAT_PATH = "/api/providers/{workerId}/heartbeat"
 REGISTRATION_LIMIT_BYTES = 16 * 1024
@@ -117,9 +118,11 @@ class Heartbeats:
     `Response`. Together that is a tenth of a heartbeat's cost (docs/performance.md). It
     answers its own errors, as every other endpoint does."""
 
-    def __init__(self, registry: Registry, jobs: JobQueue, metrics: Metrics) -> None:
+    def __init__(
+        self, registry: Registry, jobs: JobQueue, metrics: Metrics, release: Release
+    ) -> None:
         self.registry, self.jobs, self.settings = registry, jobs, registry.settings
-        self.metrics = metrics
+        self.metrics, self.release = metrics, release
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
@@ -134,7 +137,8 @@ class Heartbeats:
     async def _answer(self, scope: Scope, receive: Receive) -> Doc:
         headers = request_headers(scope, b"authorization", b"content-length")
         worker_id = scope["path_params"]["workerId"]
-        await self.registry.authenticate(worker_id, require_token(headers))
+        provider = await self.registry.authenticate(worker_id, require_token(headers))
+        check_floor(provider.get("agentVersion"), self.settings.min_agent_version, self.release)
         body = parse_json(await read_body(receive, headers), Heartbeat)
         await self.registry.heartbeat(worker_id, body)
         cancels = await self.jobs.heartbeat(worker_id, body.job_ids())
@@ -145,6 +149,7 @@ class Heartbeats:
             "heartbeatIntervalS": self.settings.heartbeat_interval_s,
             "pollWaitS": self.settings.poll_wait_s,
             "cancelJobIds": cancels,
+            "update": offer_for(provider, self.release, self.settings.update_rollout),
         }
 
 
@@ -200,8 +205,8 @@ ENDPOINTS = (
         "POST",
         HEARTBEAT_PATH,
         "heartbeats",
-        "Heartbeat; renews the current job's lease",
-        (200, 400, 401, 403, 404, 422),
+        "Heartbeat; renews the current job's lease (and may offer a signed update)",
+        (200, 400, 401, 403, 404, 422, 426),
         body=Heartbeat,
         answer=HeartbeatAnswer,
         access=WORKER,
@@ -211,7 +216,7 @@ ENDPOINTS = (
         "/api/jobs/pending/{workerId}",
         "pending_job",
         "Lease the oldest queued job this worker can run (long-poll)",
-        (200, 204, 401, 403, 404, 422),
+        (200, 204, 401, 403, 404, 422, 426),
         query=PendingQuery,
         answer=Lease,
         access=WORKER,
@@ -222,7 +227,7 @@ ENDPOINTS = (
         "/api/providers/quick-register",
         "quick_register",
         "Register or re-register a provider",
-        (200, 201, 400, 409, 413, 422, 429),
+        (200, 201, 400, 409, 413, 422, 426, 429),
         body=Register,
         answer=Registered,
     ),
@@ -502,6 +507,14 @@ ENDPOINTS = (
     ),
     Endpoint(
         "GET",
+        UPDATE_PATH,
+        "worker_update",
+        "The worker zipapp this server ships (signed: see the update offer)",
+        (200,),
+        media_type="application/octet-stream",
+    ),
+    Endpoint(
+        "GET",
         "/api/installer/{os}",
         "installer",
         "A one-file installer for windows, linux or macos (.bat or .sh)",
@@ -522,12 +535,13 @@ class Api:
         files: JobFiles,
         accounts: Accounts,
         metrics: Metrics,
+        release: Release,
     ) -> None:
         self.registry, self.jobs, self.files, self.accounts = registry, jobs, files, accounts
-        self.metrics = metrics
+        self.metrics, self.release = metrics, release
         self.settings = registry.settings
         self.store = registry.store
-        self.heartbeats = Heartbeats(registry, jobs, metrics)
+        self.heartbeats = Heartbeats(registry, jobs, metrics, release)
         self._polls = PerIp("check-new long-polls", LONG_POLLS_PER_IP)
         self._streams = PerIp("event streams", STREAMS_PER_IP)
 
@@ -589,12 +603,20 @@ class Api:
         return await self.registry.authenticate(request.path_params["workerId"], token)
 
     async def healthz(self, request: Request) -> Response:
-        return json_response({"ok": True, "serverTime": time.time()})
+        return json_response(
+            {
+                "ok": True,
+                "serverTime": time.time(),
+                "workerVersion": self.release.version,
+                "updateKey": self.release.public_key,
+            }
+        )
 
     # -- providers ---------------------------------------------------------------------
 
     async def quick_register(self, request: Request) -> Response:
         body = await read_json(request, Register, limit=REGISTRATION_LIMIT_BYTES)
+        check_floor(body.agentVersion, self.settings.min_agent_version, self.release)
         ip = self._ip(request.scope)
         doc, token = await self.registry.register(body, bearer_token(request.headers), ip)
         answer: Doc = {"provider": await self.registry.public(doc)}
@@ -664,6 +686,7 @@ class Api:
 
     async def pending_job(self, request: Request) -> Response:
         provider = await self._worker(request)
+        check_floor(provider.get("agentVersion"), self.settings.min_agent_version, self.release)
         query = read_query(request, PendingQuery)
         await self.registry.polled(provider["workerId"])
         job = await unless_disconnected(request, self.jobs.lease(provider, query.wait))
@@ -810,6 +833,14 @@ class Api:
         )
         return Response(page, media_type=CONTENT_TYPE)
 
+    async def worker_update(self, request: Request) -> Response:
+        headers = {
+            "X-Checksum-Sha256": self.release.sha256,
+            "X-Qubix-Worker-Version": self.release.version,
+            "X-Qubix-Signature": self.release.signature,
+        }
+        return Response(self.release.data, media_type="application/octet-stream", headers=headers)
+
     # -- installers --------------------------------------------------------------------
 
     async def installer(self, request: Request) -> Response:
@@ -823,7 +854,12 @@ class Api:
                 code="backend_not_allowed",
             )
         try:
-            built = render(request.path_params["os"], backend.rstrip("/"), query.qubicAddress)
+            built = render(
+                request.path_params["os"],
+                backend.rstrip("/"),
+                query.qubicAddress,
+                self.release.public_key,
+            )
         except InvalidInput as exc:
             raise Malformed(str(exc), code="invalid_installer_request") from exc
         disposition = f'attachment; filename="{built.filename}"'

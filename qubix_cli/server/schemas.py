@@ -134,6 +134,11 @@ class Register(Body):
         default="none", description="The GPU engine it found when it started (docs/trust.md)."
     )
     agentVersion: str = Text(32, 1)
+    updateFailed: str | None = Field(
+        default=None,
+        max_length=32,
+        description="A version this worker tried and rolled back from (it is not offered again).",
+    )
 
     @model_validator(mode="after")
     def _one_gpu_list(self) -> Register:
@@ -406,6 +411,8 @@ class Provider(Register):
     currentJobId: str | None
     currentJobIds: list[str]
     trust: Trust
+    outdated: bool = Field(default=False, description="Its agent is older than the server's.")
+    failedUpdates: list[str] = Field(default_factory=list)
 
 
 class Trust(Answer):
@@ -454,12 +461,21 @@ class NewProviders(Providers):
     serverTime: float = Field(description="Pass it as `since` to the next call.")
 
 
+class UpdateOffer(Answer):
+    version: str
+    url: str
+    sha256: str
+    size: int
+    signature: str = Field(description="Ed25519, hex, of the version, SHA-256 and size.")
+
+
 class HeartbeatAnswer(Answer):
     ok: bool
     serverTime: float
     heartbeatIntervalS: float
     pollWaitS: float
     cancelJobIds: list[str]
+    update: UpdateOffer | None = Field(default=None, description="A newer signed worker.")
 
 
 class HistoryEntry(BaseModel):
@@ -574,6 +590,8 @@ class Lease(Answer):
 class Health(Answer):
     ok: bool
     serverTime: float
+    workerVersion: str = Field(description="The worker version this server ships.")
+    updateKey: str = Field(description="The public key its worker updates are signed with.")
 
 
 # -- accounts, keys, the ledger -------------------------------------------------------

@@ -43,6 +43,8 @@ class Settings:
     replication_floor: float = 0.05  # the least share of a trusted worker's jobs replicated
     max_price_per_hour: float = 1000.0  # the most a provider may ask; a job's default limit
     metrics_public: bool = False  # GET /metrics without an operator's key
+    update_rollout: int = 100  # offer the worker update to this share of workers (percent)
+    min_agent_version: str | None = None  # older agents are turned away (426)
     log_format: str = "text"  # or "json": one JSON object a line, for log shippers
 
     def allowed_origins(self) -> list[str]:

@@ -11,7 +11,7 @@ import os
 import sys
 import time
 
-from qubix_cli.worker import AGENT_VERSION, hardware, state
+from qubix_cli.worker import AGENT_VERSION, hardware, state, update
 from qubix_cli.worker.agent import Agent, Config, Fatal, log, setup_logging
 from qubix_cli.worker.client import Client, Transient, message
 from qubix_cli.worker.jobs import Policy
@@ -111,6 +111,9 @@ def parser(prog: str = "qubix_worker") -> argparse.ArgumentParser:
     wait.add_argument("--server", required=True, help="The coordinator's URL.")
     wait.add_argument("--since", type=float, required=True, help="Unix time it was started.")
     wait.add_argument("--timeout", type=float, default=60.0, help="Seconds to wait at most.")
+    trial = commands.add_parser("update-trial", help=argparse.SUPPRESS)
+    trial.add_argument("pyz")
+    trial.add_argument("run_args", nargs=argparse.REMAINDER)
     commands.add_parser(
         "deregister",
         help="Remove this worker from its server (what --uninstall does first).",
@@ -161,6 +164,10 @@ def parser(prog: str = "qubix_worker") -> argparse.ArgumentParser:
         help="Disk kept for python jobs' environments; the least recently used go first "
         "(default 20).",
     )
+    run.add_argument(
+        "--update-trial", metavar="FILE", help=argparse.SUPPRESS
+    )  # an update on trial: register, heartbeat, write FILE, exit (worker/update.py)
+    run.add_argument("--update-failed", metavar="VERSION", help=argparse.SUPPRESS)
     run.add_argument("--burst", action="store_true", help="Run what is queued, then exit.")
     run.add_argument("--max-jobs", type=_positive, help="Exit after this many jobs.")
     return parser
@@ -227,6 +234,9 @@ def main(argv: list[str] | None = None, prog: str = "qubix_worker") -> int:
         return wait_online(state.home(), args.server, args.since, args.timeout)
     if args.command == "deregister":
         return deregister(state.home())
+    if args.command == "update-trial":
+        setup_logging(state.home())
+        return update.run_trial(args.pyz, args.run_args)
     if args.command == "detect":
         report = hardware.detect()
         print(json.dumps(report, indent=2) if args.json else detect_text(report))
@@ -246,8 +256,25 @@ def main(argv: list[str] | None = None, prog: str = "qubix_worker") -> int:
         burst=args.burst,
         env_cache_gb=args.env_cache_gb,
         max_jobs=args.max_jobs,
+        update_trial=args.update_trial,
+        update_failed=args.update_failed,
+        run_args=_restart_args(sys.argv[1:] if argv is None else argv),
     )
     return run_worker(config)
+
+
+def _restart_args(argv: list[str]) -> list[str]:
+    """The command line to start this worker again with: without the update flags."""
+    kept: list[str] = []
+    skip = False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg in ("--update-trial", "--update-failed"):
+            skip = True
+        elif not arg.startswith(("--update-trial=", "--update-failed=")):
+            kept.append(arg)
+    return kept
 
 
 if __name__ == "__main__":

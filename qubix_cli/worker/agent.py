@@ -21,7 +21,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
-from qubix_cli.worker import AGENT_VERSION, engine, hardware, jobs, sandbox, state
+from qubix_cli.worker import AGENT_VERSION, engine, hardware, jobs, sandbox, state, update
 from qubix_cli.worker.client import Client, Transient, message
 from qubix_cli.worker.envs import Envs
 from qubix_cli.worker.outbox import Outbox, valid_lease
@@ -48,6 +48,9 @@ class Config:
     burst: bool = False
     max_jobs: int | None = None
     env_cache_gb: float = 20.0
+    update_trial: str | None = None  # on trial after an update: write here once up, exit
+    update_failed: str | None = None  # the version this worker rolled back from
+    run_args: list[str] = field(default_factory=list)  # to start it again after an update
 
 
 class Agent:
@@ -77,6 +80,8 @@ class Agent:
         self.jobs_done = 0
         self.jobs_started = 0
         self.idle_since = self.diagnosed_at = time.monotonic()
+        self.offer: dict[str, Any] | None = None  # a signed update the server offers
+        self.refused: set[str] = set()  # versions this worker will not take (checked once)
 
     # -- signals ---------------------------------------------------------------------
 
@@ -123,6 +128,8 @@ class Agent:
             "gpuEngine": engine.find_engine(self.report["gpus"], [])[0],
             "agentVersion": AGENT_VERSION,
         }
+        if self.config.update_failed:
+            body["updateFailed"] = self.config.update_failed
         for key, value in (
             ("name", self.config.name),
             ("location", self.config.location),
@@ -153,6 +160,10 @@ class Agent:
                 if not self._retry("registration", attempt, exc):
                     return False
                 continue
+            if status == 426:  # too old for this server: update, or stop
+                self.offer = _offered(answer)
+                if self.offer is None or not self._take_update():
+                    raise Fatal(f"this worker is too old for the server: {message(answer)}")
             if status == 201:
                 state.save_credentials(
                     self.home, self.worker_id, self.api.server, answer["workerToken"]
@@ -205,12 +216,17 @@ class Agent:
         if status == 404:
             self.lost = True  # the main loop registers again
             return
+        if status == 426:
+            self.offer = _offered(answer)
+            log.warning("heartbeat refused: %s", message(answer))
+            return
         if status != 200:
             log.warning("heartbeat refused (%s): %s", status, message(answer))
             return
         self.heartbeat_interval_s = float(answer["heartbeatIntervalS"])
         self.poll_wait_s = float(answer["pollWaitS"])
         self.cancel_ids.update(answer.get("cancelJobIds") or [])
+        self.offer = answer.get("update")
 
     # -- the job loop ----------------------------------------------------------------
 
@@ -219,6 +235,8 @@ class Agent:
         with self.capture_signals():
             if not self.register():
                 return 0
+            if self.config.update_trial:
+                return self._prove()
             beat = threading.Thread(target=self._heartbeat_loop, name="heartbeat", daemon=True)
             beat.start()
             try:
@@ -230,9 +248,27 @@ class Agent:
         log.info("worker stopped after %d job(s)", self.jobs_done)
         return 0
 
+    def _prove(self) -> int:
+        """On trial after an update: one heartbeat the server accepts, then say so."""
+        self._heartbeat()
+        if self.lost:
+            raise Fatal("the server did not accept this version's heartbeat")
+        assert self.config.update_trial is not None
+        with open(self.config.update_trial, "w") as f:
+            f.write(AGENT_VERSION)
+        log.info("version %s registered and heartbeated: it takes over", AGENT_VERSION)
+        return 0
+
     def _loop(self) -> None:
         attempt = 0
         while not self.draining and not self._enough():
+            if self._wants_update():
+                if self.running:  # finish the running jobs first; take no new ones
+                    with self.changed:
+                        self.changed.wait(_TICK_S)
+                    continue
+                self._take_update()
+                continue
             if not self._free_slot():
                 continue
             try:
@@ -259,6 +295,41 @@ class Agent:
                 continue
             self.idle_since = time.monotonic()
             self._start(job)
+
+    def _wants_update(self) -> bool:
+        """Whether an update is offered that this worker can and will take."""
+        offer = self.offer
+        if offer is None or offer.get("version") in self.refused:
+            return False
+        if update.running_zipapp() is None:
+            log.info(
+                "version %s is offered; this worker runs from the qubix package, which "
+                "updates with pip, not by itself",
+                offer.get("version"),
+            )
+            self.refused.add(str(offer.get("version")))
+            return False
+        return True
+
+    def _take_update(self) -> bool:
+        """Check the offered update and restart into it (this returns only if it was
+        refused, or cannot be taken: the running version carries on)."""
+        offer = self.offer or {}
+        version = str(offer.get("version"))
+        pyz = update.running_zipapp()
+        if pyz is None:
+            return False
+        log.info("updating from %s to %s", AGENT_VERSION, version)
+        try:
+            update.install(self.api, offer, pyz, self.home)
+        except (update.Refused, OSError, KeyError, TypeError) as exc:
+            log.error("the update to %s is refused: %s; %s runs on", version, exc, AGENT_VERSION)
+            self.refused.add(version)
+            self.offer = None
+            return False
+        self.stopped = True
+        update.restart(pyz, self.config.run_args, version, self.heartbeat_interval_s)
+        return False  # not reached: the process became the trial
 
     def _diagnose_when_idle(self) -> None:
         """Idle for an hour: log the coordinator's answer to "why no jobs?" (at most hourly)."""
@@ -317,6 +388,9 @@ class Agent:
             return None
         if status in (401, 403):
             raise Fatal(f"the server refused this worker's token ({status}): {message(answer)}")
+        if status == 426:
+            self.offer = _offered(answer)
+            return None
         if status not in (200, 204):
             raise Transient(f"polling for jobs answered {status}: {message(answer)}")
         return answer if status == 200 else None
@@ -427,6 +501,13 @@ class Agent:
                         self.outbox.path,
                     )
                     return
+
+
+def _offered(answer: Any) -> dict[str, Any] | None:
+    """The update a 426 answer offers, if any."""
+    details = answer.get("details") if isinstance(answer, dict) else None
+    offer = details.get("update") if isinstance(details, dict) else None
+    return offer if isinstance(offer, dict) else None
 
 
 def beat_interval_s(interval_s: float) -> float:

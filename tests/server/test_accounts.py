@@ -132,6 +132,7 @@ def request(client: TestClient, w: dict[str, Any], handler: str, key: str | None
         "ledger": ("GET", "/api/ledger", None),
         "metrics_text": ("GET", "/metrics", None),
         "worker_jobs": ("GET", "/api/providers/worker-1/jobs", None),
+        "worker_update": ("GET", "/api/worker/qubix_worker.pyz", None),
         "earnings": ("GET", f"/api/earnings/{register_body()['qubicAddress']}", None),
         "installer": ("GET", "/api/installer/linux", None),
     }
@@ -181,6 +182,7 @@ MATRIX: dict[str, tuple[object, object, object, object, object]] = {
     "earnings": ("ok", "ok", "ok", "ok", "ok"),
     "metrics_text": (401, 401, 403, 403, "ok"),
     "worker_jobs": ("ok", "ok", "ok", "ok", "ok"),
+    "worker_update": ("ok", "ok", "ok", "ok", "ok"),
     "installer": ("ok", "ok", "ok", "ok", "ok"),
 }
 

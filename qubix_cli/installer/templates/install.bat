@@ -115,6 +115,9 @@ if exist "%QUBIX_DIR%\qubix_worker.pyz" (
 )
 move /y "%WORKER_TMP%" "%QUBIX_DIR%\qubix_worker.pyz" >nul
 if errorlevel 1 exit /b 1
+rem The coordinator's public update key: the worker runs only updates signed with it.
+set "UPDATE_KEY=@UPDATE_KEY@"
+if defined UPDATE_KEY (echo !UPDATE_KEY!) > "%QUBIX_DIR%\update-key"
 (
   echo @echo off
   echo set "QUBIX_HOME=%QUBIX_DIR%"

@@ -199,6 +199,12 @@ else
 fi
 cp "$WORKER_TMP" "$QUBIX_DIR/qubix_worker.pyz.new"
 mv "$QUBIX_DIR/qubix_worker.pyz.new" "$QUBIX_DIR/qubix_worker.pyz"
+# The coordinator's public update key: the worker runs an update only if it is signed
+# with it (none: the worker never updates itself).
+UPDATE_KEY=@UPDATE_KEY@
+if [ -n "$UPDATE_KEY" ]; then
+  printf '%s\n' "$UPDATE_KEY" > "$QUBIX_DIR/update-key"
+fi
 cat > "$QUBIX_DIR/worker.conf" <<CONF
 QUBIX_SERVER='$QUBIX_SERVER'
 QUBIC_ADDRESS='$ADDRESS'
