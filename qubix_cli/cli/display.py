@@ -103,6 +103,17 @@ def ago(at: float | None) -> str:
     return f"{seconds} s ago" if seconds < 120 else f"{seconds // 60} min ago"
 
 
+def _agent(provider: dict[str, Any]) -> str:
+    version = str(provider.get("agentVersion") or "?")
+    failed = provider.get("failedUpdates") or []
+    text = (
+        f"{version} (outdated: the server ships a newer one)"
+        if provider.get("outdated")
+        else version
+    )
+    return text + (f"; rolled back from {', '.join(failed)}" if failed else "")
+
+
 def provider_panel(provider: dict[str, Any], title: str) -> Panel:
     table = Table.grid(padding=(0, 2))
     cpu = provider.get("cpu", {})
@@ -119,6 +130,7 @@ def provider_panel(provider: dict[str, Any], title: str) -> Panel:
         ("address", safe(provider["qubicAddress"])),
         ("last seen", ago(provider.get("lastSeenAt"))),
         ("trust", trust_text(provider.get("trust") or {})),
+        ("agent", safe(_agent(provider))),
     ]
     for key, value in rows:
         table.add_row(f"[bold]{key}[/bold]", value)
@@ -137,6 +149,7 @@ def fleet_table(providers: list[dict[str, Any]]) -> Table:
         "price",
         "last seen",
         Column("current jobs", overflow="fold"),
+        "agent",
     )
     for p in providers:
         price = p.get("pricePerHour")
@@ -151,5 +164,7 @@ def fleet_table(providers: list[dict[str, Any]]) -> Table:
             "-" if price is None else f"{price:g}",
             ago(p.get("lastSeenAt")),
             safe(", ".join(p.get("currentJobIds") or []) or "-"),
+            safe(str(p.get("agentVersion") or "?"))
+            + (" [yellow]outdated[/yellow]" if p.get("outdated") else ""),
         )
     return table

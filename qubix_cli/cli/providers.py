@@ -32,13 +32,19 @@ def list_(
     min_vram_mb: Annotated[
         int | None, typer.Option(min=0, help="Only providers with a GPU of this much VRAM.")
     ] = None,
+    outdated: Annotated[
+        bool,
+        typer.Option("--outdated", help="Only providers whose agent is older than the server's."),
+    ] = False,
     server: ServerOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """List the providers, oldest registration first."""
+    """List the providers, oldest registration first, with their agent's version."""
     params = {"status": status, "minVramMb": min_vram_mb}
     with Client(config.server_url(server)) as client:
         providers = client.list_providers(**{k: v for k, v in params.items() if v is not None})
+    if outdated:
+        providers = [p for p in providers if p.get("outdated")]
     if as_json:
         typer.echo(json.dumps(providers, indent=2))
         return

@@ -5,6 +5,7 @@ from __future__ import annotations
 import enum
 import ipaddress
 import logging
+import re
 from pathlib import Path
 from typing import Annotated
 
@@ -149,6 +150,22 @@ def serve(
             "this price for its whole timeout from its renter's balance.",
         ),
     ] = 1000.0,
+    update_rollout: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            max=100,
+            help="Offer the worker update this server ships to this share of the older workers "
+            "(percent; the same workers each time), to stage it.",
+        ),
+    ] = 100,
+    min_agent_version: Annotated[
+        str | None,
+        typer.Option(
+            help="Turn away workers older than this version (426, with the update offered).",
+            show_default=False,
+        ),
+    ] = None,
     metrics_public: Annotated[
         bool,
         typer.Option(
@@ -214,6 +231,8 @@ def serve(
         replication_floor=replication_floor,
         max_price_per_hour=max_price,
         metrics_public=metrics_public,
+        update_rollout=update_rollout,
+        min_agent_version=_version(min_agent_version) if min_agent_version else None,
         log_format=log_format.value,
     )
     app = create_app(settings)
@@ -230,6 +249,12 @@ def serve(
             "header); set --public-url to fix it."
         )
     run_server(app, host, port)
+
+
+def _version(text: str) -> str:
+    if not re.fullmatch(r"\d+(\.\d+){0,3}", text):
+        raise typer.BadParameter(f"--min-agent-version {text!r}: write a version such as 0.2.0")
+    return text
 
 
 def _log_line(message: str) -> None:

@@ -17,8 +17,8 @@ from qubix_cli.server.schemas import CheckNewQuery, Heartbeat, ProviderListQuery
 from qubix_cli.server.settings import Settings
 from qubix_cli.server.store import Doc, Store, Transaction
 from qubix_cli.server.trust import TRUST, trust_of
-from qubix_cli.server.updates import older
 from qubix_cli.worker import AGENT_VERSION
+from qubix_cli.worker.update import older
 
 CHECK_NEW_DEFAULT_S = 300.0
 OFFLINE: Doc = {"status": "offline", "lastSeenAt": None}

@@ -19,20 +19,10 @@ from Crypto.Signature import eddsa
 
 from qubix_cli.errors import StorageError, UpgradeRequired
 from qubix_cli.server.store import Doc
-from qubix_cli.worker.update import signed_message
+from qubix_cli.worker.update import older, signed_message
 
 UPDATE_KEY_FILE = "update-key.pem"
 UPDATE_PATH = "/api/worker/qubix_worker.pyz"
-
-
-def version_key(version: str) -> tuple[int, ...]:
-    """`1.10.2` -> (1, 10, 2); a part that is not a number counts as 0."""
-    return tuple(int(part) if part.isdigit() else 0 for part in version.split("."))
-
-
-def older(version: str | None, than: str) -> bool:
-    """Whether an agent's version is older than `than` (an unknown one is)."""
-    return version is None or version_key(version) < version_key(than)
 
 
 def in_rollout(worker_id: str, percent: int) -> bool:
@@ -81,7 +71,10 @@ def check_floor(agent_version: str | None, floor: str | None, release: Release) 
         f"this worker's agent ({agent_version or 'unknown version'}) is older than {floor}, "
         "the oldest this coordinator accepts: it updates itself from the offer in "
         "details.update, or run the installer from this server again",
-        details={"minAgentVersion": floor, "update": release.offer()},
+        details={
+            "minAgentVersion": floor,
+            "update": release.offer() if older(agent_version, release.version) else None,
+        },
     )
 
 

@@ -45,7 +45,7 @@ function render() {
     const name = row.insertCell().appendChild(document.createElement("a"));
     name.href = `/providers/${encodeURIComponent(p.workerId)}`;
     name.textContent = p.name ? `${p.name} (${p.workerId})` : p.workerId;
-    cell(row, p.status, `s-${p.status}`);
+    cell(row, p.outdated ? `${p.status}, outdated` : p.status, `s-${p.status}`);
     cell(row, p.gpus.map((g) => g.model).join(", ") || "none");
     cell(row, `${Math.round(best / 1024)} GB`);
     cell(row, userCode(p), `code-${userCode(p)}`);

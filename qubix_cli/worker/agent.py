@@ -162,7 +162,7 @@ class Agent:
                 continue
             if status == 426:  # too old for this server: update, or stop
                 self.offer = _offered(answer)
-                if self.offer is None or not self._take_update():
+                if not self._wants_update() or not self._take_update():
                     raise Fatal(f"this worker is too old for the server: {message(answer)}")
             if status == 201:
                 state.save_credentials(
@@ -301,6 +301,8 @@ class Agent:
         offer = self.offer
         if offer is None or offer.get("version") in self.refused:
             return False
+        if not update.older(AGENT_VERSION, str(offer.get("version"))):
+            return False  # only ever forward
         if update.running_zipapp() is None:
             log.info(
                 "version %s is offered; this worker runs from the qubix package, which "

@@ -41,6 +41,16 @@ def signed_message(version: str, sha256: str, size: int) -> bytes:
     return f"qubix-worker-update\n{version}\n{sha256}\n{size}\n".encode()
 
 
+def version_key(version: str) -> tuple[int, ...]:
+    """`1.10.2` -> (1, 10, 2); a part that is not a number counts as 0."""
+    return tuple(int(part) if part.isdigit() else 0 for part in version.split("."))
+
+
+def older(version: str | None, than: str) -> bool:
+    """Whether a version is older than `than` (an unknown one is)."""
+    return version is None or version_key(version) < version_key(than)
+
+
 def running_zipapp() -> str | None:
     """The zipapp this process runs from, or None (run from the `qubix` package)."""
     path = os.path.abspath(sys.argv[0])

@@ -221,3 +221,15 @@ def test_demo_runs_the_whole_journey(tmp_path: Path) -> None:
     assert time.monotonic() - started < 90
     leftovers = [p for p in Path(os.environ.get("TMPDIR", "/tmp")).glob("qubix-demo-*")]
     assert leftovers == []
+
+
+def test_providers_list_outdated_and_show_the_agent(server: ServerProcess, tmp_path: Path) -> None:
+    httpx.post(server.url + "/api/providers/quick-register", json=register_body("new"))
+    old = register_body("old", agentVersion="0.0.9")
+    httpx.post(server.url + "/api/providers/quick-register", json=old)
+    listed = qubix(tmp_path, "providers", "list", "--outdated", "--json", "--server", server.url)
+    assert [p["workerId"] for p in json.loads(listed.stdout)] == ["old"]
+    shown = qubix(tmp_path, "providers", "show", "old", "--server", server.url)
+    assert "0.0.9 (outdated: the server ships a newer one)" in shown.stdout
+    table = qubix(tmp_path, "providers", "list", "--server", server.url)
+    assert "outdated" in table.stdout

@@ -8,9 +8,9 @@ from typing import Any
 
 from starlette.testclient import TestClient
 
-from qubix_cli.server.updates import in_rollout, older
+from qubix_cli.server.updates import in_rollout
 from qubix_cli.worker import AGENT_VERSION, ed25519
-from qubix_cli.worker.update import check
+from qubix_cli.worker.update import check, older
 from tests.conftest import auth
 from tests.helpers import register_body
 from tests.server.test_jobs import lease, report, submit
