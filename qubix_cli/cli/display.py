@@ -31,6 +31,7 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a t
 STATUS_COLOURS = {
     "online": "green",
     "busy": "yellow",
+    "paused": "blue",
     "offline": "red",
     "completed": "green",
     "failed": "red",

@@ -29,3 +29,5 @@ def _command(name: str, summary: str) -> None:
 _command("detect", "Print the GPUs, CPU, RAM, disk and OS that this machine reports.")
 _command("run", "Register with the server, heartbeat, and run jobs until stopped.")
 _command("deregister", "Remove this worker's record from its server, with its own token.")
+_command("pause", "Take no new jobs until resumed (or for a while), on the running worker.")
+_command("resume", "Take jobs again after `qubix worker pause`.")

@@ -29,6 +29,8 @@ async def diagnose(registry: Registry, jobs: JobQueue, provider: Doc) -> Doc:
             f"{registry.settings.offline_after_s:g} s. Start the worker, and check that it "
             "reaches this server."
         )
+    if shown["status"] == "paused":
+        reasons.append(paused_sentence(shown))
     record = trust.trust_of(provider)
     if record["quarantined"]:
         reasons.append(
@@ -56,7 +58,7 @@ async def diagnose(registry: Registry, jobs: JobQueue, provider: Doc) -> Doc:
         reasons.append("Nothing is queued: there is no work for any worker right now.")
     for why, count in excluded.most_common():
         reasons.append(f"{count} of the {len(queued)} queued jobs {why}.")
-    if eligible and room is not None and shown["status"] != "offline":
+    if eligible and room is not None and shown["status"] not in ("offline", "paused"):
         reasons.append(f"{eligible} queued job(s) fit it: it is handed one at its next poll.")
     return {
         "workerId": worker_id,
@@ -69,20 +71,36 @@ async def diagnose(registry: Registry, jobs: JobQueue, provider: Doc) -> Doc:
     }
 
 
+def paused_sentence(shown: Doc) -> str:
+    """'It is paused by the provider until ...' (or until it is resumed)."""
+    until = shown.get("pausedUntil")
+    when = (
+        f"until {time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime(until))}"
+        if until
+        else "until it is resumed"
+    )
+    why = shown.get("pausedReason") or "by the provider"
+    return f"It is paused {why} {when}: it takes no jobs meanwhile."
+
+
 async def why_queued(registry: Registry, jobs: JobQueue, job: Doc) -> Doc:
     """Why a queued job waits: of the online workers, how many pass each rule in turn, and
     how many of those that fit are busy. {online, fit, busy, steps: [{rule, workers}],
     reasons: [sentences]}."""
     liveness = await jobs.store.recall_all("liveness")
-    online = [
-        doc
-        for doc in await jobs.store.scan("providers")
-        if (liveness.get(doc["workerId"]) or {}).get("status", "offline") != "offline"
-    ]
+    docs = await jobs.store.scan("providers")
+    statuses = {
+        doc["workerId"]: (liveness.get(doc["workerId"]) or {}).get("status", "offline")
+        for doc in docs
+    }
+    online = [doc for doc in docs if statuses[doc["workerId"]] not in ("offline", "paused")]
+    paused = sum(1 for status in statuses.values() if status == "paused")
     held: dict[str, list[Doc]] = {}
     for leased in await jobs.store.scan("jobs", where={"status": "assigned"}):
         held.setdefault(leased["workerId"], []).append(leased)
     reasons = [f"{len(online)} worker(s) are online."]
+    if paused:
+        reasons[0] += f" {paused} more are paused by their providers."
     if not online:
         reasons.append("No worker is online: it runs when one comes online.")
     left = [{**doc, dispatch.FREE_GPUS: len(doc.get("gpus", []))} for doc in online]

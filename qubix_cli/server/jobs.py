@@ -430,7 +430,9 @@ class JobQueue:
             fields = {"result": report.result, "metrics": report.metrics}
             record = await tx.get("providers", worker_id) or provider
             run = self._run(job, record)
-            if job.get("verify") == "replicate":
+            if report.status == "preempted":
+                job = await self._preempted(tx, job, record, report, entry)
+            elif job.get("verify") == "replicate":
                 job = await self._replicated(tx, job, record, report, entry, run)
             else:
                 runs = [run] if report.status == "completed" else []
@@ -443,6 +445,24 @@ class JobQueue:
         else:
             self.events.publish(f"JOB_{job['status'].upper()}", job)
         return await self.view(job)
+
+    async def _preempted(
+        self, tx: Transaction, job: Doc, record: Doc, report: JobReport, entry: Doc
+    ) -> Doc:
+        """The worker handed the job back (its provider paused it, say): queued again
+        without spending an attempt, and nothing charged. The worker's record counts it;
+        a canary handed back counts as not passed, and goes."""
+        result = report.result if isinstance(report.result, dict) else {}
+        reason = str(result.get("reason") or "handed back by its worker")[:200]
+        before = trust.trust_of(record)
+        if trust.CANARY in job:
+            tx.put("providers", {**record, trust.TRUST: trust.after_lost_canary(before)})
+            event = {**entry, "event": "preempted", "reason": reason}
+            return await self._finish(tx, job, "failed", event, [], result={"error": reason})
+        tx.put("providers", {**record, trust.TRUST: trust.after_job(before, "preempted")})
+        preemptions = job.get("preemptions", 0) + 1
+        event = {**entry, "event": "preempted", "reason": reason}
+        return self._change(tx, job, "queued", event, preemptions=preemptions)
 
     def _run(self, job: Doc, provider: Doc) -> Doc:
         """The run a report ends, as a charge counts it: the price its lease fixed, for the
@@ -560,7 +580,8 @@ class JobQueue:
                 return  # reported or cancelled meanwhile
             entry = {"event": "lease_expired", "reason": reason, "workerId": job["workerId"]}
             entry["attempt"] = attempt
-            runs = attempt - len(job.get("replicas", []))  # replicas are not retries
+            # replicas and jobs handed back are not retries
+            runs = attempt - len(job.get("replicas", [])) - job.get("preemptions", 0)
             if reason == TIMED_OUT or runs >= job["maxAttempts"]:
                 job = await self._finish(tx, job, "failed", entry, [], result={"error": reason})
             else:

@@ -146,7 +146,8 @@ class Registry:
     async def heartbeat(self, worker_id: str, body: Heartbeat) -> None:
         live = await self.store.recall("liveness", worker_id)
         usage = body.usage.model_dump(exclude_none=True) if body.usage else None
-        self._touch(worker_id, body.status, usage, body.job_ids())
+        paused = {"pausedReason": body.pausedReason, "pausedUntil": body.pausedUntil}
+        self._touch(worker_id, body.status, usage, body.job_ids(), paused)
         if live is None or live["status"] == "offline":
             self.events.publish("PROVIDER_ONLINE", await self.get(worker_id))
 
@@ -157,14 +158,27 @@ class Registry:
             self._touch(worker_id, "online", None, [])
             self.events.publish("PROVIDER_ONLINE", await self.get(worker_id))
 
-    def _touch(self, worker_id: str, status: str, usage: Any, job_ids: list[str]) -> None:
+    def _touch(
+        self,
+        worker_id: str,
+        status: str,
+        usage: Any,
+        job_ids: list[str],
+        paused: Doc | None = None,
+    ) -> None:
         live = {
             "status": status,
             "lastSeenAt": self.clock(),
             "usage": usage,
             "currentJobIds": job_ids,
         }
+        if status == "paused" and paused:
+            live.update(paused)  # why, and until when
         self.store.remember("liveness", worker_id, live)
+
+    async def is_paused(self, worker_id: str) -> bool:
+        live = await self.store.recall("liveness", worker_id)
+        return live is not None and live["status"] == "paused"
 
     async def is_online(self, worker_id: str) -> bool:
         live = await self.store.recall("liveness", worker_id)
@@ -277,6 +291,8 @@ def public(doc: Doc, live: Doc | None) -> Doc:
         usage=live.get("usage"),
         currentJobIds=_job_ids(live),
         outdated=older(doc.get("agentVersion"), AGENT_VERSION),
+        pausedReason=live.get("pausedReason"),
+        pausedUntil=live.get("pausedUntil"),
     )
     view["currentJobId"] = (view["currentJobIds"] or [None])[0]
     return view

@@ -141,6 +141,8 @@ class Heartbeats:
         check_floor(provider.get("agentVersion"), self.settings.min_agent_version, self.release)
         body = parse_json(await read_body(receive, headers), Heartbeat)
         await self.registry.heartbeat(worker_id, body)
+        if body.status == "paused":
+            self.jobs.release([worker_id])  # a paused worker is handed nothing
         cancels = await self.jobs.heartbeat(worker_id, body.job_ids())
         self.metrics.heartbeats.inc()
         return {
@@ -688,6 +690,8 @@ class Api:
         provider = await self._worker(request)
         check_floor(provider.get("agentVersion"), self.settings.min_agent_version, self.release)
         query = read_query(request, PendingQuery)
+        if await self.registry.is_paused(provider["workerId"]):
+            return Response(status_code=204)  # dispatch never sends work to a paused worker
         await self.registry.polled(provider["workerId"])
         job = await unless_disconnected(request, self.jobs.lease(provider, query.wait))
         if job is None:

@@ -42,8 +42,8 @@ Seconds = Annotated[float, Field(ge=0, le=60)]
 JobStatus = Literal["queued", "assigned", "completed", "failed", "cancelled"]
 JOB_STATUSES: tuple[str, ...] = get_args(JobStatus)
 FINISHED = JOB_STATUSES[2:]  # completed, failed, cancelled: a job never leaves these
-ReportStatus = Literal["completed", "failed"]
-ProviderStatus = Literal["online", "busy", "offline"]
+ReportStatus = Literal["completed", "failed", "preempted"]
+ProviderStatus = Literal["online", "busy", "offline", "paused"]
 PROVIDER_STATUSES: tuple[str, ...] = get_args(ProviderStatus)
 GpuVendor = Literal["nvidia", "amd", "apple", "intel", "other"]
 Sandbox = Literal["bubblewrap", "none"]
@@ -171,7 +171,13 @@ class Usage(Body):
 class Heartbeat(Body):
     """POST /api/providers/{workerId}/heartbeat."""
 
-    status: Literal["online", "busy"]
+    status: Literal["online", "busy", "paused"]
+    pausedReason: str | None = Field(
+        default=None, max_length=200, description="Why it takes no jobs (status paused)."
+    )
+    pausedUntil: float | None = Field(
+        default=None, ge=0, description="Until when (unix seconds); none: until resumed."
+    )
     usage: Usage | None = None
     currentJobIds: list[JobId] = Field(
         default_factory=list, max_length=16, description="The jobs it runs now."
@@ -412,6 +418,8 @@ class Provider(Register):
     currentJobIds: list[str]
     trust: Trust
     outdated: bool = Field(default=False, description="Its agent is older than the server's.")
+    pausedReason: str | None = None
+    pausedUntil: float | None = None
     failedUpdates: list[str] = Field(default_factory=list)
 
 
@@ -427,6 +435,7 @@ class Trust(Answer):
     completed: int
     failed: int
     lost: int
+    preempted: int = 0
     lastPassedAt: float | None
 
 
@@ -562,6 +571,7 @@ class Job(JobSubmit):
     hold: float | None = Field(default=None, description="Its worst case, held while open.")
     pricePerHour: float | None = Field(default=None, description="Fixed by its lease.")
     cost: float | None = Field(default=None, description="What it was charged, once ended.")
+    preemptions: int | None = Field(default=None, description="Times its worker handed it back.")
     why: QueueWhy | None = Field(default=None, description="While queued: why it waits.")
     verified: bool | None = Field(default=None, description="Replicas agreed on the result.")
     unverified: str | None = Field(default=None, description="Why its result is in doubt.")

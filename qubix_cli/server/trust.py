@@ -100,6 +100,7 @@ def new_trust() -> Doc:
         "completed": 0,
         "failed": 0,
         "lost": 0,
+        "preempted": 0,
         "lastPassedAt": None,
     }
 
@@ -180,7 +181,8 @@ def after_canary(trust: Doc, passed: bool, claim_now: str | None, now: float) ->
 
 
 def after_job(trust: Doc, outcome: str) -> Doc:
-    """A renter's job ended: `completed`, `failed` or `lost`."""
+    """A renter's job ended: `completed`, `failed`, `lost` or `preempted` (handed back by
+    the worker's own preferences: counted, not a failure)."""
     trust = {**trust, outcome: trust[outcome] + 1}
     trust["reputation"] = reputation(trust)
     return trust

@@ -70,6 +70,7 @@ function trustText(t) {
 function publicReasons(p) {
   const t = p.trust;
   const reasons = [];
+  if (p.status === "paused") reasons.push(`It is paused ${p.pausedReason || "by the provider"} ${p.pausedUntil ? `until ${when(p.pausedUntil)}` : "until it is resumed"}: it takes no jobs meanwhile.`);
   if (p.status === "offline") reasons.push(`It is offline since ${p.lastSeenAt ? when(p.lastSeenAt) : "the server started"}: start the worker, and check that it reaches this server.`);
   if (t.quarantined) reasons.push(`It is quarantined: it answered a check wrongly. It gets only checks until it passes them; a worker that computes correctly does.`);
   if (p.status === "busy") reasons.push(`It is running ${p.currentJobIds.length} job(s).`);

@@ -111,6 +111,24 @@ def parser(prog: str = "qubix_worker") -> argparse.ArgumentParser:
     wait.add_argument("--server", required=True, help="The coordinator's URL.")
     wait.add_argument("--since", type=float, required=True, help="Unix time it was started.")
     wait.add_argument("--timeout", type=float, default=60.0, help="Seconds to wait at most.")
+    pause = commands.add_parser(
+        "pause",
+        help="Take no new jobs (the running worker, through its state dir) until resumed.",
+        formatter_class=_Help,
+    )
+    pause.add_argument(
+        "--for",
+        dest="duration",
+        type=_duration,
+        help="Resume by itself after this long: 30m, 2h, 1d (default: until `resume`).",
+    )
+    pause.add_argument(
+        "--hand-back",
+        action="store_true",
+        help="Hand the running jobs back at once (they go to other workers, no attempt spent) "
+        "instead of letting them finish.",
+    )
+    commands.add_parser("resume", help="Take jobs again after `pause`.", formatter_class=_Help)
     trial = commands.add_parser("update-trial", help=argparse.SUPPRESS)
     trial.add_argument("pyz")
     trial.add_argument("run_args", nargs=argparse.REMAINDER)
@@ -178,6 +196,19 @@ def _env_option(parser: argparse.ArgumentParser, flag: str, env: str, text: str)
     parser.add_argument(flag, default=default, required=not default, help=f"{text} (${env})")
 
 
+def _duration(text: str) -> float:
+    """Seconds in `30m`, `2h`, `1d` or `45s`."""
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    number, unit = text[:-1], text[-1:].lower()
+    try:
+        value = float(number) * units[unit]
+    except (KeyError, ValueError):
+        raise argparse.ArgumentTypeError("write it as 45s, 30m, 2h or 1d") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError("must be more than 0")
+    return value
+
+
 def _positive(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -234,6 +265,20 @@ def main(argv: list[str] | None = None, prog: str = "qubix_worker") -> int:
         return wait_online(state.home(), args.server, args.since, args.timeout)
     if args.command == "deregister":
         return deregister(state.home())
+    if args.command == "pause":
+        until = time.time() + args.duration if args.duration else None
+        state.pause(state.home(), until, args.hand_back)
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(until)) if until else None
+        running = "hands back its running jobs" if args.hand_back else "finishes its running jobs"
+        print(
+            f"qubix: paused until {when or 'you resume it'}; the worker {running}, "
+            "and takes no new ones"
+        )
+        return 0
+    if args.command == "resume":
+        was = state.resume(state.home())
+        print("qubix: resumed: the worker takes jobs again" if was else "qubix: it was not paused")
+        return 0
     if args.command == "update-trial":
         setup_logging(state.home())
         return update.run_trial(args.pyz, args.run_args)

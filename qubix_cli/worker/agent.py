@@ -28,6 +28,7 @@ from qubix_cli.worker.outbox import Outbox, valid_lease
 
 log = logging.getLogger("qubix.worker")
 BACKOFF_CAP_S = 60.0
+PAUSED_REASON = "by the provider"
 IDLE_DIAGNOSIS_S = 3600.0  # idle this long, it logs why (once an hour at most)
 _TICK_S = 0.2
 
@@ -81,6 +82,8 @@ class Agent:
         self.jobs_started = 0
         self.idle_since = self.diagnosed_at = time.monotonic()
         self.offer: dict[str, Any] | None = None  # a signed update the server offers
+        self.pause: dict[str, Any] | None = None  # the provider's `pause`, while in force
+        self.preempting: set[str] = set()  # running jobs being handed back
         self.refused: set[str] = set()  # versions this worker will not take (checked once)
 
     # -- signals ---------------------------------------------------------------------
@@ -210,6 +213,11 @@ class Agent:
             "usage": hardware.usage(),
             "currentJobIds": running,
         }
+        pause = self.pause
+        if pause is not None:
+            body.update(status="paused", pausedReason=PAUSED_REASON)
+            if pause.get("until"):
+                body["pausedUntil"] = pause["until"]
         status, answer = self.beats.request(
             "POST", f"/api/providers/{self.worker_id}/heartbeat", body
         )
@@ -262,6 +270,10 @@ class Agent:
     def _loop(self) -> None:
         attempt = 0
         while not self.draining and not self._enough():
+            if self._paused():
+                with self.changed:
+                    self.changed.wait(_TICK_S)
+                continue
             if self._wants_update():
                 if self.running:  # finish the running jobs first; take no new ones
                     with self.changed:
@@ -295,6 +307,23 @@ class Agent:
                 continue
             self.idle_since = time.monotonic()
             self._start(job)
+
+    def _paused(self) -> bool:
+        """Whether the provider paused this worker (`pause`, read from the state dir); a
+        pause that begins or ends is heartbeated at once. With `--hand-back` the running
+        jobs are stopped and handed back (reported `preempted`)."""
+        pause = state.paused(self.home, time.time())
+        if (pause is None) != (self.pause is None):
+            log.info("paused by the provider" if pause else "resumed by the provider")
+            self.beat_now = True
+        self.pause = pause
+        if pause is not None and pause.get("handBack"):
+            with self.changed:
+                self.preempting.update(self.running)
+        return pause is not None
+
+    def _pause_asked(self) -> bool:
+        return os.path.exists(os.path.join(self.home, state.PAUSE_FILE))
 
     def _wants_update(self) -> bool:
         """Whether an update is offered that this worker can and will take."""
@@ -379,10 +408,10 @@ class Agent:
         thread.start()
         while thread.is_alive():
             thread.join(_TICK_S)
-            if self.draining or self.lost:
+            if self.draining or self.lost or self._pause_asked():
                 self.poller.abort()
                 thread.join()
-        if "error" in outcome and not (self.draining or self.lost):
+        if "error" in outcome and not (self.draining or self.lost or self._pause_asked()):
             raise outcome["error"]
         status, answer = outcome.get("answer", (204, None))
         if status == 404:
@@ -441,7 +470,7 @@ class Agent:
         job_id = job["id"]
 
         def cancelled() -> bool:
-            return self.cancelling or job_id in self.cancel_ids
+            return self.cancelling or job_id in self.cancel_ids or job_id in self.preempting
 
         wanted = job.get("requirements", {}).get("gpus") or 0
         run = jobs.Run(
@@ -467,6 +496,8 @@ class Agent:
         except Exception as exc:  # a job must never take the worker down with it
             log.exception("job %s crashed", job_id)
             outcome = "failed", {"error": f"worker error: {exc}"}, {}
+        if job_id in self.preempting:  # handed back: not a failure, no attempt spent
+            outcome = "preempted", {"reason": PAUSED_REASON}, outcome[2]
         try:
             self._finished(job_id, attempt, *outcome)
         except Exception:  # its state dir is gone, say: the worker must still be able to stop
@@ -474,6 +505,7 @@ class Agent:
         finally:
             with self.changed:
                 del self.running[job_id]
+                self.preempting.discard(job_id)
                 self.jobs_done += 1
                 self.changed.notify_all()
             self.beat_now = True  # the marketplace sees it free now, not a beat later

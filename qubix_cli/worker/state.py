@@ -10,6 +10,7 @@ from typing import Any
 CREDENTIALS = "credentials.json"
 WORKER_ID_FILE = "worker-id"
 STOPPED_FILE = "stopped"  # why the worker last stopped with an error
+PAUSE_FILE = "paused.json"  # `pause`: {"until": unix time or null, "handBack": bool}
 
 
 def home() -> str:
@@ -85,3 +86,38 @@ def stop_reason(state_dir: str, since: float) -> str | None:
             return f.read().strip() or "it stopped"
     except OSError:
         return None
+
+
+def pause(state_dir: str, until: float | None, hand_back: bool) -> None:
+    """Ask the running worker (which watches this file) to take no jobs until `until`
+    (None: until `resume`); with `hand_back`, to hand its running jobs back too."""
+    body = {"until": until, "handBack": hand_back}
+    write_private(os.path.join(state_dir, PAUSE_FILE), json.dumps(body).encode())
+
+
+def resume(state_dir: str) -> bool:
+    """End a pause; whether there was one."""
+    try:
+        os.unlink(os.path.join(state_dir, PAUSE_FILE))
+    except FileNotFoundError:
+        return False
+    return True
+
+
+def paused(state_dir: str, now: float) -> dict[str, Any] | None:
+    """The pause in force now, if any (one whose time is up is removed)."""
+    path = os.path.join(state_dir, PAUSE_FILE)
+    if not os.path.exists(path):
+        return None
+    try:
+        with open(path) as f:
+            found = json.load(f)
+    except (OSError, ValueError):
+        return None
+    if not isinstance(found, dict):
+        return None
+    until = found.get("until")
+    if isinstance(until, (int, float)) and until <= now:
+        resume(state_dir)
+        return None
+    return found

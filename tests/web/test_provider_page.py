@@ -98,3 +98,20 @@ def test_the_provider_page_at_phone_width(
     assert errors == []
     screenshot(page, tmp_path, "phone-provider")
     context.close()
+
+
+def test_a_paused_provider_says_until_when(browser: Browser, web_server: ServerProcess) -> None:
+    url = web_server.url
+    body = register_body("resting", capabilities=["sleep"])
+    token = httpx.post(f"{url}/api/providers/quick-register", json=body).json()["workerToken"]
+    beat = {"status": "paused", "pausedReason": "by the provider", "pausedUntil": 4102444800}
+    headers = {"Authorization": f"Bearer {token}"}
+    assert httpx.post(
+        f"{url}/api/providers/resting/heartbeat", json=beat, headers=headers
+    ).is_success
+    page = open_page(browser)
+    page.goto(f"{url}/providers/resting")
+    expect(page.locator("#summary strong")).to_have_text("paused")
+    expect(page.locator("#why")).to_contain_text(
+        "It is paused by the provider until 2100-01-01 00:00:00 UTC"
+    )
