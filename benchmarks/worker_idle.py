@@ -1,8 +1,10 @@
-"""An idle worker's footprint: RSS and CPU over a minute, against a local server.
+"""An idle worker's footprint: RSS, CPU and wake-ups over a minute, against a local server.
 
 Starts a real `qubix serve` (default 30 s heartbeat), then the worker as the installers
 ship it (`python qubix_worker.pyz run`) and as `qubix worker run`, both idle (long-polling,
 heartbeating), and a bare `python -c 'sleep'` as the baseline, and samples each process.
+Wake-ups are the voluntary context switches of all of a process's threads (from
+`/proc/PID/task/*/status`): each is the process going to sleep after it woke.
 
     python benchmarks/worker_idle.py [--seconds 60]
 """
@@ -58,6 +60,7 @@ def main() -> None:
                 raise SystemExit(f"{name} exited with {p.returncode}")
         watched = {name: psutil.Process(p.pid) for name, p in procs.items()}
         cpu0 = {n: sum(p.cpu_times()[:2]) for n, p in watched.items()}
+        woke0 = {n: wakeups(p.pid) for n, p in watched.items()}
         peak = dict.fromkeys(watched, 0.0)
         started = time.monotonic()
         while time.monotonic() - started < args.seconds:
@@ -66,15 +69,26 @@ def main() -> None:
             time.sleep(1)
         elapsed = time.monotonic() - started
         print(f"idle for {elapsed:.0f} s, heartbeat every 30 s, long-poll wait 25 s")
-        print(f"{'process':<28}{'peak RSS MB':>12}{'CPU %':>8}")
+        print(f"{'process':<28}{'peak RSS MB':>12}{'CPU %':>8}{'wake-ups/s':>12}")
         for name, p in watched.items():
             cpu = (sum(p.cpu_times()[:2]) - cpu0[name]) / elapsed * 100
-            print(f"{name:<28}{peak[name]:>12.1f}{cpu:>8.2f}")
+            woke = (wakeups(p.pid) - woke0[name]) / elapsed
+            print(f"{name:<28}{peak[name]:>12.1f}{cpu:>8.2f}{woke:>12.2f}")
     finally:
         for p in procs.values():
             p.terminate()
             p.wait(30)
         server.stop()
+
+
+def wakeups(pid: int) -> int:
+    """Voluntary context switches of all the process's threads so far."""
+    total = 0
+    for status in Path(f"/proc/{pid}/task").glob("*/status"):
+        for line in status.read_text().splitlines():
+            if line.startswith("voluntary_ctxt_switches:"):
+                total += int(line.split()[1])
+    return total
 
 
 if __name__ == "__main__":

@@ -2,7 +2,8 @@
 at once as the machine has GPUs (one at a time without GPUs), each in its own thread with
 its own GPUs, and report each result through the durable outbox.
 
-Signals only set flags; every wait is short and checks them. The first SIGTERM/SIGINT
+Signals set flags and cut the job long-poll short, so an idle worker wakes at most once a
+second (heartbeats wait on an event, not in ticks). The first SIGTERM/SIGINT
 drains (no new jobs, keep heartbeating, finish and report the running jobs); a second one
 cancels them, reports them failed and exits.
 """
@@ -30,7 +31,8 @@ log = logging.getLogger("qubix.worker")
 BACKOFF_CAP_S = 60.0
 PAUSED_REASON = "by the provider"
 IDLE_DIAGNOSIS_S = 3600.0  # idle this long, it logs why (once an hour at most)
-_TICK_S = 0.2
+_TICK_S = 0.2  # how often a busy worker looks at its running jobs
+IDLE_TICK_S = 1.0  # an idle one wakes at most this often (a signal wakes it at once)
 
 
 class Fatal(Exception):
@@ -76,7 +78,7 @@ class Agent:
         self.cancelling = False
         self.stopped = False
         self.lost = False
-        self.beat_now = False
+        self.wake_beat = threading.Event()  # set to heartbeat at once (or to stop)
         self.beat_failing = False
         self.jobs_done = 0
         self.jobs_started = 0
@@ -89,9 +91,12 @@ class Agent:
     # -- signals ---------------------------------------------------------------------
 
     def _on_signal(self, signum: int, frame: Any) -> None:
+        """Only flags, and the long-poll cut short (its socket shut down): the main
+        thread's wait on it returns at once, so an idle worker needs no ticking to stop."""
         if self.draining:
             self.cancelling = True
         self.draining = True
+        self.poller.abort()
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
@@ -193,7 +198,7 @@ class Agent:
     def _heartbeat_loop(self) -> None:
         attempt = 0
         while not self.stopped:
-            self.beat_now = False
+            self.wake_beat.clear()
             try:
                 self._heartbeat()
                 attempt = 0
@@ -203,7 +208,7 @@ class Agent:
                 wait = backoff_s(attempt)
                 log.warning("heartbeat failed (%s); next try in %.1f s", exc, wait)
             self.beat_failing = attempt > 0
-            jobs.wait_unless(wait, lambda: self.stopped or self.beat_now)
+            self.wake_beat.wait(wait)  # no ticking: woken to beat now, or to stop
 
     def _heartbeat(self) -> None:
         with self.changed:
@@ -252,6 +257,7 @@ class Agent:
                 self._finish_running()
             finally:
                 self.stopped = True
+                self.wake_beat.set()
                 beat.join(5)
         log.info("worker stopped after %d job(s)", self.jobs_done)
         return 0
@@ -272,7 +278,7 @@ class Agent:
         while not self.draining and not self._enough():
             if self._paused():
                 with self.changed:
-                    self.changed.wait(_TICK_S)
+                    self.changed.wait(IDLE_TICK_S)
                 continue
             if self._wants_update():
                 if self.running:  # finish the running jobs first; take no new ones
@@ -294,7 +300,7 @@ class Agent:
                 attempt = 0
                 if job is not None or self.beat_failing:
                     # A new lease, or the server is back: heartbeat now, not after a backoff.
-                    self.beat_now = True
+                    self._beat_now()
             except Transient as exc:
                 attempt += 1
                 if not self._retry("talking to the server", attempt, exc):
@@ -315,12 +321,15 @@ class Agent:
         pause = state.paused(self.home, time.time())
         if (pause is None) != (self.pause is None):
             log.info("paused by the provider" if pause else "resumed by the provider")
-            self.beat_now = True
+            self._beat_now()
         self.pause = pause
         if pause is not None and pause.get("handBack"):
             with self.changed:
                 self.preempting.update(self.running)
         return pause is not None
+
+    def _beat_now(self) -> None:
+        self.wake_beat.set()
 
     def _pause_asked(self) -> bool:
         return os.path.exists(os.path.join(self.home, state.PAUSE_FILE))
@@ -407,7 +416,7 @@ class Agent:
         thread = threading.Thread(target=poll, name="poll", daemon=True)
         thread.start()
         while thread.is_alive():
-            thread.join(_TICK_S)
+            thread.join(IDLE_TICK_S)  # a signal cuts the poll short (see _on_signal)
             if self.draining or self.lost or self._pause_asked():
                 self.poller.abort()
                 thread.join()
@@ -508,7 +517,7 @@ class Agent:
                 self.preempting.discard(job_id)
                 self.jobs_done += 1
                 self.changed.notify_all()
-            self.beat_now = True  # the marketplace sees it free now, not a beat later
+            self._beat_now()  # the marketplace sees it free now, not a beat later
 
     def _finished(
         self, job_id: str, attempt: int, status: str, result: Any, metrics: dict[str, Any]
