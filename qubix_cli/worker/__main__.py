@@ -11,7 +11,7 @@ import os
 import sys
 import time
 
-from qubix_cli.worker import AGENT_VERSION, hardware, state, update
+from qubix_cli.worker import AGENT_VERSION, hardware, state
 from qubix_cli.worker.agent import Agent, Config, Fatal, log, setup_logging
 from qubix_cli.worker.client import Client, Transient, message
 from qubix_cli.worker.jobs import Policy
@@ -280,6 +280,8 @@ def main(argv: list[str] | None = None, prog: str = "qubix_worker") -> int:
         print("qubix: resumed: the worker takes jobs again" if was else "qubix: it was not paused")
         return 0
     if args.command == "update-trial":
+        from qubix_cli.worker import update
+
         setup_logging(state.home())
         return update.run_trial(args.pyz, args.run_args)
     if args.command == "detect":

@@ -2,10 +2,10 @@
 at once as the machine has GPUs (one at a time without GPUs), each in its own thread with
 its own GPUs, and report each result through the durable outbox.
 
-Signals set flags and cut the job long-poll short, so an idle worker wakes at most once a
-second (heartbeats wait on an event, not in ticks). The first SIGTERM/SIGINT
-drains (no new jobs, keep heartbeating, finish and report the running jobs); a second one
-cancels them, reports them failed and exits.
+Signals set flags and cut the job long-poll short, so an idle worker needs no ticking to
+notice them: it looks for a pause every 2 s, and heartbeats wait on an event. The first
+SIGTERM/SIGINT drains (no new jobs, keep heartbeating, finish and report the running
+jobs); a second one cancels them, reports them failed and exits.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
-from qubix_cli.worker import AGENT_VERSION, engine, hardware, jobs, sandbox, state, update
+from qubix_cli.worker import AGENT_VERSION, engine, hardware, jobs, sandbox, state
 from qubix_cli.worker.client import Client, Transient, message
 from qubix_cli.worker.envs import Envs
 from qubix_cli.worker.outbox import Outbox, valid_lease
@@ -32,7 +32,7 @@ BACKOFF_CAP_S = 60.0
 PAUSED_REASON = "by the provider"
 IDLE_DIAGNOSIS_S = 3600.0  # idle this long, it logs why (once an hour at most)
 _TICK_S = 0.2  # how often a busy worker looks at its running jobs
-IDLE_TICK_S = 1.0  # an idle one wakes at most this often (a signal wakes it at once)
+IDLE_TICK_S = 2.0  # an idle one looks (for a pause) this often; a signal wakes it at once
 
 
 class Fatal(Exception):
@@ -339,6 +339,8 @@ class Agent:
         offer = self.offer
         if offer is None or offer.get("version") in self.refused:
             return False
+        from qubix_cli.worker import update  # only when one is offered: an idle worker stays small
+
         if not update.older(AGENT_VERSION, str(offer.get("version"))):
             return False  # only ever forward
         if update.running_zipapp() is None:
@@ -354,6 +356,8 @@ class Agent:
     def _take_update(self) -> bool:
         """Check the offered update and restart into it (this returns only if it was
         refused, or cannot be taken: the running version carries on)."""
+        from qubix_cli.worker import update
+
         offer = self.offer or {}
         version = str(offer.get("version"))
         pyz = update.running_zipapp()

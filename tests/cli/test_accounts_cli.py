@@ -4,29 +4,19 @@
 from __future__ import annotations
 
 import json
-import os
 import stat
 import subprocess
-import sys
 from pathlib import Path
 
 import httpx
 
+from tests.cli.test_watch import qubix as run_qubix
 from tests.helpers import API_KEY, ServerProcess, register_body
 
 
 def qubix(home: Path, *args: str, key: str | None = None) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("QUBIX_")}
-    env.update(XDG_CONFIG_HOME=str(home / "config"), HOME=str(home), COLUMNS="200")
-    if key:
-        env["QUBIX_API_KEY"] = key
-    return subprocess.run(
-        [sys.executable, "-m", "qubix_cli", *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=60,
-    )
+    """The CLI with a config dir of its own (and `key` as QUBIX_API_KEY, if given)."""
+    return run_qubix(home, *args, **({"QUBIX_API_KEY": key} if key else {}))
 
 
 def test_an_operator_makes_a_renter_who_logs_in_and_works_without_flags(tmp_path: Path) -> None:
