@@ -186,6 +186,24 @@ def parser(prog: str = "qubix_worker") -> argparse.ArgumentParser:
         "--update-trial", metavar="FILE", help=argparse.SUPPRESS
     )  # an update on trial: register, heartbeat, write FILE, exit (worker/update.py)
     run.add_argument("--update-failed", metavar="VERSION", help=argparse.SUPPRESS)
+    run.add_argument(
+        "--schedule",
+        help="When it may work, e.g. 'mon-fri 18:00-08:00; sat,sun 00:00-24:00' (local time; "
+        "kept in preferences.json in its state dir; '' for any time).",
+    )
+    run.add_argument(
+        "--not-on-battery",
+        action="store_true",
+        default=None,
+        help="Take no work while the machine runs on battery (kept in preferences.json).",
+    )
+    run.add_argument(
+        "--max-gpu-temp",
+        type=int,
+        metavar="CELSIUS",
+        help="Take no work while a GPU is at least this hot; again 5 degrees below "
+        "(kept in preferences.json).",
+    )
     run.add_argument("--burst", action="store_true", help="Run what is queued, then exit.")
     run.add_argument("--max-jobs", type=_positive, help="Exit after this many jobs.")
     return parser
@@ -288,6 +306,10 @@ def main(argv: list[str] | None = None, prog: str = "qubix_worker") -> int:
         report = hardware.detect()
         print(json.dumps(report, indent=2) if args.json else detect_text(report))
         return 0
+    problem = save_preferences(args)
+    if problem:
+        print(f"qubix: error: {problem}", file=sys.stderr)
+        return 2
     config = Config(
         server=args.server,
         qubic_address=args.qubic_address,
@@ -308,6 +330,28 @@ def main(argv: list[str] | None = None, prog: str = "qubix_worker") -> int:
         run_args=_restart_args(sys.argv[1:] if argv is None else argv),
     )
     return run_worker(config)
+
+
+def save_preferences(args: argparse.Namespace) -> str | None:
+    """Write the preferences given as options into preferences.json (the others stay as
+    they are); what is wrong with them, if anything."""
+    from qubix_cli.worker import guest
+
+    given = {
+        "schedule": args.schedule,
+        "notOnBattery": args.not_on_battery,
+        "maxGpuTempC": args.max_gpu_temp,
+    }
+    changes = {k: v for k, v in given.items() if v is not None}
+    if not changes:
+        return None
+    try:
+        guest.parse_schedule(changes.get("schedule") or "")
+    except guest.PreferenceError as exc:
+        return f"--schedule: {exc}"
+    home = state.home()
+    guest.save(home, {**guest.load(home), **changes})
+    return None
 
 
 def _restart_args(argv: list[str]) -> list[str]:

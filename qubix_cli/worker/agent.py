@@ -22,7 +22,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
-from qubix_cli.worker import AGENT_VERSION, engine, hardware, jobs, sandbox, state
+from qubix_cli.worker import AGENT_VERSION, engine, guest, hardware, jobs, sandbox, state
 from qubix_cli.worker.client import Client, Transient, message
 from qubix_cli.worker.envs import Envs
 from qubix_cli.worker.outbox import Outbox, valid_lease
@@ -30,6 +30,7 @@ from qubix_cli.worker.outbox import Outbox, valid_lease
 log = logging.getLogger("qubix.worker")
 BACKOFF_CAP_S = 60.0
 PAUSED_REASON = "by the provider"
+PREFERENCES_CHECK_S = 10.0
 IDLE_DIAGNOSIS_S = 3600.0  # idle this long, it logs why (once an hour at most)
 _TICK_S = 0.2  # how often a busy worker looks at its running jobs
 IDLE_TICK_S = 2.0  # an idle one looks (for a pause) this often; a signal wakes it at once
@@ -86,6 +87,9 @@ class Agent:
         self.offer: dict[str, Any] | None = None  # a signed update the server offers
         self.pause: dict[str, Any] | None = None  # the provider's `pause`, while in force
         self.preempting: set[str] = set()  # running jobs being handed back
+        self.last_usage: dict[str, Any] | None = None  # what the last heartbeat said
+        self.rest_reason: str | None = None  # why the preferences say rest, when they do
+        self.rest_checked = 0.0  # when the preferences were last looked at
         self.refused: set[str] = set()  # versions this worker will not take (checked once)
 
     # -- signals ---------------------------------------------------------------------
@@ -218,9 +222,10 @@ class Agent:
             "usage": hardware.usage(),
             "currentJobIds": running,
         }
+        self.last_usage = body["usage"]
         pause = self.pause
         if pause is not None:
-            body.update(status="paused", pausedReason=PAUSED_REASON)
+            body.update(status="paused", pausedReason=pause["reason"])
             if pause.get("until"):
                 body["pausedUntil"] = pause["until"]
         status, answer = self.beats.request(
@@ -319,8 +324,15 @@ class Agent:
         pause that begins or ends is heartbeated at once. With `--hand-back` the running
         jobs are stopped and handed back (reported `preempted`)."""
         pause = state.paused(self.home, time.time())
-        if (pause is None) != (self.pause is None):
-            log.info("paused by the provider" if pause else "resumed by the provider")
+        if pause is not None:
+            pause = {**pause, "reason": PAUSED_REASON}
+        elif self._preferences_say_rest():
+            pause = {"until": None, "handBack": True, "reason": self.rest_reason}
+        if (pause or {}).get("reason") != (self.pause or {}).get("reason"):
+            if pause:
+                log.info("paused: %s", pause["reason"])
+            else:
+                log.info("taking jobs again")
             self._beat_now()
         self.pause = pause
         if pause is not None and pause.get("handBack"):
@@ -330,6 +342,28 @@ class Agent:
 
     def _beat_now(self) -> None:
         self.wake_beat.set()
+
+    def _preferences_say_rest(self) -> bool:
+        """Whether the provider's preferences (guest.py) say to take no work now: outside
+        its schedule, on battery, a GPU too hot. Looked at every 10 s at most."""
+        now = time.monotonic()
+        if now - self.rest_checked < PREFERENCES_CHECK_S:
+            return self.rest_reason is not None
+        self.rest_checked = now
+        prefs = guest.load(self.home)
+        if not prefs:
+            self.rest_reason = None
+            return False
+        battery = guest.on_battery() if prefs.get("notOnBattery") else None
+        temp = guest.hottest_c(self.last_usage)
+        try:
+            self.rest_reason = guest.reason_to_rest(
+                prefs, time.localtime(), battery, temp, self.rest_reason
+            )
+        except guest.PreferenceError as exc:
+            log.error("preferences ignored: %s", exc)
+            self.rest_reason = None
+        return self.rest_reason is not None
 
     def _pause_asked(self) -> bool:
         return os.path.exists(os.path.join(self.home, state.PAUSE_FILE))
@@ -510,7 +544,8 @@ class Agent:
             log.exception("job %s crashed", job_id)
             outcome = "failed", {"error": f"worker error: {exc}"}, {}
         if job_id in self.preempting:  # handed back: not a failure, no attempt spent
-            outcome = "preempted", {"reason": PAUSED_REASON}, outcome[2]
+            why = (self.pause or {}).get("reason") or PAUSED_REASON
+            outcome = "preempted", {"reason": why}, outcome[2]
         try:
             self._finished(job_id, attempt, *outcome)
         except Exception:  # its state dir is gone, say: the worker must still be able to stop

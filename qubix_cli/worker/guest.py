@@ -1,0 +1,191 @@
+"""A good guest on the provider's machine: when the worker may take work.
+
+The provider's preferences (`preferences.json` in the state dir, or `worker run` options,
+which are written there) say: a weekly schedule of hours when it may work, not while the
+machine runs on battery, and not while a GPU is hotter than a ceiling (it resumes below the
+ceiling less a margin). `reason_to_rest` names the first one that says no, in the words the
+marketplace shows ("on battery"); the agent then pauses as for `qubix worker pause
+--hand-back`. What the machine says is read by one small function per source, whose root
+tests point at fakes (`QUBIX_POWER_SUPPLY_DIR`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from typing import Any, Tuple
+
+PREFERENCES_FILE = "preferences.json"
+POWER_SUPPLY_DIR = "/sys/class/power_supply"
+HOT_MARGIN_C = 5
+DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+Window = Tuple[Tuple[int, ...], int, int]  # days (0 = Monday), start and end minute
+
+
+class PreferenceError(ValueError):
+    """A preference that cannot be understood (the message says how to write it)."""
+
+
+def parse_schedule(text: str) -> list[Window]:
+    """`mon-fri 18:00-08:00; sat,sun 00:00-24:00`: on those days from the first time to the
+    second (one that ends earlier than it starts runs on into the next morning)."""
+    windows: list[Window] = []
+    for part in (p.strip() for p in text.split(";") if p.strip()):
+        match = re.fullmatch(r"([a-z,\-]+)\s+(\d{1,2}):(\d{2})-(\d{1,2}):(\d{2})", part.lower())
+        if not match:
+            raise PreferenceError(
+                f"{part!r} is not a schedule window: write it as 'mon-fri 18:00-08:00' "
+                "(days, then hours; windows separated by semicolons)"
+            )
+        days = _days(match.group(1))
+        start = int(match.group(2)) * 60 + int(match.group(3))
+        end = int(match.group(4)) * 60 + int(match.group(5))
+        if start > 24 * 60 or end > 24 * 60 or start == end:
+            raise PreferenceError(f"{part!r}: hours run from 00:00 to 24:00, and differ")
+        windows.append((days, start, end))
+    return windows
+
+
+def _days(text: str) -> tuple[int, ...]:
+    found: list[int] = []
+    for item in text.split(","):
+        first, _, last = item.partition("-")
+        if first not in DAYS or (last and last not in DAYS):
+            raise PreferenceError(f"{item!r} is not a day or a range of days (mon ... sun)")
+        a, b = DAYS.index(first), DAYS.index(last or first)
+        found += [d % 7 for d in range(a, b + 1 if b >= a else b + 8)]
+    return tuple(sorted(set(found)))
+
+
+def in_schedule(windows: list[Window], now: time.struct_time) -> bool:
+    """Whether local time `now` is inside one of the windows (no windows: any time)."""
+    if not windows:
+        return True
+    day, minute = now.tm_wday, now.tm_hour * 60 + now.tm_min
+    for days, start, end in windows:
+        if start < end and day in days and start <= minute < end:
+            return True
+        if start > end:  # over midnight: the evening of a listed day, the next morning
+            if (day in days and minute >= start) or ((day - 1) % 7 in days and minute < end):
+                return True
+    return False
+
+
+def on_battery() -> bool | None:
+    """Whether the machine runs on battery now (None: it cannot tell, or has none)."""
+    if sys.platform.startswith("linux"):
+        return linux_on_battery(os.environ.get("QUBIX_POWER_SUPPLY_DIR", POWER_SUPPLY_DIR))
+    if sys.platform == "darwin":
+        try:
+            out = subprocess.run(
+                ["pmset", "-g", "batt"], capture_output=True, text=True, timeout=5
+            ).stdout
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return macos_on_battery(out)
+    if sys.platform == "win32":
+        return windows_on_battery()
+    return None
+
+
+def linux_on_battery(root: str) -> bool | None:
+    """From sysfs: on battery when a battery is there and no mains or USB supply is
+    online."""
+    try:
+        names = os.listdir(root)
+    except OSError:
+        return None
+    kinds: dict[str, list[str]] = {}
+    for name in names:
+        kind = _read(os.path.join(root, name, "type"))
+        online = _read(os.path.join(root, name, "online"))
+        kinds.setdefault(kind or "", []).append(online or "")
+    if "Battery" not in kinds:
+        return None
+    mains = kinds.get("Mains", []) + kinds.get("USB", [])
+    return not any(online == "1" for online in mains)
+
+
+def macos_on_battery(pmset_output: str) -> bool | None:
+    """From `pmset -g batt`: "Now drawing from 'Battery Power'" or "'AC Power'"."""
+    if "'Battery Power'" in pmset_output:
+        return True
+    if "'AC Power'" in pmset_output:
+        return False
+    return None
+
+
+def windows_on_battery() -> bool | None:  # pragma: no cover - Windows only
+    import ctypes
+
+    class Status(ctypes.Structure):
+        _fields_ = [
+            ("ACLineStatus", ctypes.c_byte),
+            ("BatteryFlag", ctypes.c_byte),
+            ("BatteryLifePercent", ctypes.c_byte),
+            ("SystemStatusFlag", ctypes.c_byte),
+            ("BatteryLifeTime", ctypes.c_ulong),
+            ("BatteryFullLifeTime", ctypes.c_ulong),
+        ]
+
+    status = Status()
+    if not ctypes.windll.kernel32.GetSystemPowerStatus(ctypes.byref(status)):  # type: ignore[attr-defined]
+        return None
+    if status.BatteryFlag == -128 or status.BatteryFlag & 128:  # no system battery
+        return None
+    return bool(status.ACLineStatus == 0)
+
+
+def _read(path: str) -> str | None:
+    try:
+        with open(path) as f:
+            return f.read().strip()
+    except OSError:
+        return None
+
+
+def hottest_c(usage: dict[str, Any] | None) -> float | None:
+    """The hottest GPU in a heartbeat's usage (`usage.gpus[].tempC`), if any says."""
+    temps = [g["tempC"] for g in (usage or {}).get("gpus", []) if g.get("tempC") is not None]
+    return max(temps) if temps else None
+
+
+def reason_to_rest(
+    prefs: dict[str, Any],
+    now: time.struct_time,
+    battery: bool | None,
+    temp_c: float | None,
+    resting: str | None,
+) -> str | None:
+    """Why the worker must take no work now, in the marketplace's words, or None.
+    `resting` is the reason it rests already (a hot GPU must cool by the margin)."""
+    if not in_schedule(parse_schedule(prefs.get("schedule") or ""), now):
+        return "outside the provider's schedule"
+    if prefs.get("notOnBattery") and battery:
+        return "on battery"
+    ceiling = prefs.get("maxGpuTempC")
+    if ceiling is not None and temp_c is not None:
+        hot = resting is not None and resting.startswith("GPU at")
+        if temp_c >= ceiling or (hot and temp_c > ceiling - HOT_MARGIN_C):
+            return f"GPU at {temp_c:g} °C, its ceiling is {ceiling} °C"
+    return None
+
+
+def load(state_dir: str) -> dict[str, Any]:
+    """The preferences kept in the state dir ({} if none, or unreadable)."""
+    try:
+        with open(os.path.join(state_dir, PREFERENCES_FILE)) as f:
+            found = json.load(f)
+    except (OSError, ValueError):
+        return {}
+    return found if isinstance(found, dict) else {}
+
+
+def save(state_dir: str, prefs: dict[str, Any]) -> None:
+    from qubix_cli.worker.state import write_private
+
+    write_private(os.path.join(state_dir, PREFERENCES_FILE), json.dumps(prefs).encode())

@@ -1,0 +1,103 @@
+"""The provider's preferences: a schedule, not on battery, a GPU temperature ceiling; read
+from fake sources (a sysfs tree laid out as a laptop's, `pmset` output), and a real worker
+that hands its job back and pauses when the machine goes on battery."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+import pytest
+
+from qubix_cli.worker import guest
+from tests.helpers import ServerProcess, Worker, job, submit, wait_for
+
+
+def at(day: int, hour: int, minute: int = 0) -> time.struct_time:
+    """A local time on weekday `day` (0 = Monday) of a week in 2026."""
+    return time.struct_time((2026, 11, 23 + day, hour, minute, 0, day, 327 + day, 0))
+
+
+def test_a_schedule_with_day_ranges_and_nights() -> None:
+    windows = guest.parse_schedule("mon-fri 18:00-08:00; sat,sun 00:00-24:00")
+    assert guest.in_schedule(windows, at(0, 19))  # Monday evening
+    assert guest.in_schedule(windows, at(1, 7, 59))  # Tuesday morning, from Monday's night
+    assert not guest.in_schedule(windows, at(1, 8))  # Tuesday 08:00: over
+    assert not guest.in_schedule(windows, at(2, 12))  # Wednesday noon
+    assert guest.in_schedule(windows, at(5, 12)) and guest.in_schedule(windows, at(6, 23, 59))
+    assert guest.in_schedule(windows, at(5, 7))  # Saturday 07:00: Friday's night, and Saturday
+    assert guest.in_schedule(guest.parse_schedule("fri-mon 09:00-17:00"), at(0, 10))  # wraps
+    assert guest.in_schedule([], at(2, 3))  # no schedule: any time
+    for bad in ("weekdays 9-5", "mon 09:00-09:00", "mon 25:00-26:00", "xyz 01:00-02:00"):
+        with pytest.raises(guest.PreferenceError):
+            guest.parse_schedule(bad)
+
+
+def laptop(root: Path, on_mains: bool) -> None:
+    """/sys/class/power_supply as a laptop has it: AC (Mains) and BAT0 (Battery)."""
+    for name, kind in (("AC", "Mains"), ("BAT0", "Battery")):
+        (root / name).mkdir(parents=True, exist_ok=True)
+        (root / name / "type").write_text(kind + "\n")
+    (root / "AC" / "online").write_text("1\n" if on_mains else "0\n")
+
+
+def test_on_battery_from_sysfs_and_pmset(tmp_path: Path) -> None:
+    laptop(tmp_path / "ps", on_mains=True)
+    assert guest.linux_on_battery(str(tmp_path / "ps")) is False
+    laptop(tmp_path / "ps", on_mains=False)
+    assert guest.linux_on_battery(str(tmp_path / "ps")) is True
+    (tmp_path / "desktop").mkdir()
+    assert guest.linux_on_battery(str(tmp_path / "desktop")) is None  # no battery at all
+    assert guest.linux_on_battery(str(tmp_path / "missing")) is None
+    ac = "Now drawing from 'AC Power'\n -InternalBattery-0 (id=4653155)\t100%; charged;"
+    batt = "Now drawing from 'Battery Power'\n -InternalBattery-0 (id=4653155)\t87%; discharging;"
+    assert guest.macos_on_battery(ac) is False and guest.macos_on_battery(batt) is True
+    assert guest.macos_on_battery("") is None
+
+
+def test_a_hot_gpu_rests_until_it_cools_by_the_margin() -> None:
+    prefs = {"maxGpuTempC": 85}
+    usage = {"gpus": [{"index": 0, "tempC": 60}, {"index": 1, "tempC": 86}]}
+    assert guest.hottest_c(usage) == 86
+    noon = at(2, 12)
+    why = guest.reason_to_rest(prefs, noon, None, 86, None)
+    assert why == "GPU at 86 °C, its ceiling is 85 °C"
+    assert guest.reason_to_rest(prefs, noon, None, 82, why) is not None  # not cool enough
+    assert guest.reason_to_rest(prefs, noon, None, 80, why) is None  # 5 below: work again
+    assert guest.reason_to_rest(prefs, noon, None, 82, None) is None
+    assert guest.reason_to_rest({"notOnBattery": True}, noon, True, None, None) == "on battery"
+    assert guest.reason_to_rest({"notOnBattery": False}, noon, True, None, None) is None
+    night_only = {"schedule": "mon-sun 22:00-06:00"}
+    assert guest.reason_to_rest(night_only, noon, None, None, None) == (
+        "outside the provider's schedule"
+    )
+
+
+def test_a_worker_hands_its_job_back_and_rests_on_battery(
+    server: ServerProcess, workers: Callable[..., Worker], tmp_path: Path
+) -> None:
+    supplies = tmp_path / "power_supply"
+    laptop(supplies, on_mains=True)
+    worker = workers("w1", "--not-on-battery", env={"QUBIX_POWER_SUPPLY_DIR": str(supplies)})
+    shown = lambda: httpx.get(f"{server.url}/api/providers/w1").json().get("provider") or {}  # noqa: E731
+    wait_for(lambda: shown().get("status") == "online")
+    job_id = submit(server, type="sleep", payload={"seconds": 60}, maxAttempts=1)
+    wait_for(lambda: job(server, job_id)["status"] == "assigned")
+    laptop(supplies, on_mains=False)  # unplugged
+    wait_for(lambda: job(server, job_id)["status"] == "queued", timeout=30)
+    preempted = [e for e in job(server, job_id)["history"] if e["event"] == "preempted"]
+    assert preempted[0]["reason"] == "on battery"
+    wait_for(lambda: shown().get("status") == "paused", timeout=15)
+    assert shown()["pausedReason"] == "on battery"
+    laptop(supplies, on_mains=True)  # plugged in again: it takes the job back
+    wait_for(lambda: job(server, job_id)["status"] == "assigned", timeout=30)
+    assert shown()["trust"]["failed"] == 0
+    httpx.post(
+        f"{server.url}/api/jobs/{job_id}/cancel", headers={"Authorization": "Bearer test-api-key"}
+    )
+    worker.signal(signal.SIGTERM)
+    assert os.path.exists(worker.home / "preferences.json")
