@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import datetime
 import json
+import math
 import os
 import sys
 from typing import Annotated, Any
@@ -17,6 +18,7 @@ from rich.table import Column, Table
 from qubix_cli import config
 from qubix_cli.cli.display import ApiKeyOpt, JsonOpt, ServerOpt, ago, safe
 from qubix_cli.client import Client, connect
+from qubix_cli.errors import QubixError, ServerError
 
 accounts = typer.Typer(help="Create and list accounts, set their quotas and credit (operators).")
 keys = typer.Typer(help="Create, list and revoke API keys.")
@@ -29,12 +31,18 @@ def _echo_json(value: Any) -> None:
     typer.echo(json.dumps(value, indent=2))
 
 
+def amount(value: float) -> str:
+    """Money as the ledger keeps it: up to six decimals, no exponent ('1,234,567.123456')."""
+    return f"{value:,.6f}".rstrip("0").rstrip(".")
+
+
 def _show_account(account: dict[str, Any]) -> None:
     quota = account["quota"]
     limits = ", ".join(f"{k} {v}" for k, v in quota.items() if v is not None) or "none"
     console.print(safe(f"account {account['name']} ({account['role']})"))
-    console.print(safe(f"  balance {account['balance']:g}, held for open jobs {account['held']:g}"))
-    console.print(f"  spent on jobs {account.get('spent', 0.0):g}")
+    held = amount(account["held"])
+    console.print(safe(f"  balance {amount(account['balance'])}, held for open jobs {held}"))
+    console.print(f"  spent on jobs {amount(account.get('spent', 0.0))}")
     console.print(safe(f"  quotas: {limits}"))
 
 
@@ -79,8 +87,8 @@ def list_accounts(
         table.add_row(
             safe(account["name"]),
             account["role"],
-            f"{account['balance']:g}",
-            f"{account['held']:g}",
+            amount(account["balance"]),
+            amount(account["held"]),
             safe(quota) or "-",
         )
     console.print(table)
@@ -138,6 +146,8 @@ def quota(
     for option in no_limit or []:
         if option not in names:
             raise typer.BadParameter(f"{option!r} is not a quota: {', '.join(names)}")
+        if names[option] in body:
+            raise typer.BadParameter(f"--{option} is given a value and --no-limit too: one")
         body[names[option]] = None
     if not body:
         raise typer.BadParameter("give a quota to set, e.g. --max-queued 100")
@@ -152,14 +162,23 @@ def quota(
 @accounts.command("credit")
 def credit(
     name: NameArg,
-    amount: Annotated[float, typer.Argument(help="How much to add (negative: take back).")],
+    how_much: Annotated[
+        float,
+        typer.Argument(
+            metavar="AMOUNT",
+            help="How much to add; to take back, a negative amount after -- "
+            "(qubix accounts credit NAME -- -5).",
+        ),
+    ],
     server: ServerOpt = None,
     api_key: ApiKeyOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Add to an account's balance; the ledger records it. Needs an operator's key."""
+    if not math.isfinite(how_much) or round(how_much, 6) == 0:
+        raise typer.BadParameter(f"{how_much!r}: give a finite amount other than 0")
     with connect(server, api_key) as client:
-        account = client.call("POST", f"/api/accounts/{name}/credit", json={"amount": amount})
+        account = client.call("POST", f"/api/accounts/{name}/credit", json={"amount": how_much})
     if as_json:
         _echo_json(account["account"])
         return
@@ -207,8 +226,8 @@ def list_keys(
     for key in found:
         table.add_row(
             safe(key["id"]),
-            safe(key["account"]),
-            safe(key["name"]),
+            safe(str(key["account"] or "-")),
+            safe(str(key["name"] or "-")),
             ago(key["createdAt"]),
             ago(key["lastUsedAt"]) if key["lastUsedAt"] else "never",
             ago(key["revokedAt"]) if key["revokedAt"] else "-",
@@ -254,7 +273,14 @@ def login(
     if not key:
         key = str(typer.prompt(f"API key for {url}", hide_input=True)).strip()
     with Client(url, key) as client:
-        account = client.call("GET", "/api/account")["account"]
+        try:
+            account = client.call("GET", "/api/account")["account"]
+        except ServerError as exc:
+            if "401" not in str(exc):
+                raise
+            raise QubixError(
+                f"{url} does not know this key (or it was revoked); nothing stored"
+            ) from exc
     path = config.login(url, key)
     if as_json:
         _echo_json({"server": url, "account": account, "config": str(path)})
@@ -293,9 +319,9 @@ def earnings(
         found = client.call("GET", f"/api/earnings/{address}", params=params)
     if csv_out:
         if found.get("lines") is None:
-            raise typer.BadParameter(
-                "the lines of an address are shown to an operator's key (or a worker token of "
-                "that address) only: give one with --api-key"
+            raise QubixError(
+                "the lines of an address are shown to an operator's key or a worker token of "
+                "that address only, and the key used is neither: give one with --api-key"
             )
         writer = csv.writer(sys.stdout, lineterminator="\n")
         fields = ["at", "kind", "jobId", "workerId", "account", "pricePerHour", "seconds"]
@@ -314,7 +340,7 @@ def earnings(
         ("today", "today"),
         ("7 days", "last7Days"),
         ("30 days", "last30Days"),
-        ("all time", "allTime"),
+        ("in all" if since else "all time", "allTime"),
     ):
-        console.print(f"  {label:<9} {found[key]:g}")
+        console.print(f"  {label:<9} {amount(found[key])}")
     console.print(f"  from {found['jobs']} job(s)")

@@ -14,6 +14,7 @@ the worker and Qubic address that earned it; the balances kept on accounts are i
 
 from __future__ import annotations
 
+import logging
 import re
 import secrets
 import time
@@ -25,6 +26,8 @@ from qubix_cli.errors import Conflict, InvalidInput, NotFound, PaymentRequired, 
 from qubix_cli.server.http import token_hash
 from qubix_cli.server.providers import Clock
 from qubix_cli.server.store import Doc, Store, Transaction
+
+log = logging.getLogger("qubix.accounts")
 
 OPERATOR, RENTER = "operator", "renter"
 ROLES = (OPERATOR, RENTER)
@@ -133,8 +136,17 @@ class Accounts:
         async with self.store.transaction() as tx:
             if await tx.get("accounts", FIRST_OPERATOR) is None:
                 tx.put("accounts", new_account(FIRST_OPERATOR, OPERATOR, now))
-            for old in await tx.scan("keys", where={"startKey": True}):
-                if old["hash"] != token_hash(key) and old.get("revokedAt") is None:
+            for old in await tx.scan("keys"):
+                if old.get("account") is None:  # a key from before accounts
+                    old = {**old, "account": FIRST_OPERATOR, "name": "start"}
+                    tx.put("keys", old)
+                is_start = old.get("startKey") and old["hash"] != token_hash(key)
+                if is_start and old.get("revokedAt") is None:
+                    log.warning(
+                        "the key %s of an earlier start is revoked: this server now runs with "
+                        "another key (from --api-key, QUBIX_API_KEY or the api-key file)",
+                        old["id"],
+                    )
                     tx.put("keys", {**old, "revokedAt": now})
             found = await tx.scan("keys", where={"hash": token_hash(key)})
             if found:
@@ -169,14 +181,35 @@ class Accounts:
         return [public_key(d, await self.store.recall(KEY_USE, d["id"])) for d in docs]
 
     async def revoke(self, caller: Caller, key_id: str) -> Doc:
+        """Revoke a key (given by its id, or whole: only its id is used, never echoed).
+        The last key of the operators cannot be revoked: nobody could administer then."""
+        key_id = key_id[:KEY_ID_LENGTH]
         async with self.store.transaction() as tx:
             doc = await tx.get("keys", key_id)
             if doc is None or not (caller.is_operator or doc.get("account") == caller.account):
                 raise NotFound(f"no key {key_id!r}", code="key_not_found")
+            if doc.get("revokedAt") is None and await self._last_operator_key(tx, doc):
+                raise Conflict(
+                    f"{key_id} is the last operator key: make another one first "
+                    "(qubix keys create), then revoke this one",
+                    code="last_operator_key",
+                )
             if doc.get("revokedAt") is None:
                 doc = {**doc, "revokedAt": self.clock()}
                 tx.put("keys", doc)
         return public_key(doc, await self.store.recall(KEY_USE, key_id))
+
+    @staticmethod
+    async def _last_operator_key(tx: Transaction, doc: Doc) -> bool:
+        operators = {a["name"] for a in await tx.scan("accounts", {"role": OPERATOR})}
+        if doc.get("account") not in operators:
+            return False
+        live = [
+            k
+            for k in await tx.scan("keys")
+            if k.get("account") in operators and k.get("revokedAt") is None
+        ]
+        return len(live) <= 1
 
     # -- accounts ----------------------------------------------------------------------
 
@@ -216,6 +249,8 @@ class Accounts:
 
     async def credit(self, name: str, amount: float, by: Caller) -> Doc:
         """Add to an account's balance (a negative amount takes back), in the ledger."""
+        if money(amount) == 0:
+            raise InvalidInput("a credit of 0 changes nothing: give an amount", code="zero_credit")
         async with self.store.transaction() as tx:
             account = await self._account(tx, name)
             entry = {"kind": "credit", "account": name, "amount": money(amount), "by": by.account}
@@ -268,7 +303,8 @@ class Accounts:
                 f"this job may cost up to {hold:g} (its price limit x its timeout), and the "
                 f"account {caller.account!r} has {available:g} available (balance "
                 f"{account['balance']:g}, held for open jobs {account['held']:g}): lower "
-                "requirements.maxPricePerHour or timeoutS, or ask an operator for credit",
+                "requirements.maxPricePerHour (--max-price) or timeoutS (--timeout), or ask "
+                "an operator for credit",
                 details={"worstCase": hold, "available": available},
             )
         recent.append(now)

@@ -101,7 +101,9 @@ async def why_queued(registry: Registry, jobs: JobQueue, job: Doc) -> Doc:
     reasons = [f"{len(online)} worker(s) are online."]
     if paused:
         reasons[0] += f" {paused} more are paused by their providers."
-    if not online:
+    if not online and paused:
+        reasons.append("No worker takes work now: it runs when one resumes or comes online.")
+    elif not online:
         reasons.append("No worker is online: it runs when one comes online.")
     left = [{**doc, dispatch.FREE_GPUS: len(doc.get("gpus", []))} for doc in online]
     steps = []

@@ -114,13 +114,15 @@ def parser(prog: str = "qubix_worker") -> argparse.ArgumentParser:
     pause = commands.add_parser(
         "pause",
         help="Take no new jobs (the running worker, through its state dir) until resumed.",
+        description="Tell the worker of this state dir ($QUBIX_HOME, else ~/.qubix) to take "
+        "no new jobs, until `resume` or for a while.",
         formatter_class=_Help,
     )
     pause.add_argument(
         "--for",
         dest="duration",
         type=_duration,
-        help="Resume by itself after this long: 30m, 2h, 1d (default: until `resume`).",
+        help="Resume by itself after this long: 45s, 30m, 2h, 1d (default: until `resume`).",
     )
     pause.add_argument(
         "--hand-back",
@@ -128,7 +130,13 @@ def parser(prog: str = "qubix_worker") -> argparse.ArgumentParser:
         help="Hand the running jobs back at once (they go to other workers, no attempt spent) "
         "instead of letting them finish.",
     )
-    commands.add_parser("resume", help="Take jobs again after `pause`.", formatter_class=_Help)
+    commands.add_parser(
+        "resume",
+        help="Take jobs again after `pause`.",
+        description="Tell the worker of this state dir ($QUBIX_HOME, else ~/.qubix) to take "
+        "jobs again after `pause`.",
+        formatter_class=_Help,
+    )
     trial = commands.add_parser("update-trial", help=argparse.SUPPRESS)
     trial.add_argument("pyz")
     trial.add_argument("run_args", nargs=argparse.REMAINDER)
@@ -283,10 +291,17 @@ def main(argv: list[str] | None = None, prog: str = "qubix_worker") -> int:
         return wait_online(state.home(), args.server, args.since, args.timeout)
     if args.command == "deregister":
         return deregister(state.home())
+    if args.command in ("pause", "resume") and state.load_credentials(state.home()) is None:
+        print(
+            f"qubix: error: no worker has registered from {state.home()}: set QUBIX_HOME to "
+            "the state dir of the worker to pause or resume",
+            file=sys.stderr,
+        )
+        return 1
     if args.command == "pause":
         until = time.time() + args.duration if args.duration else None
         state.pause(state.home(), until, args.hand_back)
-        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(until)) if until else None
+        when = time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(until)) if until else None
         running = "hands back its running jobs" if args.hand_back else "finishes its running jobs"
         print(
             f"qubix: paused until {when or 'you resume it'}; the worker {running}, "

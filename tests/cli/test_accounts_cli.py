@@ -83,12 +83,27 @@ def test_an_operator_makes_a_renter_who_logs_in_and_works_without_flags(tmp_path
         shown = qubix(tmp_path, "earnings", address, "--server", url)
         assert "all time" in shown.stdout and "from 1 job(s)" in shown.stdout
         refused = qubix(tmp_path, "earnings", address, "--csv")  # alice is not an operator
-        assert refused.returncode == 2 and "operator's key" in refused.stderr
+        assert refused.returncode == 1 and "the key used is neither" in refused.stderr
         lines = qubix(tmp_path, "earnings", address, "--csv", "--since", "2020-01-01", key=API_KEY)
         header, line = lines.stdout.splitlines()
         assert header == "at,kind,jobId,workerId,account,pricePerHour,seconds,amount"
         assert f",charge,{leased['job']['id']},w1,operator,3.6," in line
         bad = qubix(tmp_path, "earnings", address, "--since", "yesterday")
         assert bad.returncode == 2 and "is not a day" in bad.stderr
+
+        # what a newcomer tripped on
+        for odd in ("nan", "1e309", "0"):
+            wrong = qubix(tmp_path, "accounts", "credit", "alice", odd, key=API_KEY)
+            assert wrong.returncode == 2 and "give a finite amount" in wrong.stderr
+            assert "Traceback" not in wrong.stderr
+        back = qubix(tmp_path, "accounts", "credit", "alice", "--", "-0.5", key=API_KEY)
+        assert "balance 2, held for open jobs 0" in back.stdout
+        big = qubix(tmp_path, "accounts", "credit", "alice", "1234567.123456", key=API_KEY)
+        assert "balance 1,234,569.123456" in big.stdout  # no exponent
+        both = ["accounts", "quota", "alice", "--max-queued", "3", "--no-limit", "max-queued"]
+        assert qubix(tmp_path, *both, key=API_KEY).returncode == 2
+        nope = qubix(tmp_path, "login", "--server", url, "--api-key", "qbx_not-a-key")
+        assert nope.returncode == 1 and "does not know this key" in nope.stderr
+        assert "qubix login)" not in nope.stderr
     finally:
         server.stop()

@@ -128,7 +128,7 @@ def request(client: TestClient, w: dict[str, Any], handler: str, key: str | None
         "credit_account": ("POST", "/api/accounts/alice/credit", {"amount": 1}),
         "create_key": ("POST", "/api/keys", {"account": "alice"}),
         "list_keys": ("GET", "/api/keys", None),
-        "revoke_key": ("DELETE", f"/api/keys/{w['bobKeyId']}x", None),
+        "revoke_key": ("DELETE", f"/api/keys/{w['bobKeyId']}", None),  # bob's key
         "ledger": ("GET", "/api/ledger", None),
         "metrics_text": ("GET", "/metrics", None),
         "worker_jobs": ("GET", "/api/providers/worker-1/jobs", None),
@@ -177,7 +177,7 @@ MATRIX: dict[str, tuple[object, object, object, object, object]] = {
     "credit_account": (401, 401, 403, 403, "ok"),
     "create_key": (401, 401, "ok", 404, "ok"),
     "list_keys": (401, 401, "ok", "ok", "ok"),
-    "revoke_key": (401, 401, 404, 404, 404),
+    "revoke_key": (401, 401, 404, "ok", "ok"),  # alice may not revoke bob's key
     "ledger": (401, 401, "ok", "ok", "ok"),
     "earnings": ("ok", "ok", "ok", "ok", "ok"),
     "metrics_text": (401, 401, 403, 403, "ok"),
@@ -587,3 +587,41 @@ def test_earnings_public_totals_and_lines_for_the_address_or_an_operator(
     assert since["allTime"] == 1.0
     assert client.get(f"/api/earnings/{address}", headers=auth("junk")).status_code == 401
     assert client.get("/api/earnings/NOTANADDRESS").status_code == 422
+
+
+def test_the_last_operator_key_cannot_be_revoked_and_a_credit_of_0_is_refused(
+    app_client: TestClient,
+) -> None:
+    client = app_client
+    refused = client.delete(f"/api/keys/{API_KEY[:12]}", headers=KEY)
+    assert refused.status_code == 409 and refused.json()["error"] == "last_operator_key"
+    assert client.get("/api/account", headers=KEY).status_code == 200
+    spare = client.post("/api/keys", json={"name": "spare"}, headers=KEY).json()["apiKey"]
+    other = client.post("/api/keys", json={"name": "other"}, headers=KEY).json()["apiKey"]
+    whole = client.delete(f"/api/keys/{other}", headers=auth(spare))  # the whole key works
+    assert whole.status_code == 200 and other not in whole.text  # and is never echoed
+    assert client.get("/api/account", headers=auth(other)).status_code == 401
+    account(client, "alice")
+    zero = client.post("/api/accounts/alice/credit", json={"amount": 0}, headers=auth(spare))
+    assert zero.status_code == 422 and zero.json()["error"] == "zero_credit"
+
+
+def test_a_key_from_before_accounts_becomes_the_operators(tmp_path: Path) -> None:
+    import asyncio
+
+    from qubix_cli.server.http import token_hash
+    from qubix_cli.server.store import JournalStore
+
+    async def old_setup() -> None:
+        store = JournalStore(tmp_path / "data")
+        async with store.transaction() as tx:
+            old = {"id": "old-key-1234", "hash": token_hash("old-key-12345"), "startKey": True}
+            tx.put("keys", {**old, "createdAt": 1.0})
+        await store.close()
+
+    asyncio.run(old_setup())
+    settings = Settings(data_dir=tmp_path / "data", api_key=API_KEY, **NO_LIMITS)  # type: ignore[arg-type]
+    with TestClient(create_app(settings)) as client:
+        listed = {k["id"]: k for k in client.get("/api/keys", headers=KEY).json()["keys"]}
+        assert listed["old-key-1234"]["account"] == "operator"  # not null
+        assert listed["old-key-1234"]["revokedAt"] is not None  # another key started it
