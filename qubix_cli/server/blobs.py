@@ -28,7 +28,8 @@ CHUNK_BYTES = 1024 * 1024
 class Blobs:
     def __init__(self, root: Path) -> None:
         self.root = root
-        self.root.mkdir(parents=True, exist_ok=True)
+        self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.root.chmod(0o700)  # renters' inputs and outputs: the server's own
 
     def path(self, sha256: str) -> Path:
         if not SHA256.match(sha256):
@@ -57,7 +58,7 @@ class Blobs:
                 await asyncio.to_thread(_sync, f.fileno())
             sha256 = digest.hexdigest()
             target = self.path(sha256)
-            target.parent.mkdir(exist_ok=True)
+            target.parent.mkdir(mode=0o700, exist_ok=True)
             os.replace(tmp, target)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)

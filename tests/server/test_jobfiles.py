@@ -169,3 +169,12 @@ def test_retention_forgets_finished_jobs_their_logs_and_unreferenced_files(
 )
 def test_every_new_endpoint_is_in_openapi(method: str, path: str) -> None:
     assert method in openapi_document()["paths"][path]
+
+
+def test_stored_inputs_are_private(client: Any, tmp_path: Path) -> None:
+    uploaded = client.post("/api/inputs", content=b"secret-ish data", headers=KEY)
+    assert uploaded.status_code == 201
+    blobs = tmp_path / "data" / "blobs"
+    sha = uploaded.json()["sha256"]
+    assert blobs.stat().st_mode & 0o777 == 0o700
+    assert (blobs / sha[:2]).stat().st_mode & 0o777 == 0o700
