@@ -206,6 +206,13 @@ def parser(prog: str = "qubix_worker") -> argparse.ArgumentParser:
         help="Take no work while the machine runs on battery (kept in preferences.json).",
     )
     run.add_argument(
+        "--idle-only",
+        type=int,
+        metavar="MINUTES",
+        help="Take work only when nobody has used the computer for this many minutes; the "
+        "jobs are handed back when someone does (0: any time; kept in preferences.json).",
+    )
+    run.add_argument(
         "--max-gpu-temp",
         type=int,
         metavar="CELSIUS",
@@ -355,6 +362,7 @@ def save_preferences(args: argparse.Namespace) -> str | None:
     given = {
         "schedule": args.schedule,
         "notOnBattery": args.not_on_battery,
+        "idleMinutes": args.idle_only,
         "maxGpuTempC": args.max_gpu_temp,
     }
     changes = {k: v for k, v in given.items() if v is not None}

@@ -355,10 +355,11 @@ class Agent:
             self.rest_reason = None
             return False
         battery = guest.on_battery() if prefs.get("notOnBattery") else None
+        idle = guest.idle_seconds(time.time()) if prefs.get("idleMinutes") else None
         temp = guest.hottest_c(self.last_usage)
         try:
             self.rest_reason = guest.reason_to_rest(
-                prefs, time.localtime(), battery, temp, self.rest_reason
+                prefs, time.localtime(), battery, temp, self.rest_reason, idle
             )
         except guest.PreferenceError as exc:
             log.error("preferences ignored: %s", exc)

@@ -148,6 +148,59 @@ def _read(path: str) -> str | None:
         return None
 
 
+def idle_seconds(now: float) -> float | None:
+    """How long the person at the computer has not touched it, or None where this cannot
+    be told (a server with no login session, an OS without a source)."""
+    if sys.platform.startswith("linux"):
+        session = os.environ.get("XDG_SESSION_ID")
+        args = ["loginctl", "show-session", session] if session else ["loginctl", "show-user"]
+        return linux_idle_s(_output([*args, "-p", "IdleHint", "-p", "IdleSinceHint"]), now)
+    if sys.platform == "darwin":
+        return macos_idle_s(_output(["ioreg", "-c", "IOHIDSystem", "-d", "4"]))
+    if sys.platform == "win32":
+        return windows_idle_s()
+    return None
+
+
+def _output(argv: list[str]) -> str:
+    try:
+        return subprocess.run(argv, capture_output=True, text=True, timeout=5).stdout
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
+def linux_idle_s(loginctl_output: str, now: float) -> float | None:
+    """From logind (`loginctl show-session ID -p IdleHint -p IdleSinceHint`): 0 while the
+    session is in use, else the seconds since it went idle."""
+    values = dict(line.split("=", 1) for line in loginctl_output.splitlines() if "=" in line)
+    if values.get("IdleHint") == "no":
+        return 0.0
+    since = values.get("IdleSinceHint", "")
+    if values.get("IdleHint") != "yes" or not since.isdigit() or int(since) == 0:
+        return None
+    return max(0.0, now - int(since) / 1e6)
+
+
+def macos_idle_s(ioreg_output: str) -> float | None:
+    """From `ioreg -c IOHIDSystem`: "HIDIdleTime" = nanoseconds since the last input."""
+    match = re.search(r'"HIDIdleTime"\s*=\s*(\d+)', ioreg_output)
+    return int(match.group(1)) / 1e9 if match else None
+
+
+def windows_idle_s() -> float | None:  # pragma: no cover - Windows only
+    import ctypes
+
+    class LastInput(ctypes.Structure):
+        _fields_ = [("cbSize", ctypes.c_uint), ("dwTime", ctypes.c_uint)]
+
+    info = LastInput()
+    info.cbSize = ctypes.sizeof(info)
+    if not ctypes.windll.user32.GetLastInputInfo(ctypes.byref(info)):  # type: ignore[attr-defined]
+        return None
+    ticks: int = ctypes.windll.kernel32.GetTickCount()  # type: ignore[attr-defined]
+    return float((ticks - info.dwTime) & 0xFFFFFFFF) / 1000.0
+
+
 def hottest_c(usage: dict[str, Any] | None) -> float | None:
     """The hottest GPU in a heartbeat's usage (`usage.gpus[].tempC`), if any says."""
     temps = [g["tempC"] for g in (usage or {}).get("gpus", []) if g.get("tempC") is not None]
@@ -160,6 +213,7 @@ def reason_to_rest(
     battery: bool | None,
     temp_c: float | None,
     resting: str | None,
+    idle_s: float | None = None,
 ) -> str | None:
     """Why the worker must take no work now, in the marketplace's words, or None.
     `resting` is the reason it rests already (a hot GPU must cool by the margin)."""
@@ -167,6 +221,12 @@ def reason_to_rest(
         return "outside the provider's schedule"
     if prefs.get("notOnBattery") and battery:
         return "on battery"
+    idle_minutes = prefs.get("idleMinutes")
+    if idle_minutes:
+        if idle_s is None:
+            return "cannot tell whether the computer is in use (idle-only is not supported here)"
+        if idle_s < idle_minutes * 60:
+            return "the computer is in use"
     ceiling = prefs.get("maxGpuTempC")
     if ceiling is not None and temp_c is not None:
         hot = resting is not None and resting.startswith("GPU at")

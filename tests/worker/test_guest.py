@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from qubix_cli.worker import guest
-from tests.helpers import ServerProcess, Worker, job, submit, wait_for
+from tests.helpers import KEY, ServerProcess, Worker, job, submit, wait_for
 
 
 def at(day: int, hour: int, minute: int = 0) -> time.struct_time:
@@ -96,8 +96,51 @@ def test_a_worker_hands_its_job_back_and_rests_on_battery(
     laptop(supplies, on_mains=True)  # plugged in again: it takes the job back
     wait_for(lambda: job(server, job_id)["status"] == "assigned", timeout=30)
     assert shown()["trust"]["failed"] == 0
-    httpx.post(
-        f"{server.url}/api/jobs/{job_id}/cancel", headers={"Authorization": "Bearer test-api-key"}
-    )
+    httpx.post(f"{server.url}/api/jobs/{job_id}/cancel", headers=KEY)
     worker.signal(signal.SIGTERM)
     assert os.path.exists(worker.home / "preferences.json")
+
+
+LOGINCTL_IDLE = "IdleHint=yes\nIdleSinceHint={}\n"  # `loginctl show-session ID -p ... -p ...`
+LOGINCTL_BUSY = "IdleHint=no\nIdleSinceHint=0\n"
+IOREG = '    |   |   "HIDIdleTime" = 123456789012\n    |   |   "HIDParameters" = {}\n'
+
+
+def test_idle_time_from_logind_and_ioreg() -> None:
+    now = 1_800_000_000.0
+    assert guest.linux_idle_s(LOGINCTL_IDLE.format(int((now - 600) * 1e6)), now) == 600
+    assert guest.linux_idle_s(LOGINCTL_BUSY, now) == 0.0
+    assert guest.linux_idle_s("", now) is None  # no session: it cannot tell
+    assert guest.macos_idle_s(IOREG) == pytest.approx(123.456789012)
+    assert guest.macos_idle_s("") is None
+    prefs = {"idleMinutes": 5}
+    noon = at(2, 12)
+    assert guest.reason_to_rest(prefs, noon, None, None, None, 600) is None
+    assert guest.reason_to_rest(prefs, noon, None, None, None, 60) == "the computer is in use"
+    assert "not supported" in str(guest.reason_to_rest(prefs, noon, None, None, None, None))
+
+
+def test_a_worker_that_works_only_when_idle_hands_back_when_someone_comes(
+    server: ServerProcess, workers: Callable[..., Worker], tmp_path: Path
+) -> None:
+    state = tmp_path / "logind-state"
+    state.write_text(LOGINCTL_IDLE.format(int((time.time() - 3600) * 1e6)))
+    fake = tmp_path / "fake-bin"
+    fake.mkdir()
+    (fake / "loginctl").write_text(f"#!/bin/sh\ncat {state}\n")
+    (fake / "loginctl").chmod(0o755)
+    path = f"{fake}:{tmp_path / 'bin'}:{os.environ['PATH']}"
+    worker = workers("w1", "--idle-only", "1", env={"PATH": path})
+    shown = lambda: httpx.get(f"{server.url}/api/providers/w1").json().get("provider") or {}  # noqa: E731
+    wait_for(lambda: shown().get("status") == "online")
+    job_id = submit(server, type="sleep", payload={"seconds": 60}, maxAttempts=1)
+    wait_for(lambda: job(server, job_id)["status"] == "assigned")
+    state.write_text(LOGINCTL_BUSY)  # someone sits down at it
+    wait_for(lambda: job(server, job_id)["status"] == "queued", timeout=30)
+    preempted = [e for e in job(server, job_id)["history"] if e["event"] == "preempted"]
+    assert preempted[0]["reason"] == "the computer is in use"
+    wait_for(lambda: shown().get("pausedReason") == "the computer is in use", timeout=15)
+    state.write_text(LOGINCTL_IDLE.format(int((time.time() - 120) * 1e6)))  # away again
+    wait_for(lambda: job(server, job_id)["status"] == "assigned", timeout=30)
+    httpx.post(f"{server.url}/api/jobs/{job_id}/cancel", headers=KEY)
+    worker.signal(signal.SIGTERM)
