@@ -213,6 +213,13 @@ def parser(prog: str = "qubix_worker") -> argparse.ArgumentParser:
         "jobs are handed back when someone does (0: any time; kept in preferences.json).",
     )
     run.add_argument(
+        "--max-gpus",
+        type=int,
+        metavar="N",
+        help="Offer only the first N GPUs; the provider keeps the others (kept in "
+        "preferences.json; read at start).",
+    )
+    run.add_argument(
         "--max-gpu-temp",
         type=int,
         metavar="CELSIUS",
@@ -363,6 +370,7 @@ def save_preferences(args: argparse.Namespace) -> str | None:
         "schedule": args.schedule,
         "notOnBattery": args.not_on_battery,
         "idleMinutes": args.idle_only,
+        "maxGpus": args.max_gpus,
         "maxGpuTempC": args.max_gpu_temp,
     }
     changes = {k: v for k, v in given.items() if v is not None}
@@ -372,6 +380,9 @@ def save_preferences(args: argparse.Namespace) -> str | None:
         guest.parse_schedule(changes.get("schedule") or "")
     except guest.PreferenceError as exc:
         return f"--schedule: {exc}"
+    for option, key in (("--max-gpus", "maxGpus"), ("--idle-only", "idleMinutes")):
+        if changes.get(key, 0) < 0:
+            return f"{option} must be 0 or more"
     home = state.home()
     guest.save(home, {**guest.load(home), **changes})
     return None

@@ -63,6 +63,10 @@ class Agent:
         self.home = state.home()
         self.worker_id = config.worker_id or state.default_worker_id(self.home)
         self.report = report or hardware.detect()
+        most = guest.load(self.home).get("maxGpus")
+        if isinstance(most, int) and 0 <= most < len(self.report["gpus"]):
+            # the provider keeps the others for itself: they are neither offered nor used
+            self.report = {**self.report, "gpus": self.report["gpus"][:most]}
         self.api = Client(config.server)  # main thread: register, reports
         self.beats = Client(config.server)  # heartbeat thread
         self.poller = Client(config.server, timeout_s=90)  # job long-poll thread

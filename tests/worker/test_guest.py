@@ -144,3 +144,12 @@ def test_a_worker_that_works_only_when_idle_hands_back_when_someone_comes(
     wait_for(lambda: job(server, job_id)["status"] == "assigned", timeout=30)
     httpx.post(f"{server.url}/api/jobs/{job_id}/cancel", headers=KEY)
     worker.signal(signal.SIGTERM)
+
+
+def test_max_gpus_offers_only_the_first_ones(
+    server: ServerProcess, workers: Callable[..., Worker]
+) -> None:
+    workers("w1", "--max-gpus", "1")  # the fake nvidia-smi has two
+    shown = lambda: httpx.get(f"{server.url}/api/providers/w1").json().get("provider") or {}  # noqa: E731
+    wait_for(lambda: shown().get("status") == "online")
+    assert len(shown()["gpus"]) == 1 and shown()["concurrency"] == 1
