@@ -19,6 +19,8 @@ import sys
 import time
 from typing import Any, Tuple
 
+from qubix_cli.worker.hardware import read_file
+
 PREFERENCES_FILE = "preferences.json"
 POWER_SUPPLY_DIR = "/sys/class/power_supply"
 HOT_MARGIN_C = 5
@@ -101,8 +103,8 @@ def linux_on_battery(root: str) -> bool | None:
         return None
     kinds: dict[str, list[str]] = {}
     for name in names:
-        kind = _read(os.path.join(root, name, "type"))
-        online = _read(os.path.join(root, name, "online"))
+        kind = read_file(os.path.join(root, name, "type"))
+        online = read_file(os.path.join(root, name, "online"))
         kinds.setdefault(kind or "", []).append(online or "")
     if "Battery" not in kinds:
         return None
@@ -138,14 +140,6 @@ def windows_on_battery() -> bool | None:  # pragma: no cover - Windows only
     if status.BatteryFlag == -128 or status.BatteryFlag & 128:  # no system battery
         return None
     return bool(status.ACLineStatus == 0)
-
-
-def _read(path: str) -> str | None:
-    try:
-        with open(path) as f:
-            return f.read().strip()
-    except OSError:
-        return None
 
 
 def idle_seconds(now: float) -> float | None:

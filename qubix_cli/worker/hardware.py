@@ -175,10 +175,10 @@ def sysfs_amd_gpus(sysfs: str = "/sys") -> list[Gpu]:
         if not re.fullmatch(r"card\d+", os.path.basename(card)):
             continue  # connectors such as card0-DP-1
         device = os.path.join(card, "device")
-        if _read(os.path.join(device, "vendor")) != "0x1002":
+        if read_file(os.path.join(device, "vendor")) != "0x1002":
             continue
-        vram = _int(_read(os.path.join(device, "mem_info_vram_total")))
-        device_id = _read(os.path.join(device, "device")) or "unknown"
+        vram = _int(read_file(os.path.join(device, "mem_info_vram_total")))
+        device_id = read_file(os.path.join(device, "device")) or "unknown"
         gpus.append(
             {
                 "vendor": "amd",
@@ -190,7 +190,8 @@ def sysfs_amd_gpus(sysfs: str = "/sys") -> list[Gpu]:
     return gpus
 
 
-def _read(path: str) -> str | None:
+def read_file(path: str) -> str | None:
+    """A small file's text, stripped (sysfs, /proc), or None if it cannot be read."""
     try:
         with open(path) as f:
             return f.read().strip()
@@ -378,7 +379,7 @@ def detect_gpus(warnings: list[str], system: str | None = None) -> list[Gpu]:
 
 
 def cpu_model(warnings: list[str]) -> str:
-    text = _read("/proc/cpuinfo") or ""
+    text = read_file("/proc/cpuinfo") or ""
     for key in ("model name", "Model", "Hardware", "cpu model"):
         match = re.search(rf"^{key}\s*:\s*(.+)$", text, re.M)
         if match:
@@ -412,7 +413,7 @@ def physical_cores() -> int:
         cores = psutil.cpu_count(logical=False)
         if cores:
             return int(cores)
-    text = _read("/proc/cpuinfo") or ""
+    text = read_file("/proc/cpuinfo") or ""
     pairs = set(re.findall(r"physical id\s*:\s*(\d+)[\s\S]*?core id\s*:\s*(\d+)", text))
     return len(pairs) or os.cpu_count() or 1
 
@@ -420,7 +421,7 @@ def physical_cores() -> int:
 def ram_mb(warnings: list[str]) -> int:
     if psutil is not None:
         return int(psutil.virtual_memory().total // 2**20)
-    match = re.search(r"^MemTotal:\s*(\d+) kB", _read("/proc/meminfo") or "", re.M)
+    match = re.search(r"^MemTotal:\s*(\d+) kB", read_file("/proc/meminfo") or "", re.M)
     if match:
         return int(match.group(1)) // 1024
     if platform.system() == "Darwin":
