@@ -11,7 +11,15 @@ from rich.console import Console
 from rich.markup import escape
 
 from qubix_cli.errors import QubixError
-from qubix_cli.installer.render import OS_CHOICES, OSES, render, this_os
+from qubix_cli.installer.render import (
+    OS_CHOICES,
+    OSES,
+    normalize_os,
+    render,
+    this_os,
+    validate_server_url,
+)
+from qubix_cli.qubic import validate_identity
 
 OS_METAVAR = "<linux|macos|windows>"
 
@@ -64,9 +72,11 @@ def build(
     """Write the installer; print its path, its SHA-256 and how to run it."""
     if os_arg and os_name and os_arg != os_name:
         raise typer.BadParameter(f"give the OS once: {os_arg!r} and --os {os_name!r} differ")
-    target = os_arg or os_name or this_os()
-    render(target, server, qubic_address)  # refuses a bad URL, OS or address before any request
-    built = render(target, server, qubic_address, _update_key(server))
+    target = normalize_os(os_arg or os_name or this_os())
+    url = validate_server_url(server)  # a bad URL is refused before any request to it
+    if qubic_address:
+        validate_identity(qubic_address)
+    built = render(target, url, qubic_address, _update_key(url))
     path = output or Path(built.filename)
     try:
         path.write_bytes(built.content)
