@@ -141,6 +141,15 @@ def serve(
             "this often (a worker without a record: always).",
         ),
     ] = 0.05,
+    preempt_share: Annotated[
+        float,
+        typer.Option(
+            min=0,
+            max=1,
+            help="A worker's hand-backs (its preferences stopped a job) past this share of "
+            "the jobs it was given count as failures in its record.",
+        ),
+    ] = 0.2,
     max_price: Annotated[
         float,
         typer.Option(
@@ -229,6 +238,7 @@ def serve(
         canaries=canaries,
         secrets_min_reputation=secrets_min_reputation,
         replication_floor=replication_floor,
+        preempt_share=preempt_share,
         max_price_per_hour=max_price,
         metrics_public=metrics_public,
         update_rollout=update_rollout,

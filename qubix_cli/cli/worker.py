@@ -31,3 +31,4 @@ _command("run", "Register with the server, heartbeat, and run jobs until stopped
 _command("deregister", "Remove this worker's record from its server, with its own token.")
 _command("pause", "Take no new jobs until resumed (or for a while), on the running worker.")
 _command("resume", "Take jobs again after `qubix worker pause`.")
+_command("preferences", "Show or set when the worker may work; the running worker applies them.")

@@ -90,6 +90,15 @@ def within_price(provider: Doc, job: Doc) -> bool:
     return most is None or bool((provider.get("pricePerHour") or 0.0) <= most)
 
 
+PREEMPTIONS_BEFORE_STEADY = 2  # hand-backs after which a job waits for a steady worker
+
+
+def steady_if_handed_back(provider: Doc, job: Doc) -> bool:
+    """A job handed back twice goes only to workers that do not work only while their
+    computer is idle: the likeliest to hand it back a third time."""
+    return job.get("preemptions", 0) < PREEMPTIONS_BEFORE_STEADY or not provider.get("idleOnly")
+
+
 def not_pinned_elsewhere(provider: Doc, job: Doc) -> bool:
     return not job.get("providerId") or job["providerId"] == provider["workerId"]
 
@@ -140,6 +149,11 @@ ELIGIBLE: tuple[Rule, ...] = (
         within_price,
         "allow a lower price per hour than it asks",
         "ask at most its maxPricePerHour",
+    ),
+    Rule(
+        steady_if_handed_back,
+        "were handed back twice and wait for a worker that is not idle-only",
+        "do not work only while their computer is idle",
     ),
     Rule(not_pinned_elsewhere, "are pinned to other workers", "are the worker it is pinned to"),
 )

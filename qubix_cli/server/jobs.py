@@ -459,7 +459,8 @@ class JobQueue:
             tx.put("providers", {**record, trust.TRUST: trust.after_lost_canary(before)})
             event = {**entry, "event": "preempted", "reason": reason}
             return await self._finish(tx, job, "failed", event, [], result={"error": reason})
-        tx.put("providers", {**record, trust.TRUST: trust.after_job(before, "preempted")})
+        share = self.registry.settings.preempt_share
+        tx.put("providers", {**record, trust.TRUST: trust.after_preemption(before, share)})
         preemptions = job.get("preemptions", 0) + 1
         event = {**entry, "event": "preempted", "reason": reason}
         return self._change(tx, job, "queued", event, preemptions=preemptions)

@@ -127,6 +127,10 @@ class Register(Body):
         default="none", description="How renters' code runs there: `none` means as its user."
     )
     networkJobs: bool = Field(default=False, description="Gives the network to jobs that ask.")
+    idleOnly: bool = Field(
+        default=False,
+        description="Works only while nobody uses its computer (hands jobs back otherwise).",
+    )
     concurrency: int = Field(
         default=1, ge=1, le=16, description="How many jobs it runs at once (one per GPU)."
     )

@@ -181,9 +181,21 @@ def after_canary(trust: Doc, passed: bool, claim_now: str | None, now: float) ->
 
 
 def after_job(trust: Doc, outcome: str) -> Doc:
-    """A renter's job ended: `completed`, `failed`, `lost` or `preempted` (handed back by
-    the worker's own preferences: counted, not a failure)."""
+    """A renter's job ended: `completed`, `failed` or `lost`."""
     trust = {**trust, outcome: trust[outcome] + 1}
+    trust["reputation"] = reputation(trust)
+    return trust
+
+
+def after_preemption(trust: Doc, share: float) -> Doc:
+    """A renter's job handed back because of the worker's own preferences (the user came
+    back, the battery took over): counted, not a failure, while its hand-backs stay within
+    `share` of the jobs it was given (the first is always free); past it each one counts
+    as failed too, so handing back cannot be used to dodge work."""
+    trust = {**trust, "preempted": trust["preempted"] + 1}
+    given = trust["completed"] + trust["failed"] + trust["lost"] + trust["preempted"]
+    if trust["preempted"] > max(1.0, share * given):
+        trust["failed"] += 1
     trust["reputation"] = reputation(trust)
     return trust
 

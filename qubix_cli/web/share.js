@@ -175,6 +175,17 @@ function runCommand(os, file) {
   return `In a terminal: sh ~/Downloads/${file}`;
 }
 
+// When the worker may work: the provider's preferences (docs/worker.md).
+function preferencesHint(os, file) {
+  if (os === "windows") {
+    return "To choose when it may work (a schedule, only when the computer is idle, not on battery, a GPU temperature ceiling): "
+      + "%USERPROFILE%\\.qubix\\venv\\Scripts\\python.exe %USERPROFILE%\\.qubix\\qubix_worker.pyz preferences --help";
+  }
+  return `To choose when it may work, add preferences, for example: sh ~/Downloads/${file} `
+    + "--schedule 'mon-fri 18:00-08:00; sat,sun 00:00-24:00' --idle-only 10 --not-on-battery --max-gpu-temp 85 "
+    + "(later: ~/.qubix/venv/bin/python ~/.qubix/qubix_worker.pyz preferences --help).";
+}
+
 async function sha256(blob, answer) {
   if (!crypto.subtle) return answer.headers.get("X-Checksum-Sha256");
   const digest = await crypto.subtle.digest("SHA-256", await blob.arrayBuffer());
@@ -203,7 +214,7 @@ async function installNative() {
   link.click();
   link.remove();
   show("", `Installer downloaded! Please run ${file}`, element("pre", runCommand(os, file)),
-    element("p", `SHA-256: ${await sha256(blob, answer)}`));
+    element("p", `SHA-256: ${await sha256(blob, answer)}`), element("p", preferencesHint(os, file)));
   await followRegistration();
 }
 

@@ -11,7 +11,7 @@ import os
 import sys
 import time
 
-from qubix_cli.worker import AGENT_VERSION, hardware, state
+from qubix_cli.worker import AGENT_VERSION, guest, hardware, state
 from qubix_cli.worker.agent import Agent, Config, Fatal, log, setup_logging
 from qubix_cli.worker.client import Client, Transient, message
 from qubix_cli.worker.jobs import Policy
@@ -145,6 +145,16 @@ def parser(prog: str = "qubix_worker") -> argparse.ArgumentParser:
         help="Remove this worker from its server (what --uninstall does first).",
         formatter_class=_Help,
     )
+    prefs = commands.add_parser(
+        "preferences",
+        help="Show or set when the worker may work (the running one applies them).",
+        description="Show the preferences kept in preferences.json in this state dir "
+        "($QUBIX_HOME, else ~/.qubix), or change the ones given; the running worker applies "
+        "them within 10 s (--max-gpus and --max-cpu-percent when it starts).",
+        formatter_class=_Help,
+    )
+    prefs.add_argument("--reset", action="store_true", help="Forget all preferences first.")
+    preference_options(prefs)
     run = commands.add_parser(
         "run",
         help="Register and run jobs until stopped.",
@@ -194,41 +204,53 @@ def parser(prog: str = "qubix_worker") -> argparse.ArgumentParser:
         "--update-trial", metavar="FILE", help=argparse.SUPPRESS
     )  # an update on trial: register, heartbeat, write FILE, exit (worker/update.py)
     run.add_argument("--update-failed", metavar="VERSION", help=argparse.SUPPRESS)
-    run.add_argument(
+    preference_options(run)
+    run.add_argument("--burst", action="store_true", help="Run what is queued, then exit.")
+    run.add_argument("--max-jobs", type=_positive, help="Exit after this many jobs.")
+    return parser
+
+
+def preference_options(parser: argparse.ArgumentParser) -> None:
+    """The provider's preferences (worker/guest.py), which `run` and `preferences` take."""
+    parser.add_argument(
         "--schedule",
         help="When it may work, e.g. 'mon-fri 18:00-08:00; sat,sun 00:00-24:00' (local time; "
         "kept in preferences.json in its state dir; '' for any time).",
     )
-    run.add_argument(
+    parser.add_argument(
         "--not-on-battery",
         action="store_true",
         default=None,
         help="Take no work while the machine runs on battery (kept in preferences.json).",
     )
-    run.add_argument(
+    parser.add_argument(
         "--idle-only",
         type=int,
         metavar="MINUTES",
         help="Take work only when nobody has used the computer for this many minutes; the "
         "jobs are handed back when someone does (0: any time; kept in preferences.json).",
     )
-    run.add_argument(
+    parser.add_argument(
         "--max-gpus",
         type=int,
         metavar="N",
         help="Offer only the first N GPUs; the provider keeps the others (kept in "
         "preferences.json; read at start).",
     )
-    run.add_argument(
+    parser.add_argument(
         "--max-gpu-temp",
         type=int,
         metavar="CELSIUS",
         help="Take no work while a GPU is at least this hot; again 5 degrees below "
         "(kept in preferences.json).",
     )
-    run.add_argument("--burst", action="store_true", help="Run what is queued, then exit.")
-    run.add_argument("--max-jobs", type=_positive, help="Exit after this many jobs.")
-    return parser
+    parser.add_argument(
+        "--max-cpu-percent",
+        type=int,
+        metavar="PERCENT",
+        help="Let jobs use at most this share of the CPU threads (on Linux they are held to "
+        "that many CPUs; kept in preferences.json; read at start).",
+    )
 
 
 def _env_option(parser: argparse.ArgumentParser, flag: str, env: str, text: str) -> None:
@@ -290,22 +312,17 @@ def deregister(state_dir: str) -> int:
     return 1
 
 
-def main(argv: list[str] | None = None, prog: str = "qubix_worker") -> int:
-    args = parser(prog).parse_args(argv)
-    if args.command == "id":
-        print(state.default_worker_id(state.home()))
-        return 0
-    if args.command == "check-address":
-        problem = address_problem(args.address)
+def provider_command(args: argparse.Namespace) -> int:
+    """`pause`, `resume` and `preferences`: what the provider tells the worker running on
+    this machine, through its state dir."""
+    if args.command == "preferences":
+        problem = save_preferences(args, keep=not args.reset)
         if problem:
             print(f"qubix: error: {problem}", file=sys.stderr)
             return 2
+        print(json.dumps(guest.load(state.home()), indent=2, sort_keys=True))
         return 0
-    if args.command == "wait-online":
-        return wait_online(state.home(), args.server, args.since, args.timeout)
-    if args.command == "deregister":
-        return deregister(state.home())
-    if args.command in ("pause", "resume") and state.load_credentials(state.home()) is None:
+    if state.load_credentials(state.home()) is None:
         print(
             f"qubix: error: no worker has registered from {state.home()}: set QUBIX_HOME to "
             "the state dir of the worker to pause or resume",
@@ -322,10 +339,28 @@ def main(argv: list[str] | None = None, prog: str = "qubix_worker") -> int:
             "and takes no new ones"
         )
         return 0
-    if args.command == "resume":
-        was = state.resume(state.home())
-        print("qubix: resumed: the worker takes jobs again" if was else "qubix: it was not paused")
+    was = state.resume(state.home())
+    print("qubix: resumed: the worker takes jobs again" if was else "qubix: it was not paused")
+    return 0
+
+
+def main(argv: list[str] | None = None, prog: str = "qubix_worker") -> int:
+    args = parser(prog).parse_args(argv)
+    if args.command == "id":
+        print(state.default_worker_id(state.home()))
         return 0
+    if args.command == "check-address":
+        problem = address_problem(args.address)
+        if problem:
+            print(f"qubix: error: {problem}", file=sys.stderr)
+            return 2
+        return 0
+    if args.command == "wait-online":
+        return wait_online(state.home(), args.server, args.since, args.timeout)
+    if args.command == "deregister":
+        return deregister(state.home())
+    if args.command in ("pause", "resume", "preferences"):
+        return provider_command(args)
     if args.command == "update-trial":
         from qubix_cli.worker import update
 
@@ -361,20 +396,20 @@ def main(argv: list[str] | None = None, prog: str = "qubix_worker") -> int:
     return run_worker(config)
 
 
-def save_preferences(args: argparse.Namespace) -> str | None:
+def save_preferences(args: argparse.Namespace, keep: bool = True) -> str | None:
     """Write the preferences given as options into preferences.json (the others stay as
-    they are); what is wrong with them, if anything."""
-    from qubix_cli.worker import guest
-
+    they are, unless not `keep`); what is wrong with them, if anything (then nothing is
+    written)."""
     given = {
         "schedule": args.schedule,
         "notOnBattery": args.not_on_battery,
         "idleMinutes": args.idle_only,
         "maxGpus": args.max_gpus,
         "maxGpuTempC": args.max_gpu_temp,
+        "maxCpuPercent": args.max_cpu_percent,
     }
     changes = {k: v for k, v in given.items() if v is not None}
-    if not changes:
+    if not changes and keep:
         return None
     try:
         guest.parse_schedule(changes.get("schedule") or "")
@@ -383,8 +418,10 @@ def save_preferences(args: argparse.Namespace) -> str | None:
     for option, key in (("--max-gpus", "maxGpus"), ("--idle-only", "idleMinutes")):
         if changes.get(key, 0) < 0:
             return f"{option} must be 0 or more"
+    if not 1 <= changes.get("maxCpuPercent", 100) <= 100:
+        return "--max-cpu-percent must be between 1 and 100"
     home = state.home()
-    guest.save(home, {**guest.load(home), **changes})
+    guest.save(home, {**(guest.load(home) if keep else {}), **changes})
     return None
 
 

@@ -63,10 +63,17 @@ class Agent:
         self.home = state.home()
         self.worker_id = config.worker_id or state.default_worker_id(self.home)
         self.report = report or hardware.detect()
-        most = guest.load(self.home).get("maxGpus")
+        prefs = guest.load(self.home)
+        most = prefs.get("maxGpus")
         if isinstance(most, int) and 0 <= most < len(self.report["gpus"]):
             # the provider keeps the others for itself: they are neither offered nor used
             self.report = {**self.report, "gpus": self.report["gpus"][:most]}
+        cpu = self.report["cpu"]
+        self.cpu_threads = guest.cpu_threads(prefs, int(cpu.get("threads") or 1))
+        if self.cpu_threads is not None:  # offered as what jobs may use
+            limited = {"threads": self.cpu_threads, "cores": min(cpu["cores"], self.cpu_threads)}
+            self.report = {**self.report, "cpu": {**cpu, **limited}}
+        self.idle_only = bool(prefs.get("idleMinutes"))  # as registered
         self.api = Client(config.server)  # main thread: register, reports
         self.beats = Client(config.server)  # heartbeat thread
         self.poller = Client(config.server, timeout_s=90)  # job long-poll thread
@@ -146,6 +153,8 @@ class Agent:
         }
         if self.config.update_failed:
             body["updateFailed"] = self.config.update_failed
+        if self.idle_only:
+            body["idleOnly"] = True
         for key, value in (
             ("name", self.config.name),
             ("location", self.config.location),
@@ -236,6 +245,7 @@ class Agent:
             "POST", f"/api/providers/{self.worker_id}/heartbeat", body
         )
         if status == 404:
+            log.warning("the server no longer knows this worker; registering again")
             self.lost = True  # the main loop registers again
             return
         if status == 426:
@@ -300,7 +310,6 @@ class Agent:
                 continue
             try:
                 if self.lost:
-                    log.warning("the server no longer knows this worker; registering again")
                     self.lost = False
                     if not self.register():
                         return
@@ -355,6 +364,10 @@ class Agent:
             return self.rest_reason is not None
         self.rest_checked = now
         prefs = guest.load(self.home)
+        if bool(prefs.get("idleMinutes")) != self.idle_only:
+            self.idle_only = not self.idle_only
+            log.info("idle-only is now %s: registering again to say so", self.idle_only)
+            self.lost = True  # the main loop registers again
         if not prefs:
             self.rest_reason = None
             return False
@@ -536,6 +549,7 @@ class Agent:
             attempt=attempt,
             networks=networks,
             envs=self.envs,
+            cpu_threads=self.cpu_threads,
         )
         outcome: jobs.Outcome = (
             "failed",

@@ -2,8 +2,9 @@
 
 The provider's preferences (`preferences.json` in the state dir, or `worker run` options,
 which are written there) say: a weekly schedule of hours when it may work, not while the
-machine runs on battery, and not while a GPU is hotter than a ceiling (it resumes below the
-ceiling less a margin). `reason_to_rest` names the first one that says no, in the words the
+machine runs on battery, not while someone uses the computer, not while a GPU is hotter
+than a ceiling (it resumes below the ceiling less a margin), and at most so many GPUs and
+CPU threads. `reason_to_rest` names the first one that says no, in the words the
 marketplace shows ("on battery"); the agent then pauses as for `qubix worker pause
 --hand-back`. What the machine says is read by one small function per source, whose root
 tests point at fakes (`QUBIX_POWER_SUPPLY_DIR`).
@@ -227,6 +228,15 @@ def reason_to_rest(
         if temp_c >= ceiling or (hot and temp_c > ceiling - HOT_MARGIN_C):
             return f"GPU at {temp_c:g} °C, its ceiling is {ceiling} °C"
     return None
+
+
+def cpu_threads(prefs: dict[str, Any], threads: int) -> int | None:
+    """How many of the machine's CPU threads jobs may use (`maxCpuPercent` of them, at
+    least one), or None without a limit."""
+    percent = prefs.get("maxCpuPercent")
+    if not isinstance(percent, int) or not 0 < percent < 100:
+        return None
+    return max(1, threads * percent // 100)
 
 
 def load(state_dir: str) -> dict[str, Any]:

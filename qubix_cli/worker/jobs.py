@@ -77,6 +77,7 @@ class Run:
     attempt: int = 1
     networks: list[str] = field(default_factory=list)  # where URL inputs may be besides
     envs: Envs | None = None  # the cache of `python` jobs' environments
+    cpu_threads: int | None = None  # the provider's limit on the CPU threads jobs use
 
 
 def capabilities(policy: Policy) -> list[str]:
@@ -269,10 +270,11 @@ def run_program(run: Run, program: Program) -> Outcome:
             "QUBIX_INPUT": os.path.join(seen, "input"),
             "QUBIX_OUTPUT": os.path.join(seen, "output"),
             **sandbox.visible_devices(run.gpus, run.assigned),
+            **thread_limits(run.cpu_threads),
         }
         argv, env = _command_line(run, argv, extra, binds, workdir, boxed)
         try:
-            proc = _spawn(argv, workdir, env, run.memory_mb)
+            proc = _spawn(argv, workdir, env, run.memory_mb, run.cpu_threads)
         except OSError as exc:
             return "failed", {"error": f"cannot start {argv[0]!r}: {exc}"}, {}
         logs = LogStream(_log_sender(run)) if run.api is not None else None
@@ -340,7 +342,25 @@ def _command_line(
     return wrapped, sandbox_environment(extra)
 
 
-def _spawn(argv: list[str], cwd: str, env: dict[str, str], memory_mb: int | None) -> Any:
+THREAD_VARIABLES = (
+    "OMP_NUM_THREADS",
+    "OPENBLAS_NUM_THREADS",
+    "MKL_NUM_THREADS",
+    "NUMEXPR_MAX_THREADS",
+)
+
+
+def thread_limits(cpu_threads: int | None) -> dict[str, str]:
+    """What tells the usual thread pools (OpenMP, BLAS, NumPy's) to use no more threads
+    than the provider allows."""
+    return {name: str(cpu_threads) for name in THREAD_VARIABLES} if cpu_threads else {}
+
+
+def _spawn(
+    argv: list[str], cwd: str, env: dict[str, str], memory_mb: int | None, cpu_threads: int | None
+) -> Any:
+    """Start a job's program below the owner's work: at low priority, without core dumps,
+    within its memory, and (Linux) on only as many CPUs as the provider allows."""
     options: dict[str, Any] = {
         "cwd": cwd,
         "env": env,
@@ -354,8 +374,14 @@ def _spawn(argv: list[str], cwd: str, env: dict[str, str], memory_mb: int | None
         )
         return subprocess.Popen(argv, **options)
 
+    cpus: set[int] = set()
+    if cpu_threads and hasattr(os, "sched_getaffinity"):
+        cpus = set(sorted(os.sched_getaffinity(0))[:cpu_threads])
+
     def limits() -> None:  # in the child, before exec: plain system calls only
         os.nice(10)  # below the owner's own work
+        if cpus:
+            os.sched_setaffinity(0, cpus)
         resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
         if memory_mb:
             size = memory_mb * 2**20

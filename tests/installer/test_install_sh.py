@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -121,14 +122,25 @@ def test_install_run_a_job_upgrade_and_uninstall(server: ServerProcess, tmp_path
 
         (old,) = worker_processes(home)
         pretend_older(qubix / "qubix_worker.pyz", "0.0.9")
-        second = run_installer(script, home, address_env=ADDRESS)  # upgrade in place
+        night = "mon-sun 20:00-08:00"  # upgrade in place, with the provider's preferences
+        prefs = ("--schedule", night, "--not-on-battery", "--idle-only", "10")
+        second = run_installer(script, home, *prefs, "--max-cpu-percent", "50", address_env=ADDRESS)
         assert second.returncode == 0, second.stdout + second.stderr
+        kept = json.loads((qubix / "preferences.json").read_text())
+        assert kept == {
+            "schedule": night,
+            "notOnBattery": True,
+            "idleMinutes": 10,
+            "maxCpuPercent": 50,
+        }
+        assert "preferences: " in second.stdout
         assert f"upgrading the worker from 0.0.9 to {__version__}" in second.stdout
         assert "stopped the old worker" in second.stdout
         assert "creating a virtual environment" not in second.stdout
         assert "bubblewrap" not in second.stdout  # it is there now
         providers = httpx.get(server.url + "/api/providers").json()["providers"]
         assert [p["workerId"] for p in providers] == [worker_id]
+        assert providers[0]["idleOnly"] is True
         assert providers[0]["sandbox"] == "bubblewrap" and "command" in providers[0]["capabilities"]
         (new,) = worker_processes(home)
         assert new.pid != old.pid and not old.is_running()
@@ -231,3 +243,13 @@ def test_the_installer_stops_waiting_when_the_worker_stops(tmp_path: Path) -> No
         server.stop()
         for proc in worker_processes(tmp_path / "home"):
             proc.kill()
+
+
+def test_a_wrong_preference_is_refused_before_anything_is_installed(tmp_path: Path) -> None:
+    script = tmp_path / "qubix-installer-linux.sh"
+    script.write_bytes(render("linux", "http://127.0.0.1:9", ADDRESS).content)
+    for wrong in (["--schedule", "weekdays 9-5"], ["--max-cpu-percent", "0"], ["--colour"]):
+        result = run_installer(script, tmp_path, *wrong)
+        assert result.returncode != 0, result.stdout + result.stderr
+        assert wrong[0] in result.stderr  # the worker's own message names the option
+        assert not (tmp_path / ".qubix").exists()  # nothing installed

@@ -340,3 +340,41 @@ def test_a_worker_that_found_an_engine_but_ran_without_one_is_a_mismatch(
         "/api/providers/quick-register", json={**_body(), "workerId": "w9", "gpuEngine": "tpu"}
     )
     assert bad.status_code == 422
+
+
+def test_hand_backs_past_the_operators_share_count_as_failures() -> None:
+    record = trust.new_trust()
+    record = trust.after_preemption(record, 0.2)  # the first is free
+    assert (record["preempted"], record["failed"]) == (1, 0)
+    for _ in range(8):
+        record = trust.after_job(record, "completed")
+    record = trust.after_preemption(record, 0.2)  # 2 of 10 given: within the share
+    assert (record["preempted"], record["failed"]) == (2, 0)
+    record = trust.after_preemption(record, 0.2)  # 3 of 11: past it
+    assert (record["preempted"], record["failed"]) == (3, 1)
+    assert record["reputation"] < trust.after_job(record, "completed")["reputation"]
+
+
+def test_a_job_handed_back_twice_waits_for_a_worker_that_is_not_idle_only(
+    make_client: Any,
+) -> None:
+    client = make_client(canaries=False, preempt_share=1.0)
+    idle = register(client, "idle-1", capabilities=["sleep"], idleOnly=True)
+    steady = register(client, "steady-1", capabilities=["sleep"])
+    assert client.get("/api/providers/idle-1").json()["provider"]["idleOnly"] is True
+    job = submit(client)
+    for _ in range(2):
+        leased = lease(client, "idle-1", idle)
+        assert leased is not None and leased["job"]["id"] == job["id"]
+        handed = {"status": "preempted", "result": {"reason": "the computer is in use"}}
+        assert (
+            report(client, job["id"], idle, leased["job"]["attempt"], **handed).status_code == 200
+        )
+    shown = client.get(f"/api/jobs/{job['id']}", headers=KEY).json()["job"]
+    assert shown["status"] == "queued" and shown["preemptions"] == 2
+    assert lease(client, "idle-1", idle) is None  # a third hand-back is likely: not to it
+    why = client.get("/api/providers/idle-1/diagnosis", headers=auth(idle)).json()
+    assert any("not idle-only" in reason for reason in why["reasons"]), why
+    leased = lease(client, "steady-1", steady)
+    assert leased is not None and leased["job"]["id"] == job["id"]
+    assert provider_trust(client, "idle-1")["failed"] == 0  # within the share: no failure

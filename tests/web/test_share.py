@@ -101,6 +101,8 @@ def test_native_path_downloads_the_installer_and_follows_the_worker(
         f"Installer downloaded! Please run {download.suggested_filename}"
     )
     expect(status).to_contain_text(f"SHA-256: {hashlib.sha256(content).hexdigest()}")
+    expect(status).to_contain_text("To choose when it may work")
+    expect(status).to_contain_text("preferences --help")
     expect(page.locator("#progress-text")).to_contain_text("Waiting for the worker")
     screenshot(page, tmp_path, f"native-waiting-{os_name}")
     body = register_body(f"native-{os_name}")

@@ -4,6 +4,7 @@ that hands its job back and pauses when the machine goes on battery."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import time
@@ -142,6 +143,10 @@ def test_a_worker_that_works_only_when_idle_hands_back_when_someone_comes(
     wait_for(lambda: shown().get("pausedReason") == "the computer is in use", timeout=15)
     state.write_text(LOGINCTL_IDLE.format(int((time.time() - 120) * 1e6)))  # away again
     wait_for(lambda: job(server, job_id)["status"] == "assigned", timeout=30)
+    assert shown()["idleOnly"] is True  # declared: a job handed back twice goes elsewhere
+    prefs = worker.home / "preferences.json"
+    prefs.write_text(json.dumps({**json.loads(prefs.read_text()), "idleMinutes": 0}))
+    wait_for(lambda: shown().get("idleOnly") is False, timeout=30)  # said again, no restart
     httpx.post(f"{server.url}/api/jobs/{job_id}/cancel", headers=KEY)
     worker.signal(signal.SIGTERM)
 
@@ -153,3 +158,22 @@ def test_max_gpus_offers_only_the_first_ones(
     shown = lambda: httpx.get(f"{server.url}/api/providers/w1").json().get("provider") or {}  # noqa: E731
     wait_for(lambda: shown().get("status") == "online")
     assert len(shown()["gpus"]) == 1 and shown()["concurrency"] == 1
+
+
+def test_max_cpu_percent_holds_jobs_to_that_share_of_the_cpus(
+    server: ServerProcess, workers: Callable[..., Worker]
+) -> None:
+    threads = os.cpu_count() or 1
+    allowed = max(1, threads * 50 // 100)
+    workers("w1", "--max-cpu-percent", "50")
+    shown = lambda: httpx.get(f"{server.url}/api/providers/w1").json().get("provider") or {}  # noqa: E731
+    wait_for(lambda: shown().get("status") == "online")
+    assert shown()["cpu"]["threads"] == allowed  # offered as what jobs may use
+    script = (
+        'python3 -c "import os; print(len(os.sched_getaffinity(0)))"; echo "omp=$OMP_NUM_THREADS"'
+    )
+    job_id = submit(server, type="command", payload={"argv": ["/bin/sh", "-c", script]})
+    done = wait_for(lambda: (j := job(server, job_id))["status"] == "completed" and j)
+    out = done["result"]["stdoutTail"].split()
+    assert out == [str(allowed), f"omp={allowed}"], done["result"]
+    assert threads == 1 or allowed < threads

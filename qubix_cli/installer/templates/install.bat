@@ -5,6 +5,10 @@ rem   @FILENAME@              install or upgrade, then start the worker
 rem   @FILENAME@ --service    the same, and start it at every logon (Scheduled Task)
 rem   @FILENAME@ --uninstall  stop the worker and remove what this installer made
 rem
+rem When it may work (a schedule, only when idle, not on battery, a GPU temperature
+rem ceiling, at most N GPUs or a share of the CPUs), after installing:
+rem   %USERPROFILE%\.qubix\venv\Scripts\python.exe %USERPROFILE%\.qubix\qubix_worker.pyz preferences --help
+rem
 rem The worker (qubix_worker.pyz) is embedded at the end in base64; its SHA-256 is
 rem checked before anything runs.
 setlocal EnableExtensions EnableDelayedExpansion
@@ -145,6 +149,7 @@ if errorlevel 1 (
   exit /b 1
 )
 echo qubix: worker !WORKER_ID! is online at %QUBIX_SERVER%
+echo qubix: to choose when it may work: "%VENV_PY%" "%QUBIX_DIR%\qubix_worker.pyz" preferences --help
 exit /b 0
 
 :find_python

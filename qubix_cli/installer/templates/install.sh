@@ -5,6 +5,11 @@
 #   sh @FILENAME@ --service    the same, started by systemd (Linux) or launchd (macOS)
 #   sh @FILENAME@ --uninstall  stop the worker and remove what this installer made
 #
+# When it may work (kept in ~/.qubix/preferences.json; change them later with
+# qubix_worker.pyz preferences): --schedule 'mon-fri 18:00-08:00; sat,sun 00:00-24:00',
+# --idle-only MINUTES, --not-on-battery, --max-gpu-temp CELSIUS, --max-gpus N,
+# --max-cpu-percent PERCENT.
+#
 # The worker (qubix_worker.pyz) is embedded below the marker line at the end, in base64;
 # its SHA-256 is checked before anything runs.
 set -eu
@@ -22,12 +27,14 @@ PLIST="$HOME/Library/LaunchAgents/com.qubix.worker.plist"
 say() { printf 'qubix: %s\n' "$*"; }
 fail() { printf 'qubix: error: %s\n' "$*" >&2; exit 1; }
 
+# The preferences stay in "$@" (the worker checks them); the installer's own options go.
 for arg in "$@"; do
+  shift
   case "$arg" in
     --service) SERVICE=1 ;;
     --uninstall) UNINSTALL=1 ;;
-    -h|--help) sed -n '2,9p' "$SCRIPT"; exit 0 ;;
-    *) fail "unknown option: $arg (see --help)" ;;
+    -h|--help) sed -n '2,14p' "$SCRIPT"; exit 0 ;;
+    *) set -- "$@" "$arg" ;;
   esac
 done
 
@@ -89,7 +96,7 @@ uninstall() {
   rm -rf "$QUBIX_DIR/venv" "$QUBIX_DIR/outbox" "$QUBIX_DIR/envs"
   for name in qubix_worker.pyz start_worker.sh stop_worker.sh worker.conf worker.pid \
     worker.out worker.log worker.log.1 worker.log.2 worker.log.3 credentials.json worker-id \
-    stopped; do
+    stopped preferences.json paused.json update-key; do
     rm -f "${QUBIX_DIR:?}/$name"
   done
   rmdir "$QUBIX_DIR" 2>/dev/null || say "kept $QUBIX_DIR: it holds files this installer did not make"
@@ -139,6 +146,12 @@ with open(target, "wb") as f:
     f.write(data)
 PY
 "$PYTHON" "$WORKER_TMP" check-address "$ADDRESS" || exit 1
+if [ "$#" -gt 0 ]; then  # checked before anything is installed; kept once it is
+  PREFS_TMP=$(mktemp -d "${TMPDIR:-/tmp}/qubix-prefs.XXXXXX")
+  trap 'rm -f "$WORKER_TMP"; rm -rf "$PREFS_TMP"' EXIT
+  QUBIX_HOME="$PREFS_TMP" "$PYTHON" "$WORKER_TMP" preferences "$@" >/dev/null ||
+    fail "see the options above (--help lists them)"
+fi
 
 # 2. The sandbox that renters' code runs in on Linux (bubblewrap), installed where it can be
 bwrap_hint() {
@@ -170,6 +183,10 @@ fi
 # 3. A private virtual environment, with psutil if it can be had
 mkdir -p "$QUBIX_DIR"
 chmod 700 "$QUBIX_DIR"
+if [ "$#" -gt 0 ]; then
+  QUBIX_HOME="$QUBIX_DIR" "$PYTHON" "$WORKER_TMP" preferences "$@" >/dev/null
+  say "preferences: $(tr -d '\n' < "$QUBIX_DIR/preferences.json")"
+fi
 VENV_PY="$QUBIX_DIR/venv/bin/python"
 if [ ! -x "$VENV_PY" ]; then
   say "creating a virtual environment in $QUBIX_DIR/venv"
