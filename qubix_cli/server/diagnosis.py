@@ -105,7 +105,7 @@ async def why_queued(registry: Registry, jobs: JobQueue, job: Doc) -> Doc:
         reasons.append("No worker takes work now: it runs when one resumes or comes online.")
     elif not online:
         reasons.append("No worker is online: it runs when one comes online.")
-    left = [{**doc, dispatch.FREE_GPUS: len(doc.get("gpus", []))} for doc in online]
+    left = [{**doc, dispatch.FREE_GPUS: len(trust.hardware_gpus(doc))} for doc in online]
     steps = []
     for rule in dispatch.ELIGIBLE:
         if rule.check is dispatch.gpus_free:

@@ -15,18 +15,45 @@ from typing import Any, NamedTuple
 from qubix_cli.server.providers import best_vram_mb
 from qubix_cli.server.schemas import JOB_TYPES
 from qubix_cli.server.store import Doc
-from qubix_cli.server.trust import ip_mark, trust_of
+from qubix_cli.server.trust import hardware_gpus, ip_mark, trust_of
 
 Step = Callable[[Doc, Doc], bool]
 FREE_GPUS = "freeGpus"  # not stored: what `with_room` adds for one claim
 
 
 def runs_the_type(provider: Doc, job: Doc) -> bool:
-    """The worker runs this job type and has every capability the job asks for."""
+    """The worker runs this job type and has every capability the job asks for (a browser
+    runs only what it lists)."""
     capabilities = set(provider.get("capabilities", []))
-    capabilities |= {name for name, kind in JOB_TYPES.items() if kind.always}
+    if provider.get("type") != "browser":
+        capabilities |= {name for name, kind in JOB_TYPES.items() if kind.always}
     needed = {job["type"], *job["requirements"].get("capabilities", [])}
     return needed <= capabilities
+
+
+def within_webgpu_limits(provider: Doc, job: Doc) -> bool:
+    """A `wgsl` job fits the browser's WebGPU adapter: its workgroups, buffer sizes and
+    number of storage buffers."""
+    if job["type"] != "wgsl":
+        return True
+    limits, payload = provider.get("webgpu"), job["payload"]
+    if not limits:
+        return False
+    buffers = payload["buffers"]
+    return bool(
+        max(payload["workgroups"]) <= limits["maxComputeWorkgroupsPerDimension"]
+        and max(b["sizeBytes"] for b in buffers) <= limits["maxStorageBufferBindingSize"]
+        and len(buffers) <= limits["maxStorageBuffersPerShaderStage"]
+    )
+
+
+def hardware_if_asked(provider: Doc, job: Doc) -> bool:
+    """`requirements.hardwareGpu` (by default, whether the job type is a GPU type): the
+    worker has a GPU that is not a software renderer."""
+    asked = job["requirements"].get("hardwareGpu")
+    if asked is None:
+        asked = JOB_TYPES[job["type"]].gpu
+    return not asked or bool(hardware_gpus(provider))
 
 
 def enough_vram(provider: Doc, job: Doc) -> bool:
@@ -37,11 +64,11 @@ def enough_vram(provider: Doc, job: Doc) -> bool:
 
 def right_vendor(provider: Doc, job: Doc) -> bool:
     vendor = job["requirements"].get("gpuVendor")
-    return not vendor or any(g["vendor"] == vendor for g in provider.get("gpus", []))
+    return not vendor or any(g["vendor"] == vendor for g in hardware_gpus(provider))
 
 
 def enough_gpus(provider: Doc, job: Doc) -> bool:
-    return bool(job["requirements"].get("gpus", 0) <= len(provider.get("gpus", [])))
+    return bool(job["requirements"].get("gpus", 0) <= len(hardware_gpus(provider)))
 
 
 def sandboxed(provider: Doc, job: Doc) -> bool:
@@ -55,7 +82,7 @@ def gives_network(provider: Doc, job: Doc) -> bool:
 def gpus_free(provider: Doc, job: Doc) -> bool:
     """The GPUs it asks for are free now: `FREE_GPUS` is set on the record that a claim
     sees, from the leases the worker holds (a record without it has all its GPUs free)."""
-    free = provider.get(FREE_GPUS, len(provider.get("gpus", [])))
+    free = provider.get(FREE_GPUS, len(hardware_gpus(provider)))
     return bool(job["requirements"].get("gpus", 0) <= free)
 
 
@@ -115,6 +142,16 @@ class Rule(NamedTuple):
 
 ELIGIBLE: tuple[Rule, ...] = (
     Rule(runs_the_type, "are of a type this worker does not run", "accept `{type}` jobs"),
+    Rule(
+        within_webgpu_limits,
+        "are shaders larger than its browser's WebGPU limits allow",
+        "have WebGPU limits it fits",
+    ),
+    Rule(
+        hardware_if_asked,
+        "need a hardware GPU, and it has only a software renderer",
+        "have a hardware GPU",
+    ),
     Rule(enough_vram, "need more VRAM than its best GPU has", "have a GPU with enough VRAM"),
     Rule(right_vendor, "need a GPU of a vendor it does not have", "have a GPU of its vendor"),
     Rule(enough_gpus, "need more GPUs than it has", "have as many GPUs as it needs"),
@@ -196,4 +233,4 @@ def with_room(provider: Doc, held: list[Doc]) -> Doc | None:
     if len(held) >= provider.get("concurrency", 1):
         return None
     used = sum(job["requirements"].get("gpus", 0) for job in held)
-    return {**provider, FREE_GPUS: len(provider.get("gpus", [])) - used}
+    return {**provider, FREE_GPUS: len(hardware_gpus(provider)) - used}

@@ -16,7 +16,7 @@ from qubix_cli.server.http import not_found, token_hash, token_matches
 from qubix_cli.server.schemas import CheckNewQuery, Heartbeat, ProviderListQuery, Register
 from qubix_cli.server.settings import Settings
 from qubix_cli.server.store import Doc, Store, Transaction
-from qubix_cli.server.trust import TRUST, trust_of
+from qubix_cli.server.trust import TRUST, hardware_gpus, trust_of
 from qubix_cli.worker import AGENT_VERSION
 from qubix_cli.worker.update import older
 
@@ -306,7 +306,7 @@ def _job_ids(live: Doc) -> list[str]:
 
 
 def best_vram_mb(provider: Doc) -> int:
-    return max((g["vramMb"] for g in provider.get("gpus", [])), default=0)
+    return max((g["vramMb"] for g in hardware_gpus(provider)), default=0)
 
 
 def _matches_filter(doc: Doc, query: CheckNewQuery) -> bool:

@@ -3,6 +3,8 @@ document is generated from both), and the one spelling of each list the API uses
 
 from __future__ import annotations
 
+import base64
+import binascii
 import math
 import re
 from dataclasses import dataclass
@@ -88,6 +90,20 @@ class Gpu(Body):
     uuid: str | None = Text(128, default=None)
     busId: str | None = Text(64, default=None)
     sharedMemory: bool = False
+    software: bool = Field(
+        default=False,
+        description="A software renderer (SwiftShader, llvmpipe): listed, never counted as a GPU.",
+    )
+
+
+class WebGpuLimits(Body):
+    """What a browser's WebGPU adapter allows (its `limits`): what a `wgsl` job must fit."""
+
+    maxBufferSize: int = Field(ge=0, le=2**53)
+    maxStorageBufferBindingSize: int = Field(ge=0, le=2**53)
+    maxComputeWorkgroupsPerDimension: int = Field(ge=0, le=2**32)
+    maxComputeInvocationsPerWorkgroup: int = Field(ge=0, le=2**32)
+    maxStorageBuffersPerShaderStage: int = Field(ge=0, le=1024)
 
 
 class Cpu(Body):
@@ -136,6 +152,9 @@ class Register(Body):
     )
     gpuEngine: Literal["cuda", "torch", "none"] = Field(
         default="none", description="The GPU engine it found when it started (docs/trust.md)."
+    )
+    webgpu: WebGpuLimits | None = Field(
+        default=None, description="A browser's WebGPU limits (browser providers that compute)."
     )
     agentVersion: str = Text(32, 1)
     updateFailed: str | None = Field(
@@ -225,6 +244,11 @@ class Requirements(Body):
     network: bool = Field(default=False, description="It needs the network (off by default).")
     maxPricePerHour: float | None = Field(
         default=None, ge=0, le=1_000_000, description="Only workers that ask at most this."
+    )
+    hardwareGpu: bool | None = Field(
+        default=None,
+        description="Only workers with a hardware GPU, not a software renderer (default: "
+        "true for GPU job types such as wgsl).",
     )
 
 
@@ -316,10 +340,59 @@ class MatmulPayload(Body):
     n: int = Field(ge=8, le=4096)
 
 
+WGSL_MAX_BUFFER_BYTES = 256 * 2**20  # one buffer of a `wgsl` job
+WGSL_MAX_DATA_BYTES = 512 * 1024  # its inputs together, and its outputs (base64 in a result)
+
+
+class WgslBuffer(Body):
+    """A storage buffer of bind group 0: zeroed, or filled from `input`; read back when
+    `output`."""
+
+    binding: int = Field(ge=0, le=15)
+    sizeBytes: int = Field(ge=4, le=WGSL_MAX_BUFFER_BYTES, multiple_of=4)
+    input: str | None = Field(
+        default=None, max_length=WGSL_MAX_DATA_BYTES * 4 // 3 + 4, description="Base64."
+    )
+    output: bool = False
+
+    def input_bytes(self) -> int:
+        if self.input is None:
+            return 0
+        try:
+            return len(base64.b64decode(self.input, validate=True))
+        except binascii.Error:
+            raise ValueError(f"binding {self.binding}: input is not base64") from None
+
+
+class WgslPayload(Body):
+    """A renter's WebGPU compute shader, run in a browser: one dispatch of `workgroups` over
+    storage buffers in bind group 0; the result holds the output buffers, base64."""
+
+    shader: str = Field(min_length=1, max_length=64 * 1024, description="WGSL source.")
+    entryPoint: str = Field(default="main", pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
+    workgroups: list[Annotated[int, Field(ge=1, le=65_535)]] = Field(min_length=1, max_length=3)
+    buffers: list[WgslBuffer] = Field(min_length=1, max_length=8)
+
+    @model_validator(mode="after")
+    def _fits(self) -> WgslPayload:
+        bindings = [b.binding for b in self.buffers]
+        if len(set(bindings)) != len(bindings):
+            raise ValueError("two buffers have the same binding")
+        for buffer in self.buffers:
+            if buffer.input_bytes() > buffer.sizeBytes:
+                raise ValueError(f"binding {buffer.binding}: input is larger than sizeBytes")
+        if sum(b.input_bytes() for b in self.buffers) > WGSL_MAX_DATA_BYTES:
+            raise ValueError(f"the inputs are over {WGSL_MAX_DATA_BYTES} bytes together")
+        if sum(b.sizeBytes for b in self.buffers if b.output) > WGSL_MAX_DATA_BYTES:
+            raise ValueError(f"the output buffers are over {WGSL_MAX_DATA_BYTES} bytes together")
+        return self
+
+
 @dataclass(frozen=True)
 class JobType:
     payload: type[Body]  # the schema of its `payload`
-    always: bool  # every worker runs it; otherwise only workers that list it in capabilities
+    always: bool  # every native worker runs it; otherwise only workers that list it
+    gpu: bool = False  # needs a hardware GPU unless the renter says otherwise (hardwareGpu)
 
 
 # The job types: the worker's runners for them are in worker/jobs.py (`RUNNERS`).
@@ -329,6 +402,7 @@ JOB_TYPES: dict[str, JobType] = {
     "command": JobType(CommandPayload, always=False),
     "python": JobType(PythonPayload, always=False),
     "matmul": JobType(MatmulPayload, always=False),
+    "wgsl": JobType(WgslPayload, always=False, gpu=True),
 }
 
 

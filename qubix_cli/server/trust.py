@@ -46,6 +46,11 @@ CLAIM_FLOORS: tuple[tuple[str, float], ...] = (
 VOLATILE_RESULT = ("computeS", "engine", "note")  # parts of a result that differ by machine
 
 
+def hardware_gpus(provider: Doc) -> list[Doc]:
+    """Its GPUs, less software renderers (SwiftShader, llvmpipe: listed, never counted)."""
+    return [g for g in provider.get("gpus", []) if not g.get("software")]
+
+
 def answer_digest(status: str, result: Any) -> str:
     """What replicas of a deterministic job must agree on: the status and the result,
     less what differs by machine (timings, the engine)."""
@@ -153,10 +158,12 @@ def claim(provider: Doc, result: Any, elapsed_s: float) -> str:
         # No engine ran it: no penalty, unless the worker said it has one (it found its
         # GPU's driver library when it started) and then did not use it.
         return "mismatch" if provider.get("gpuEngine", "none") != "none" else "unverified"
+    if engine == "webgpu":
+        return "unverified"  # a browser's timing includes its own overheads: it proves nothing
     seconds, n = result.get("computeS"), result.get("n")
     if not isinstance(seconds, (int, float)) or not isinstance(n, int) or seconds > elapsed_s:
         return "mismatch"
-    models = [g["model"] for g in provider.get("gpus", []) if not g.get("software")]
+    models = [g["model"] for g in hardware_gpus(provider)]
     if not models:
         return "mismatch"  # a GPU engine on a machine that claims no GPU
     floor = next(f for name, f in CLAIM_FLOORS if name in models[0])

@@ -17,6 +17,7 @@ function cell(row, text, className) {
 
 // Whether it runs renters' own code, and how: what a renter with secrets must know.
 function userCode(p) {
+  if (p.type === "browser") return (p.capabilities || []).includes("wgsl") ? "WebGPU" : "no";
   if (!(p.capabilities || []).includes("command")) return "no";
   return p.sandbox === "bubblewrap" ? "sandboxed" : "unsandboxed";
 }
@@ -36,7 +37,7 @@ function render() {
   const body = $("providers").tBodies[0];
   body.replaceChildren();
   for (const p of providers.values()) {
-    const best = Math.max(0, ...p.gpus.map((g) => g.vramMb));
+    const best = Math.max(0, ...p.gpus.filter((g) => !g.software).map((g) => g.vramMb));
     if (status && p.status !== status) continue;
     if (best < minVramMb) continue;
     if (gpu && !p.gpus.some((g) => g.model.toLowerCase().includes(gpu))) continue;
@@ -46,8 +47,8 @@ function render() {
     name.href = `/providers/${encodeURIComponent(p.workerId)}`;
     name.textContent = p.name ? `${p.name} (${p.workerId})` : p.workerId;
     cell(row, p.outdated ? `${p.status}, outdated` : p.status, `s-${p.status}`);
-    cell(row, p.gpus.map((g) => g.model).join(", ") || "none");
-    cell(row, `${Math.round(best / 1024)} GB`);
+    cell(row, p.gpus.map((g) => (g.software ? `${g.model} (software, not a GPU)` : g.model)).join(", ") || "none");
+    cell(row, p.type === "browser" ? "unknown" : `${Math.round(best / 1024)} GB`);
     cell(row, userCode(p), `code-${userCode(p)}`);
     cell(row, p.pricePerHour == null ? "-" : String(p.pricePerHour));
     cell(row, p.location || "-");

@@ -58,7 +58,8 @@ async function get(path, token) {
 }
 
 function gpuText(p) {
-  return p.gpus.map((g) => `${g.model} (${Math.round(g.vramMb / 1024)} GB)`).join(", ") || "no GPU";
+  const one = (g) => (g.software ? `${g.model} (software, not a GPU)` : p.type === "browser" ? g.model : `${g.model} (${Math.round(g.vramMb / 1024)} GB)`);
+  return p.gpus.map(one).join(", ") || "no GPU";
 }
 
 function trustText(t) {

@@ -73,28 +73,54 @@ function vendorOf(text) {
   return lowered.includes("radeon") ? "amd" : "other";
 }
 
-async function detectGpu() {
-  if (navigator.gpu) {
-    try {
-      const adapter = await navigator.gpu.requestAdapter();
-      if (adapter) {
-        const info = adapter.info || {};
-        const model = info.description || [info.vendor, info.architecture, info.device].filter(Boolean).join(" ");
-        return { api: "WebGPU", vendor: vendorOf(`${info.vendor} ${model}`), model: model || "WebGPU adapter" };
-      }
-    } catch { /* fall back to WebGL */ }
-  }
+// The page shares through a Web Worker (browser-worker.js) that runs jobs on WebGPU; a
+// browser with only WebGL registers, says it cannot compute, and offers the native worker.
+const SOFTWARE = /swiftshader|llvmpipe|lavapipe|softpipe|basic render|software/i;
+let webWorker = null;
+
+function detectWebGl() {
   try {
     const canvas = document.createElement("canvas");
     const gl = canvas.getContext("webgl2") || canvas.getContext("webgl");
     if (gl) {
       const ext = gl.getExtension("WEBGL_debug_renderer_info");
       const vendor = gl.getParameter(ext ? ext.UNMASKED_VENDOR_WEBGL : gl.VENDOR);
-      const model = gl.getParameter(ext ? ext.UNMASKED_RENDERER_WEBGL : gl.RENDERER);
-      return { api: "WebGL", vendor: vendorOf(`${vendor} ${model}`), model: model || "WebGL renderer" };
+      const model = gl.getParameter(ext ? ext.UNMASKED_RENDERER_WEBGL : gl.RENDERER) || "WebGL renderer";
+      return { api: "WebGL", vendor: vendorOf(`${vendor} ${model}`), model, software: SOFTWARE.test(`${vendor} ${model}`) };
     }
   } catch { /* no GPU in this browser */ }
   return null;
+}
+
+// What WebGPU offers inside the Web Worker (where the jobs run), or null.
+function probeWebGpu() {
+  return new Promise((resolve) => {
+    let worker;
+    try {
+      worker = new Worker("/static/browser-worker.js");
+    } catch {
+      resolve(null);
+      return;
+    }
+    const timer = setTimeout(() => { worker.terminate(); resolve(null); }, 15000);
+    worker.onmessage = (event) => {
+      if (event.data.type !== "probe") return;
+      clearTimeout(timer);
+      if (!event.data.webgpu) { worker.terminate(); resolve(null); return; }
+      resolve({ worker, ...event.data.webgpu });
+    };
+    worker.onerror = () => { clearTimeout(timer); resolve(null); };
+    worker.postMessage({ type: "probe" });
+  });
+}
+
+async function detectGpu() {
+  const webgpu = await probeWebGpu();
+  if (webgpu) {
+    const { worker, model, vendor, software, limits, capabilities } = webgpu;
+    return { api: "WebGPU", vendor: vendorOf(`${vendor} ${model}`), model, software, limits, capabilities, worker };
+  }
+  return detectWebGl();
 }
 
 function randomId() {
@@ -105,16 +131,19 @@ function randomId() {
 async function register(gpu) {
   const workerId = localStorage.getItem(KEY + "workerId") || randomId();
   const token = localStorage.getItem(KEY + "token");
+  const entry = { vendor: gpu.vendor, model: String(gpu.model).slice(0, 128), vramMb: 0 };
+  if (gpu.software) entry.software = true;
   const body = {
     type: "browser",
     workerId,
     qubicAddress: address.value,
-    gpus: [{ vendor: gpu.vendor, model: String(gpu.model).slice(0, 128), vramMb: 0 }],
+    gpus: [entry], // a browser cannot know its VRAM: 0, and the marketplace says "unknown"
     cpu: { model: "Web browser", cores: navigator.hardwareConcurrency || 1 },
     ramMb: Math.round((navigator.deviceMemory || 0) * 1024),
-    capabilities: [],
-    agentVersion: "web-0.1.0",
+    capabilities: gpu.capabilities || [],
+    agentVersion: "web-0.2.0",
   };
+  if (gpu.limits) body.webgpu = gpu.limits;
   const headers = { "Content-Type": "application/json" };
   if (token) headers.Authorization = `Bearer ${token}`;
   try {
@@ -130,35 +159,67 @@ async function register(gpu) {
   }
 }
 
-async function heartbeat(provider, gpu) {
-  const token = localStorage.getItem(KEY + "token");
-  let wait = 30;
-  try {
-    const answer = await (await api(`/api/providers/${provider.workerId}/heartbeat`, {
-      method: "POST",
-      headers: { "Content-Type": "application/json", Authorization: `Bearer ${token}` },
-      body: JSON.stringify({ status: "online" }),
-    })).json();
-    wait = answer.heartbeatIntervalS;
-    showOnline(provider, gpu);
-  } catch (error) {
-    if (error.status === 404) await register(gpu);
-    else show("error", `${error.message} (the page keeps trying)`);
-  }
-  setTimeout(() => heartbeat(provider, gpu), wait * 1000);
+function providerLink(provider) {
+  return element("a", "Its page: status, jobs and earnings", { href: `/providers/${encodeURIComponent(provider.workerId)}` });
 }
 
-function showOnline(provider, gpu) {
-  show("ok", `Online: this browser shares its GPU (${gpu.model}, via ${gpu.api}) as ${provider.workerId}.`,
-    "Keep this page open to stay online.",
-    element("a", "Its page: status, jobs and earnings", { href: `/providers/${encodeURIComponent(provider.workerId)}` }));
+async function earned(provider) {
+  try {
+    const query = `workerId=${encodeURIComponent(provider.workerId)}`;
+    const totals = await (await api(`/api/earnings/${provider.qubicAddress}?${query}`)).json();
+    return `${totals.allTime} QUBIC earned`;
+  } catch {
+    return "earnings not known yet";
+  }
+}
+
+async function showSharing(provider, gpu, state) {
+  const kind = gpu.software ? "a software renderer, not a GPU" : `via ${gpu.api}`;
+  const doing = state.state === "running" ? `Running job ${state.jobId} (${state.jobType}).` : "Idle: waiting for a job.";
+  const stop = element("button", "Stop sharing", { type: "button", id: "stop", class: "secondary" });
+  stop.addEventListener("click", () => stopSharing(provider, gpu));
+  show("ok", `Sharing: this browser computes with ${gpu.model} (${kind}) as ${provider.workerId}.`,
+    element("p", doing, { id: "doing" }),
+    `${state.jobsDone} job(s) done · ${await earned(provider)}. Keep this page open to stay online.`,
+    providerLink(provider), stop);
+}
+
+function stopSharing(provider, gpu) {
+  if (!webWorker) return;
+  $("stop").disabled = true;
+  $("doing").textContent = "Stopping: a running job is handed back to the marketplace…";
+  webWorker.postMessage({ type: "stop" });
 }
 
 async function shareBrowser(gpu) {
   show("", `Found ${gpu.model} via ${gpu.api}; registering…`);
-  const provider = await register(gpu);
-  showOnline(provider, gpu);
-  heartbeat(provider, gpu);
+  if (!gpu.worker) return cannotCompute(await register(gpu), gpu);
+  if (webWorker && webWorker !== gpu.worker) webWorker.terminate();
+  webWorker = gpu.worker;
+  let provider = await register(gpu);
+  webWorker.onmessage = async (event) => {
+    const message = event.data;
+    if (message.type === "lost") { // the server forgot this browser: register again
+      provider = await register(gpu);
+      webWorker.postMessage({ type: "start", workerId: provider.workerId, token: localStorage.getItem(KEY + "token") });
+    } else if (message.type === "state" && message.state === "stopped") {
+      webWorker.terminate();
+      webWorker = null;
+      show("", `Stopped sharing. ${message.jobsDone} job(s) done; ${await earned(provider)}.`, providerLink(provider));
+    } else if (message.type === "state") {
+      await showSharing(provider, gpu, message);
+    }
+  };
+  webWorker.postMessage({ type: "start", workerId: provider.workerId, token: localStorage.getItem(KEY + "token") });
+}
+
+// WebGL only: its float arithmetic cannot check a product exactly, so it runs no jobs.
+function cannotCompute(provider, gpu) {
+  const install = element("button", "Install the native worker", { type: "button", id: "install-instead" });
+  install.addEventListener("click", () => guarded(installNative));
+  show("error", `This browser has ${gpu.model} via WebGL only, and runs no jobs without WebGPU.`,
+    `It is registered as ${provider.workerId}, able to run nothing, and not kept online. To earn, install the native worker (or use a browser with WebGPU).`,
+    install);
 }
 
 function detectOs() {
