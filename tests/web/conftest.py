@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from playwright.sync_api import Browser, Page, sync_playwright
+from playwright.sync_api import Browser, Page, Playwright, sync_playwright
 
 from tests.helpers import ServerProcess
 
@@ -22,28 +22,49 @@ Object.defineProperty(navigator, 'userAgentData', {value: undefined});
 """
 
 
+BROWSER_ARGS = [
+    "--no-sandbox",
+    "--headless",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+# A real WebGPU adapter on SwiftShader, a software Vulkan: headless Chromium offers WebGPU
+# to pages and Web Workers only with these.
+WEBGPU_ARGS = [
+    "--enable-unsafe-webgpu",
+    "--use-webgpu-adapter=swiftshader",
+    "--enable-features=Vulkan",
+]
+
+
 @pytest.fixture(scope="session")
-def browser() -> Iterator[Browser]:
+def playwright() -> Iterator[Playwright]:
     if not os.path.exists(CHROMIUM):
         pytest.skip(
             f"{CHROMIUM} is missing, so the pages are not tested in a browser: install "
             "Debian's chromium package (sudo apt-get install chromium); CI installs it"
         )
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=CHROMIUM,
-            headless=True,
-            args=[
-                "--no-sandbox",
-                "--headless",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-                "--no-first-run",
-            ],
-        )
-        yield browser
-        browser.close()
+    with sync_playwright() as running:
+        yield running
+
+
+@pytest.fixture(scope="session")
+def browser(playwright: Playwright) -> Iterator[Browser]:
+    """Chromium as it comes: no WebGPU adapter (WebGL on SwiftShader)."""
+    browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=BROWSER_ARGS)
+    yield browser
+    browser.close()
+
+
+@pytest.fixture(scope="session")
+def webgpu_browser(playwright: Playwright) -> Iterator[Browser]:
+    browser = playwright.chromium.launch(
+        executable_path=CHROMIUM, headless=True, args=BROWSER_ARGS + WEBGPU_ARGS
+    )
+    yield browser
+    browser.close()
 
 
 @pytest.fixture
