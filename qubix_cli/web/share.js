@@ -8,6 +8,9 @@ const INSTALLERS = { windows: ".bat", macos: ".sh", linux: ".sh" };
 
 class UserError extends Error {}
 
+const price = $("price");
+price.value = localStorage.getItem(KEY + "price") || "";
+price.addEventListener("input", () => localStorage.setItem(KEY + "price", price.value));
 const address = $("address");
 address.value = localStorage.getItem(KEY + "address") || "";
 address.addEventListener("input", () => {
@@ -144,6 +147,7 @@ async function register(gpu) {
     agentVersion: "web-0.2.0",
   };
   if (gpu.limits) body.webgpu = gpu.limits;
+  if (price.value !== "" && Number(price.value) >= 0) body.pricePerHour = Number(price.value);
   const headers = { "Content-Type": "application/json" };
   if (token) headers.Authorization = `Bearer ${token}`;
   try {
@@ -160,7 +164,9 @@ async function register(gpu) {
 }
 
 function providerLink(provider) {
-  return element("a", "Its page: status, jobs and earnings", { href: `/providers/${encodeURIComponent(provider.workerId)}` });
+  const line = document.createElement("p");
+  line.append(element("a", "Its page: status, jobs and earnings", { href: `/providers/${encodeURIComponent(provider.workerId)}` }));
+  return line;
 }
 
 async function earned(provider) {

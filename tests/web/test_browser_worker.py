@@ -69,10 +69,11 @@ def patched(page: Page, old: str, new: str) -> None:
     page.context.route("**/static/browser-worker.js", serve)
 
 
-def share(page: Page, server: ServerProcess) -> str:
+def share(page: Page, server: ServerProcess, price: str = "") -> str:
     """Share this browser; its worker id."""
     page.goto(server.url + "/")
     page.fill("#address", ADDRESS)
+    page.fill("#price", price)
     page.click("#share")
     expect(page.locator("#status")).to_contain_text("Sharing: this browser", timeout=30_000)
     worker_id: str = page.evaluate("localStorage.getItem('qubix.workerId')")
@@ -91,9 +92,9 @@ def test_the_page_runs_a_matmul_and_a_wgsl_job_and_both_check(
     webgpu_browser: Browser, web_server: ServerProcess, tmp_path: Path
 ) -> None:
     page = open_page(webgpu_browser)
-    worker_id = share(page, web_server)
+    worker_id = share(page, web_server, price="900")
     shown = provider(web_server, worker_id)
-    assert shown["capabilities"] == ["matmul", "wgsl"]
+    assert shown["capabilities"] == ["matmul", "wgsl"] and shown["pricePerHour"] == 900
     assert shown["gpus"][0]["software"] is True  # SwiftShader: listed, not counted
     assert shown["webgpu"]["maxComputeWorkgroupsPerDimension"] >= 65535
     screenshot(page, tmp_path, "browser-sharing-idle")
@@ -121,9 +122,13 @@ def test_the_page_runs_a_matmul_and_a_wgsl_job_and_both_check(
     assert finished["status"] == "failed"
     assert "does not compile" in finished["result"]["error"]
     expect(page.locator("#status")).to_contain_text("3 job(s) done")
+    earned = httpx.get(f"{web_server.url}/api/earnings/{ADDRESS}").json()["allTime"]
+    assert earned > 0  # the two completed jobs, at the price the lease fixed
+    expect(page.locator("#status")).to_contain_text(f"{earned} QUBIC earned")
     page.reload()  # one browser stays one provider: its id and token are kept
     expect(page.locator("#address")).to_have_value(ADDRESS)
-    assert share(page, web_server) == worker_id
+    expect(page.locator("#price")).to_have_value("900")
+    assert share(page, web_server, price="900") == worker_id
     assert [
         p["workerId"] for p in httpx.get(f"{web_server.url}/api/providers").json()["providers"]
     ] == [worker_id]
