@@ -232,3 +232,28 @@ def test_the_marketplace_labels_a_software_renderer(
     expect(row).to_contain_text("software, not a GPU")
     expect(row).to_contain_text("unknown")  # a browser cannot know its VRAM
     screenshot(market, tmp_path, "marketplace-software-renderer")
+
+
+def test_a_job_past_its_time_is_abandoned_and_a_cancelled_one_stopped(
+    webgpu_browser: Browser, web_server: ServerProcess
+) -> None:
+    page = open_page(webgpu_browser)
+    patched(
+        page,
+        "async function runWgsl(job) {",
+        "async function runWgsl(job) { await new Promise(() => {});",
+    )
+    share(page, web_server)
+    slow = submit(
+        web_server, type="wgsl", payload=WGSL, requirements=ON_SOFTWARE, timeoutS=2, maxAttempts=1
+    )
+    finished = done(web_server, slow, timeout=30)
+    assert finished["status"] == "failed"
+    assert finished["result"]["error"].startswith("abandoned after 2 s")
+    expect(page.locator("#doing")).to_contain_text("Idle")
+    cancelled = submit(web_server, type="wgsl", payload=WGSL, requirements=ON_SOFTWARE)
+    expect(page.locator("#doing")).to_contain_text(f"Running job {cancelled}")
+    httpx.post(f"{web_server.url}/api/jobs/{cancelled}/cancel", headers=KEY)
+    expect(page.locator("#doing")).to_contain_text("Idle", timeout=15_000)  # it let go
+    assert job(web_server, cancelled)["status"] == "cancelled"
+    expect(page.locator("#status")).to_contain_text("2 job(s) done")
