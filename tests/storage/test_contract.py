@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 import pytest
@@ -13,9 +13,21 @@ import pytest
 from qubix_cli.errors import StorageError
 from qubix_cli.server.store import Doc, Store
 
+_loop: asyncio.Runner | None = None  # one event loop a test: a store's connections live in it
+
+
+@pytest.fixture(autouse=True)
+def one_loop() -> Iterator[None]:
+    global _loop
+    with asyncio.Runner() as runner:
+        _loop = runner
+        yield
+        _loop = None
+
 
 def run(body: Callable[[], Awaitable[Any]]) -> Any:
-    return asyncio.run(body())  # type: ignore[arg-type]
+    assert _loop is not None
+    return _loop.run(body())  # type: ignore[arg-type]
 
 
 def job(i: int, **fields: Any) -> Doc:
@@ -129,12 +141,6 @@ def test_a_change_is_invisible_to_other_readers_until_it_is_durable(backend: Any
     store = backend.open()
     run(lambda: put(store, "jobs", job(1)))
     gate, entered = threading.Event(), threading.Event()
-    real = __import__("os").fsync
-
-    def slow_fsync(fd: int) -> None:
-        entered.set()
-        gate.wait(10)
-        real(fd)
 
     async def body() -> tuple[Any, ...]:
         write = asyncio.create_task(put(store, "jobs", job(1, status="assigned"), job(2)))
@@ -150,9 +156,8 @@ def test_a_change_is_invisible_to_other_readers_until_it_is_durable(backend: Any
         after = ((await store.get("jobs", "j001"))["status"], await store.count("jobs"))
         return during, after
 
-    backend.monkeypatch.setattr("qubix_cli.server.store.os.fsync", slow_fsync)
-    during, after = run(body)
-    backend.monkeypatch.undo()
+    with backend.held_commits(entered, gate):
+        during, after = run(body)
     assert during == ("queued", None, ["j001"], 1)
     assert after == ("assigned", 2)
 

@@ -1,0 +1,365 @@
+"""PostgreSQL behind the storage seam (docs/scaling.md): `qubix serve --database URL`.
+
+Each table of `store.TABLES` is one SQL table of documents (`key text`, `doc jsonb`),
+with an expression index per indexed field; `scan(where=...)` compares whole JSON
+values, so it finds what the embedded store finds. A transaction is one SQL transaction
+that first takes a transaction-scoped advisory lock: writers are serialized, as in the
+embedded store (one writer at a time, readers never wait), and its writes are sent at
+commit. A commit that PostgreSQL acknowledges is durable; one that fails leaves nothing.
+
+The schema is created and migrated at start (`MIGRATIONS`, in order, recorded in
+`qubix_migrations`) under an advisory lock, so servers that start together do not race;
+`qubix db migrate` does the same by itself.
+
+Volatile state (liveness, lease renewals, pending cancels, registration windows, key use)
+stays in memory, as in the embedded store, and is saved now and then to an unlogged table
+so that a restart finds it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+from collections.abc import AsyncIterator, Callable, Mapping
+from typing import TYPE_CHECKING, Any
+
+from qubix_cli.errors import StorageError
+from qubix_cli.server.store import TABLES, VOLATILE, Doc, _matches
+
+if TYPE_CHECKING:
+    from psycopg import AsyncConnection
+    from psycopg_pool import AsyncConnectionPool
+
+LOCK_MIGRATE = 0x51B1C001  # advisory lock ids: the schema's migrations
+LOCK_WRITE = 0x51B1C002  # and the one writer at a time
+
+MIGRATIONS: list[str] = [
+    # 1: the documents, their indexes, and volatile state
+    "\n".join(
+        [
+            *(
+                f'CREATE TABLE "{name}" (key text COLLATE "C" PRIMARY KEY, doc jsonb NOT NULL);'
+                for name in TABLES
+            ),
+            *(
+                f'CREATE INDEX "{name}_{field}" ON "{name}" ((doc -> \'{field}\'));'
+                for name, table in TABLES.items()
+                for field in table.indexes
+            ),
+            "CREATE UNLOGGED TABLE qubix_volatile (kind text, key text, doc jsonb NOT NULL, "
+            "PRIMARY KEY (kind, key));",
+        ]
+    ),
+]
+
+
+def driver() -> tuple[Any, Any, Any]:
+    """psycopg, its Jsonb adapter and the async pool; a clear error without the extra."""
+    try:
+        import psycopg
+        from psycopg.types.json import Jsonb
+        from psycopg_pool import AsyncConnectionPool
+    except ImportError:
+        raise StorageError(
+            "a postgresql:// database needs the PostgreSQL driver: pip install 'qubix[postgres]'"
+        ) from None
+    return psycopg, Jsonb, AsyncConnectionPool
+
+
+def is_postgres_url(url: str | None) -> bool:
+    return bool(url) and str(url).startswith(("postgresql://", "postgres://"))
+
+
+async def migrate(conn: AsyncConnection[Any]) -> list[int]:
+    """Apply the migrations this database lacks, under the migrations' advisory lock; the
+    versions applied now (none when it was up to date)."""
+    applied: list[int] = []
+    async with conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock(%s)", (LOCK_MIGRATE,))
+        await conn.execute(
+            "CREATE TABLE IF NOT EXISTS qubix_migrations "
+            "(version int PRIMARY KEY, appliedAt timestamptz NOT NULL DEFAULT now())"
+        )
+        cursor = await conn.execute("SELECT coalesce(max(version), 0) FROM qubix_migrations")
+        row = await cursor.fetchone()
+        done = int(row[0]) if row else 0
+        if done > len(MIGRATIONS):
+            raise StorageError(
+                f"the database's schema is version {done}, newer than this qubix knows "
+                f"({len(MIGRATIONS)}): upgrade qubix"
+            )
+        for version, statements in enumerate(MIGRATIONS[done:], done + 1):
+            await conn.execute(statements.encode())
+            await conn.execute("INSERT INTO qubix_migrations (version) VALUES (%s)", (version,))
+            applied.append(version)
+    return applied
+
+
+def _where(where: Mapping[str, Any] | None, jsonb: Any) -> tuple[str, list[Any]]:
+    """The SQL condition for `where` (equal JSON values; None also matches a missing
+    field, as `doc.get(field) == None` does) and its parameters."""
+    parts, params = [], []
+    for field, value in (where or {}).items():
+        name = json.dumps(field).replace("'", "''")[1:-1]
+        if value is None:
+            parts.append(f"(doc -> '{name}' IS NULL OR doc -> '{name}' = 'null'::jsonb)")
+        else:
+            parts.append(f"doc -> '{name}' = %s")
+            params.append(jsonb(value))
+    return (" AND ".join(parts) or "TRUE"), params
+
+
+def _order(order_by: str, descending: bool) -> str:
+    """Numbers as numbers, strings by code point (as Python sorts them), then the key."""
+    name = json.dumps(order_by).replace("'", "''")[1:-1]
+    way = " DESC" if descending else ""
+    number = (
+        f"CASE WHEN jsonb_typeof(doc -> '{name}') = 'number' THEN (doc ->> '{name}')::numeric END"
+    )
+    return f"{number}{way}, (doc ->> '{name}') COLLATE \"C\"{way}, key{way}"
+
+
+class _Reads:
+    """`get`, `scan` and `count` on one connection (a transaction's) or the pool's."""
+
+    jsonb: Any
+    psycopg: Any
+
+    @contextlib.asynccontextmanager
+    async def _connection(self) -> AsyncIterator[AsyncConnection[Any]]:
+        raise NotImplementedError
+        yield
+
+    async def _rows(self, query: str, params: list[Any]) -> list[Any]:
+        async with self._connection() as conn:
+            try:
+                cursor = await conn.execute(query.encode(), params)
+                return await cursor.fetchall()
+            except self.psycopg.Error as exc:
+                raise _refused(exc) from exc
+
+    async def _db_get(self, table: str, key: str) -> Doc | None:
+        rows = await self._rows(f'SELECT doc FROM "{table}" WHERE key = %s', [key])
+        return rows[0][0] if rows else None
+
+    async def _db_scan(
+        self,
+        table: str,
+        where: Mapping[str, Any] | None,
+        order_by: str | None = None,
+        descending: bool = False,
+        offset: int = 0,
+        limit: int | None = None,
+    ) -> list[Doc]:
+        condition, params = _where(where, self.jsonb)
+        query = f'SELECT doc FROM "{table}" WHERE {condition}'
+        if order_by is not None:
+            query += f" ORDER BY {_order(order_by, descending)}"
+        if limit is not None:
+            query += f" LIMIT {int(limit)}"
+        if offset:
+            query += f" OFFSET {int(offset)}"
+        return [row[0] for row in await self._rows(query, params)]
+
+
+class PostgresStore(_Reads):
+    """The store on PostgreSQL (`Store` in store.py). The pool opens on first use, in the
+    event loop that uses it, and migrates the schema."""
+
+    def __init__(self, url: str, pool_size: int = 10) -> None:
+        self.psycopg, self.jsonb, self._pool_class = driver()
+        self.url, self.pool_size = url, pool_size
+        self._pool: AsyncConnectionPool | None = None
+        self._opening = asyncio.Lock()
+        self._volatile: dict[str, dict[str, Doc]] = {kind: {} for kind in VOLATILE}
+        self._changed: set[str] = set()
+        self.observe_commit: Callable[[float], None] = _ignore
+
+    async def pool(self) -> AsyncConnectionPool:
+        if self._pool is not None:
+            return self._pool
+        async with self._opening:
+            if self._pool is None:
+                pool = self._pool_class(
+                    self.url,
+                    min_size=1,
+                    max_size=self.pool_size,
+                    open=False,
+                    timeout=10,
+                    kwargs={"autocommit": True},  # a transaction says BEGIN itself
+                )
+                try:
+                    await pool.open(wait=True, timeout=10)
+                    async with pool.connection() as conn:
+                        await migrate(conn)
+                        await self._load_volatile(conn)
+                except StorageError:
+                    await pool.close()
+                    raise
+                except self.psycopg.Error as exc:
+                    await pool.close()
+                    raise _refused(exc) from exc
+                self._pool = pool
+        return self._pool
+
+    @contextlib.asynccontextmanager
+    async def _connection(self) -> AsyncIterator[AsyncConnection[Any]]:
+        pool = await self.pool()
+        try:
+            async with pool.connection() as conn:
+                yield conn
+        except self.psycopg.Error as exc:  # none to be had (the pool timed out)
+            raise _refused(exc) from exc
+
+    async def get(self, table: str, key: str) -> Doc | None:
+        return await self._db_get(table, key)
+
+    async def scan(
+        self,
+        table: str,
+        where: Mapping[str, Any] | None = None,
+        order_by: str | None = None,
+        descending: bool = False,
+        offset: int = 0,
+        limit: int | None = None,
+    ) -> list[Doc]:
+        return await self._db_scan(table, where, order_by, descending, offset, limit)
+
+    async def count(self, table: str, where: Mapping[str, Any] | None = None) -> int:
+        condition, params = _where(where, self.jsonb)
+        rows = await self._rows(f'SELECT count(*) FROM "{table}" WHERE {condition}', params)
+        return int(rows[0][0])
+
+    @contextlib.asynccontextmanager
+    async def transaction(self) -> AsyncIterator[_PgTransaction]:
+        started = time.perf_counter()
+        async with self._connection() as conn:
+            tx = _PgTransaction(conn, self)
+            try:
+                async with conn.transaction():
+                    await conn.execute("SELECT pg_advisory_xact_lock(%s)", (LOCK_WRITE,))
+                    yield tx
+                    await tx.flush()
+            except self.psycopg.Error as exc:  # rolled back: nothing of it is anywhere
+                raise _refused(exc) from exc
+        if tx.writes:
+            self.observe_commit(time.perf_counter() - started)
+
+    # -- volatile state ----------------------------------------------------------------
+
+    def remember(self, kind: str, key: str, value: Doc | None) -> None:
+        if value is None:
+            self._volatile[kind].pop(key, None)
+        else:
+            self._volatile[kind][key] = value
+        self._changed.add(kind)
+
+    async def recall(self, kind: str, key: str) -> Doc | None:
+        await self.pool()  # what was saved before a restart is loaded with it
+        return self._volatile[kind].get(key)
+
+    async def recall_all(self, kind: str) -> dict[str, Doc]:
+        await self.pool()
+        return self._volatile[kind]
+
+    async def _load_volatile(self, conn: AsyncConnection[Any]) -> None:
+        cursor = await conn.execute("SELECT kind, key, doc FROM qubix_volatile")
+        for kind, key, doc in await cursor.fetchall():
+            if kind in self._volatile:
+                self._volatile[kind].setdefault(key, doc)  # what this process said wins
+
+    async def save_volatile(self) -> None:
+        """The changed kinds, each replaced in one transaction of the unlogged table."""
+        pool = await self.pool()
+        for kind in list(self._changed):
+            self._changed.discard(kind)
+            entries = list(self._volatile[kind].items())
+            try:
+                async with pool.connection() as conn, conn.transaction():
+                    await conn.execute("DELETE FROM qubix_volatile WHERE kind = %s", (kind,))
+                    async with conn.cursor() as cursor:
+                        await cursor.executemany(
+                            "INSERT INTO qubix_volatile (kind, key, doc) VALUES (%s, %s, %s)",
+                            [(kind, key, self.jsonb(doc)) for key, doc in entries],
+                        )
+            except BaseException:
+                self._changed.add(kind)
+                raise
+
+    async def close(self) -> None:
+        if self._pool is not None:
+            pool, self._pool = self._pool, None
+            await pool.close()
+
+
+class _PgTransaction(_Reads):
+    """Reads go to the transaction's connection and see its own writes, which are kept
+    here until the commit (the write lock keeps every other writer out meanwhile)."""
+
+    def __init__(self, conn: AsyncConnection[Any], store: PostgresStore) -> None:
+        self.conn, self.jsonb, self.psycopg = conn, store.jsonb, store.psycopg
+        self.writes: dict[tuple[str, str], Doc | None] = {}
+
+    @contextlib.asynccontextmanager
+    async def _connection(self) -> AsyncIterator[AsyncConnection[Any]]:
+        yield self.conn
+
+    async def get(self, table: str, key: str) -> Doc | None:
+        if (table, key) in self.writes:
+            return self.writes[(table, key)]
+        return await self._db_get(table, key)
+
+    async def scan(
+        self,
+        table: str,
+        where: Mapping[str, Any] | None = None,
+        order_by: str | None = None,
+        descending: bool = False,
+        offset: int = 0,
+        limit: int | None = None,
+    ) -> list[Doc]:
+        mine = {k: doc for (t, k), doc in self.writes.items() if t == table}
+        if not mine:
+            return await self._db_scan(table, where, order_by, descending, offset, limit)
+        key = TABLES[table].key
+        found = [d for d in await self._db_scan(table, where) if d[key] not in mine]
+        found += [d for d in mine.values() if d is not None and _matches(d, where)]
+        if order_by is not None:
+            found.sort(key=lambda d: (d.get(order_by), d[key]), reverse=descending)
+        return found[offset : None if limit is None else offset + limit]
+
+    async def count(self, table: str, where: Mapping[str, Any] | None = None) -> int:
+        return len(await self.scan(table, where))
+
+    def put(self, table: str, doc: Doc) -> None:
+        self.writes[(table, doc[TABLES[table].key])] = doc
+
+    def delete(self, table: str, key: str) -> None:
+        self.writes[(table, key)] = None
+
+    async def flush(self) -> None:
+        async with self.conn.cursor() as cursor:
+            for (table, key), doc in self.writes.items():
+                if doc is None:
+                    await cursor.execute(f'DELETE FROM "{table}" WHERE key = %s'.encode(), (key,))
+                else:
+                    await cursor.execute(
+                        f'INSERT INTO "{table}" (key, doc) VALUES (%s, %s) '
+                        "ON CONFLICT (key) DO UPDATE SET doc = excluded.doc".encode(),
+                        (key, self.jsonb(doc)),
+                    )
+
+
+def _refused(exc: BaseException) -> StorageError:
+    """What a client is told when the database cannot be reached or refuses a change (the
+    message never holds the URL, which may hold a password)."""
+    kind = type(exc).__name__
+    return StorageError(
+        f"the database did not take this change ({kind}); nothing was saved. Try again."
+    )
+
+
+def _ignore(seconds: float) -> None:
+    pass
