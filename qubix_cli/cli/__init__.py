@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from qubix_cli import __version__
-from qubix_cli.cli import accounts, demo, installer, jobs, providers, serve, watch, worker
+from qubix_cli.cli import accounts, db, demo, installer, jobs, providers, serve, watch, worker
 from qubix_cli.errors import QubixError
 
 err_console = Console(stderr=True, soft_wrap=True)  # paths stay whole
@@ -43,6 +43,7 @@ app.command("login")(accounts.login)
 app.command("earnings")(accounts.earnings)
 app.command("watch")(watch.watch)
 app.command("demo")(demo.demo)
+app.add_typer(db.app, name="db")
 
 
 def _version(value: bool) -> None:

@@ -6,6 +6,7 @@ import enum
 import ipaddress
 import logging
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
@@ -39,6 +40,16 @@ def serve(
             envvar="QUBIX_DATA_DIR",
             help="Where the database, journal and API key live "
             "\\[default: the platform's user data dir, ~/.local/share/qubix on Linux].",
+            show_default=False,
+        ),
+    ] = None,
+    database: Annotated[
+        str | None,
+        typer.Option(
+            envvar="QUBIX_DATABASE_URL",
+            help="A PostgreSQL database (postgresql://user:password@host/name) to keep the "
+            "fleet in, shared by every server started on it; without it, the embedded "
+            "store in the data dir. Needs pip install 'qubix[postgres]'.",
             show_default=False,
         ),
     ] = None,
@@ -210,6 +221,7 @@ def serve(
     configure_logging(log_format.value)
     # With JSON logs every line is JSON: what is said at start goes to the log as well.
     say = console.print if log_format == LogFormat.text else _log_line
+    database_url = _database(database, say) if database else None  # before anything is made
     data_dir = (data_dir or default_data_dir()).expanduser().resolve()
     if api_key is None:
         api_key, created = load_or_create_api_key(data_dir)
@@ -244,6 +256,7 @@ def serve(
         update_rollout=update_rollout,
         min_agent_version=_version(min_agent_version) if min_agent_version else None,
         log_format=log_format.value,
+        database_url=database_url,
     )
     app = create_app(settings)
     say(escape(f"Data directory: {data_dir}"))
@@ -259,6 +272,21 @@ def serve(
             "header); set --public-url to fix it."
         )
     run_server(app, host, port)
+
+
+def _database(url: str, say: Callable[[str], None]) -> str:
+    """A PostgreSQL URL, reachable, its schema migrated; said on the console."""
+    from qubix_cli.server.pgstore import is_postgres_url, prepare, redacted
+
+    if not is_postgres_url(url):
+        raise typer.BadParameter(
+            f"--database {url!r}: give a postgresql://user:password@host:port/name URL "
+            "(without --database the embedded store in the data dir is used)"
+        )
+    applied, version = prepare(url)
+    now = f", migrated to version {version}" if applied else f" (schema version {version})"
+    say(escape(f"Database: {redacted(url)}{now}"))
+    return url
 
 
 def _version(text: str) -> str:

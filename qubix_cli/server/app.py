@@ -30,7 +30,7 @@ from qubix_cli.server.openapi import openapi_document
 from qubix_cli.server.providers import Clock, Registry
 from qubix_cli.server.routes import HEARTBEAT_PATH, Api
 from qubix_cli.server.settings import Settings, load_or_create_api_key
-from qubix_cli.server.store import JournalStore, Store
+from qubix_cli.server.store import JournalStore, Store, make_data_dir
 from qubix_cli.server.updates import UpdateKey
 from qubix_cli.worker import AGENT_VERSION
 
@@ -141,10 +141,20 @@ def _page(path: Path, url: str) -> Route:
     return Route(url, _Page(page), methods=["GET"])
 
 
+def open_store(settings: Settings) -> Store:
+    """PostgreSQL when `--database` names one, else the embedded store in the data dir."""
+    if settings.database_url:
+        from qubix_cli.server.pgstore import PostgresStore
+
+        make_data_dir(settings.data_dir)  # the API key, the update key and job files
+        return PostgresStore(settings.database_url)
+    return JournalStore(settings.data_dir)
+
+
 def create_app(settings: Settings, clock: Clock = time.time) -> Starlette:
     """Build the coordinator on the data directory in `settings`; `clock` tells the time
     to the registry and the job queue (tests pass one of their own)."""
-    store = JournalStore(settings.data_dir)
+    store = open_store(settings)
     events = EventBus()
     registry = Registry(store, events, settings, clock)
     api_key = settings.api_key or load_or_create_api_key(settings.data_dir)[0]

@@ -22,6 +22,7 @@ import asyncio
 import contextlib
 import json
 import time
+import urllib.parse
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -95,6 +96,33 @@ async def migrate(conn: AsyncConnection[Any]) -> list[int]:
             await conn.execute("INSERT INTO qubix_migrations (version) VALUES (%s)", (version,))
             applied.append(version)
     return applied
+
+
+def redacted(url: str) -> str:
+    """The URL as logs and messages may show it: without its password."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
+
+
+def prepare(url: str) -> tuple[list[int], int]:
+    """Connect, and migrate the schema (what `qubix serve` does before it listens, and
+    `qubix db migrate`): the versions applied now and the schema's version. A clear
+    `StorageError` when the database cannot be reached."""
+    psycopg, _, _ = driver()
+
+    async def run() -> list[int]:
+        async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+            return await migrate(conn)
+
+    try:
+        applied = asyncio.run(run())
+    except psycopg.Error as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise StorageError(f"cannot use the database {redacted(url)}: {reason}") from exc
+    return applied, len(MIGRATIONS)
 
 
 def _where(where: Mapping[str, Any] | None, jsonb: Any) -> tuple[str, list[Any]]:

@@ -47,6 +47,7 @@ class Settings:
     update_rollout: int = 100  # offer the worker update to this share of workers (percent)
     min_agent_version: str | None = None  # older agents are turned away (426)
     log_format: str = "text"  # or "json": one JSON object a line, for log shippers
+    database_url: str | None = None  # postgresql://...: PostgreSQL instead of the data dir's store
 
     def allowed_origins(self) -> list[str]:
         """Origins besides the request's own that may open the events stream."""

@@ -127,6 +127,15 @@ def private(data_dir: Path) -> None:
             path.chmod(0o600)
 
 
+def make_data_dir(data_dir: Path) -> None:
+    """The data dir, made (0700) if it is missing: the store's, and the keys' and files'."""
+    try:
+        data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        private(data_dir)
+    except OSError as exc:
+        raise StorageError(f"cannot create the data directory {data_dir}: {exc}") from exc
+
+
 def fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -244,11 +253,7 @@ class JournalStore(_Scans):
 
     def __init__(self, data_dir: Path) -> None:
         self.data_dir = data_dir
-        try:
-            data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-            private(data_dir)
-        except OSError as exc:
-            raise StorageError(f"cannot create the data directory {data_dir}: {exc}") from exc
+        make_data_dir(data_dir)
         self._snapshot = AtomicJSONStorage(data_dir / SNAPSHOT_NAME)
         self._tables: dict[str, dict[str, Doc]] = {name: {} for name in TABLES}
         self._indexes: dict[str, dict[str, dict[Any, dict[str, None]]]] = {

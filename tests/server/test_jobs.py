@@ -328,6 +328,8 @@ def test_a_worker_whose_wait_ends_while_its_lease_is_committed_gets_the_job(
     """A submission hands its job to the oldest waiting worker, the one about to time out;
     the lease is durable before the worker hears of it, so the worker's wait may run out
     meanwhile. It must still be handed the job, not a 204 for a job leased to it."""
+    if client.app.state.settings.database_url:  # type: ignore[attr-defined]
+        pytest.skip("it holds the embedded store's fsync; on PostgreSQL there is none to hold")
     token = register(client)
     waiters = client.app.state.jobs._waiters  # type: ignore[attr-defined]
     polled: dict[str, Any] = {}

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from qubix_cli.server.store import TABLES, JournalStore, Store
-from tests.pg import Cluster, server_bin
+from tests.pg import Cluster
 
 
 class JournalBackend:
@@ -131,15 +131,6 @@ class PostgresBackend:
 
     def close_all(self) -> None:
         pass  # the cluster goes at the end of the session
-
-
-@pytest.fixture(scope="session")
-def cluster() -> Iterator[Cluster]:
-    if server_bin() is None:
-        pytest.skip("PostgreSQL is not installed (apt-get install postgresql); CI installs it")
-    started = Cluster()
-    yield started
-    started.stop()
 
 
 @pytest.fixture(params=["journal", "postgres"])
