@@ -59,22 +59,19 @@ class Cluster:
                 self.user,
             ]
         )
-        options = (
-            f"-p {self.port} -c listen_addresses=127.0.0.1 -k {self.root} -c max_connections=200"
-        )
-        self._as_owner(
-            [
-                str(self.bin / "pg_ctl"),
-                "-D",
-                str(self.data),
-                "-o",
-                options,
-                "-l",
-                str(self.root / "log"),
-                "-w",
-                "start",
-            ]
-        )
+        self.options = f"-p {self.port} -c listen_addresses=127.0.0.1 -k {self.root}"
+        self.options += " -c max_connections=300"
+        self.start()
+
+    def pg_ctl(self, *args: str) -> None:
+        self._as_owner([str(self.bin / "pg_ctl"), "-D", str(self.data), *args])
+
+    def start(self) -> None:
+        self.pg_ctl("-o", self.options, "-l", str(self.root / "log"), "-w", "start")
+
+    def stop_server(self) -> None:
+        """Stop PostgreSQL itself (fast: connections are cut), keeping its data."""
+        self.pg_ctl("-m", "fast", "-w", "stop")
 
     def _as_owner(self, argv: list[str]) -> None:
         if os.getuid() == 0:

@@ -66,7 +66,7 @@ def copy(
     prepare(to)
 
     async def run() -> dict[str, int]:
-        embedded, target = JournalStore(source), PostgresStore(to)
+        embedded, target = JournalStore(source), PostgresStore(to, name="qubix db copy")
         try:
             held = {t: await target.count(t) for t in TABLES}
             if any(held.values()):

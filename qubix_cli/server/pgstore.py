@@ -35,6 +35,7 @@ if TYPE_CHECKING:
 
 LOCK_MIGRATE = 0x51B1C001  # advisory lock ids: the schema's migrations
 LOCK_WRITE = 0x51B1C002  # and the one writer at a time
+POOL_WAIT_S = 3.0  # a request waits this long for a connection, then answers 503
 
 MIGRATIONS: list[str] = [
     # 1: the documents, their indexes, and volatile state
@@ -107,14 +108,32 @@ def redacted(url: str) -> str:
     return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
 
 
-def prepare(url: str) -> tuple[list[int], int]:
+SERVER_NAME = "qubix serve"  # the application_name of a server's connections
+
+
+def prepare(url: str, serving: bool = False) -> tuple[list[int], int]:
     """Connect, and migrate the schema (what `qubix serve` does before it listens, and
     `qubix db migrate`): the versions applied now and the schema's version. A clear
-    `StorageError` when the database cannot be reached."""
+    `StorageError` when the database cannot be reached, or (`serving`) when another
+    server uses it: each keeps its fleet's liveness and leases in memory, so two on one
+    database would expire each other's leases."""
     psycopg, _, _ = driver()
 
     async def run() -> list[int]:
         async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+            if serving:
+                cursor = await conn.execute(
+                    "SELECT count(*) FROM pg_stat_activity "
+                    "WHERE datname = current_database() AND application_name = %s",
+                    (SERVER_NAME,),
+                )
+                row = await cursor.fetchone()
+                if row and row[0]:
+                    raise StorageError(
+                        f"another qubix serve uses the database {redacted(url)}: one server a "
+                        "database for now (several replicas on one database are not built "
+                        "yet, docs/scaling.md)"
+                    )
             return await migrate(conn)
 
     try:
@@ -196,9 +215,9 @@ class PostgresStore(_Reads):
     """The store on PostgreSQL (`Store` in store.py). The pool opens on first use, in the
     event loop that uses it, and migrates the schema."""
 
-    def __init__(self, url: str, pool_size: int = 10) -> None:
+    def __init__(self, url: str, name: str = SERVER_NAME, pool_size: int = 10) -> None:
         self.psycopg, self.jsonb, self._pool_class = driver()
-        self.url, self.pool_size = url, pool_size
+        self.url, self.name, self.pool_size = url, name, pool_size
         self._pool: AsyncConnectionPool | None = None
         self._opening = asyncio.Lock()
         self._volatile: dict[str, dict[str, Doc]] = {kind: {} for kind in VOLATILE}
@@ -215,8 +234,10 @@ class PostgresStore(_Reads):
                     min_size=1,
                     max_size=self.pool_size,
                     open=False,
-                    timeout=10,
-                    kwargs={"autocommit": True},  # a transaction says BEGIN itself
+                    timeout=POOL_WAIT_S,
+                    # a transaction says BEGIN itself; the name tells servers apart
+                    kwargs={"autocommit": True, "application_name": self.name},
+                    check=self._pool_class.check_connection,  # none dead after a restart
                 )
                 try:
                     await pool.open(wait=True, timeout=10)
