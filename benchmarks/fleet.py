@@ -11,6 +11,12 @@ to lease), requests per second per worker, server CPU and RSS, and the simulator
 (so the reader can tell whether the simulator was the bottleneck).
 
     python benchmarks/fleet.py [--workers 1000 5000 10000] [--seconds 60] [--design both]
+    python benchmarks/fleet.py --database postgresql://user@host/db --design qubix
+
+With --database, each size runs twice in the same run: the embedded store (the baseline)
+and PostgreSQL (a fresh database made for the run next to the one named, dropped after),
+adding PostgreSQL's CPU (all its processes on this machine) and its transactions a second
+per 1,000 workers (an autocommit statement counts as one; `pg_stat_database`).
 
 Loopback only; bounded by --seconds. The simulator holds one connection per worker for its
 long-poll and opens one per heartbeat (closed after it), as the agent does.
@@ -27,6 +33,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
+import psutil
 import uvloop
 from _server import API_KEY, Connection, Server, percentile, register_body, register_many
 
@@ -223,8 +230,46 @@ class Fleet:
         ]
 
 
+class Postgres:
+    """PostgreSQL's side of a run: a fresh database, its CPU and transactions."""
+
+    def __init__(self, admin_url: str, run: str) -> None:
+        import psycopg
+
+        self.psycopg, self.admin_url = psycopg, admin_url
+        self.name = f"qubix_bench_{run}_{int(time.time())}"
+        with psycopg.connect(admin_url, autocommit=True) as conn:
+            conn.execute(f"CREATE DATABASE {self.name}".encode())
+        base = admin_url.rsplit("/", 1)[0]
+        self.url = f"{base}/{self.name}"
+
+    def cpu_s(self) -> float:
+        total = 0.0
+        for proc in psutil.process_iter(["name", "cpu_times"]):
+            if proc.info["name"] in ("postgres", "postmaster") and proc.info["cpu_times"]:
+                total += proc.info["cpu_times"].user + proc.info["cpu_times"].system
+        return total
+
+    def transactions(self) -> int:
+        with self.psycopg.connect(self.admin_url, autocommit=True) as conn:
+            row = conn.execute(
+                "SELECT xact_commit + xact_rollback FROM pg_stat_database WHERE datname = %s",
+                (self.name,),
+            ).fetchone()
+        return int(row[0]) if row else 0
+
+    def drop(self) -> None:
+        with self.psycopg.connect(self.admin_url, autocommit=True) as conn:
+            conn.execute(f"DROP DATABASE IF EXISTS {self.name} WITH (FORCE)".encode())
+
+
 async def simulate(
-    server: Server, workers: int, design: str, seconds: float, jobs_per_s: float
+    server: Server,
+    workers: int,
+    design: str,
+    seconds: float,
+    jobs_per_s: float,
+    postgres: Postgres | None = None,
 ) -> dict[str, Any]:
     tokens, _ = await register_many(server.url, workers)
     fleet = Fleet(server.url, tokens, design, server.heartbeat_interval_s)
@@ -235,6 +280,8 @@ async def simulate(
     await asyncio.sleep(ramp)
     fleet.measuring = True
     server_cpu0, own_cpu0, wall0 = server.cpu_s(), time.process_time(), time.perf_counter()
+    pg_cpu0 = postgres.cpu_s() if postgres else 0.0
+    pg_tx0 = postgres.transactions() if postgres else 0
     await fleet.submitter(jobs_per_s, time.monotonic() + seconds)
     wall = time.perf_counter() - wall0
     figures = {
@@ -243,6 +290,12 @@ async def simulate(
         "rss_mb": server.rss_mb(),
         "wall": wall,
     }
+    if postgres:
+        await asyncio.sleep(1.0)  # its statistics are flushed within a second
+        figures["pg_cpu"] = (postgres.cpu_s() - pg_cpu0) / wall * 100
+        figures["pg_tx_per_s_per_1000"] = (
+            (postgres.transactions() - pg_tx0 - 1) / wall / workers * 1000
+        )
     fleet.measuring = False
     lag.cancel()
     for w in fleet.workers.values():
@@ -251,10 +304,12 @@ async def simulate(
     return {"fleet": fleet, **figures}
 
 
-def report(workers: int, design: str, run: dict[str, Any]) -> None:
+def report(workers: int, design: str, run: dict[str, Any], store: str = "embedded") -> None:
     fleet: Fleet = run["fleet"]
     total = sum(e.requests for e in fleet.endpoints.values())
-    print(f"\n== {workers} workers, {design} design, {run['wall']:.0f} s measured ==")
+    print(
+        f"\n== {workers} workers, {design} design, {store} store, {run['wall']:.0f} s measured =="
+    )
     print(f"{'endpoint':<22}{'requests':>10}{'errors':>8}{'p50 ms':>10}{'p99 ms':>10}")
     for name, e in sorted(fleet.endpoints.items()):
         lat = e.latencies_ms
@@ -275,6 +330,11 @@ def report(workers: int, design: str, run: dict[str, Any]) -> None:
         f"simulator CPU {run['own_cpu']:.0f} %, its own loop lag p99 "
         f"{percentile(fleet.lag_ms, 99):.1f} ms"
     )
+    if "pg_cpu" in run:
+        print(
+            f"PostgreSQL CPU {run['pg_cpu']:.0f} %, transactions/s per 1,000 workers "
+            f"{run['pg_tx_per_s_per_1000']:.1f}"
+        )
 
 
 def main() -> None:
@@ -284,14 +344,29 @@ def main() -> None:
     parser.add_argument("--jobs-per-s", type=float, default=20)
     parser.add_argument("--heartbeat-interval", type=float, default=30.0)
     parser.add_argument("--design", choices=["qubix", "seed", "both"], default="both")
+    parser.add_argument(
+        "--database", help="a PostgreSQL database to make the run's databases beside"
+    )
     args = parser.parse_args()
     designs = ["qubix", "seed"] if args.design == "both" else [args.design]
+    stores = ["embedded", "postgres"] if args.database else ["embedded"]
     for workers in args.workers:
         for design in designs:
-            with Server(args.heartbeat_interval) as server:
-                run = uvloop.run(simulate(server, workers, design, args.seconds, args.jobs_per_s))
-            report(workers, design, run)
-            sys.stdout.flush()
+            for store in stores:
+                postgres = Postgres(args.database, f"{workers}") if store == "postgres" else None
+                options = ("--database", postgres.url) if postgres else ()
+                try:
+                    with Server(args.heartbeat_interval, *options) as server:
+                        run = uvloop.run(
+                            simulate(
+                                server, workers, design, args.seconds, args.jobs_per_s, postgres
+                            )
+                        )
+                finally:
+                    if postgres:
+                        postgres.drop()
+                report(workers, design, run, store)
+                sys.stdout.flush()
 
 
 if __name__ == "__main__":

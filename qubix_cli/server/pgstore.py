@@ -320,7 +320,9 @@ class PostgresStore(_Reads):
                 self._volatile[kind].setdefault(key, doc)  # what this process said wins
 
     async def save_volatile(self) -> None:
-        """The changed kinds, each replaced in one transaction of the unlogged table."""
+        """The changed kinds, each replaced in one transaction of the unlogged table: a
+        DELETE and one COPY, however many entries (10,000 workers' liveness is two
+        statements, not 10,000)."""
         pool = await self.pool()
         for kind in list(self._changed):
             self._changed.discard(kind)
@@ -329,10 +331,13 @@ class PostgresStore(_Reads):
                 async with pool.connection() as conn, conn.transaction():
                     await conn.execute("DELETE FROM qubix_volatile WHERE kind = %s", (kind,))
                     async with conn.cursor() as cursor:
-                        await cursor.executemany(
-                            "INSERT INTO qubix_volatile (kind, key, doc) VALUES (%s, %s, %s)",
-                            [(kind, key, self.jsonb(doc)) for key, doc in entries],
-                        )
+                        copy = "COPY qubix_volatile (kind, key, doc) FROM STDIN"
+                        async with cursor.copy(copy) as rows:
+                            for key, doc in entries:
+                                await rows.write_row((kind, key, json.dumps(doc)))
+            except self.psycopg.Error as exc:
+                self._changed.add(kind)
+                raise _refused(exc) from exc
             except BaseException:
                 self._changed.add(kind)
                 raise
