@@ -228,11 +228,14 @@ class JobQueue:
     async def lease(self, provider: Doc, wait_s: float) -> Doc | None:
         """The job `dispatch` chooses for this provider, leased to it, or None after `wait_s`.
         Now and then (always, while it is quarantined) a canary instead (trust.py)."""
-        job = await self._claim(provider, None)
-        if job is None and wait_s > 0:
-            room = dispatch.with_room(provider, await held_by(self.store, provider))
-            if room is not None:
-                job = await self._wait_for_job(room, wait_s)
+        room = dispatch.with_room(provider, await held_by(self.store, provider))
+        job = None
+        # Nothing queued (the idle fleet's usual answer): no claim to make, no canary due;
+        # a submission from now on is offered to this worker while it waits.
+        if room is None or await self.store.count("jobs", where={"status": "queued"}):
+            job = await self._claim(provider, None)
+        if job is None and wait_s > 0 and room is not None:
+            job = await self._wait_for_job(room, wait_s)
         return job
 
     def _canary_due(self, provider: Doc) -> bool:

@@ -11,6 +11,10 @@ The schema is created and migrated at start (`MIGRATIONS`, in order, recorded in
 `qubix_migrations`) under an advisory lock, so servers that start together do not race;
 `qubix db migrate` does the same by itself.
 
+One server uses a database at a time (`prepare` refuses a second), so every write passes
+through this store: it keeps the providers it has read or written in memory
+(`CACHED`), and a heartbeat's or a poll's look-up of its worker costs no statement.
+
 Volatile state (liveness, lease renewals, pending cancels, registration windows, key use)
 stays in memory, as in the embedded store, and is saved now and then to an unlogged table
 so that a restart finds it.
@@ -35,6 +39,7 @@ if TYPE_CHECKING:
 
 LOCK_MIGRATE = 0x51B1C001  # advisory lock ids: the schema's migrations
 LOCK_WRITE = 0x51B1C002  # and the one writer at a time
+CACHED = ("providers",)  # read on every heartbeat and poll; written rarely
 POOL_WAIT_S = 3.0  # a request waits this long for a connection, then answers 503
 
 MIGRATIONS: list[str] = [
@@ -169,7 +174,7 @@ def _order(order_by: str, descending: bool) -> str:
 
 
 class _Reads:
-    """`get`, `scan` and `count` on one connection (a transaction's) or the pool's."""
+    """`get` and `scan` on one connection (a transaction's) or the pool's."""
 
     jsonb: Any
     psycopg: Any
@@ -187,14 +192,14 @@ class _Reads:
             except self.psycopg.Error as exc:
                 raise _refused(exc) from exc
 
-    async def _db_get(self, table: str, key: str) -> Doc | None:
+    async def get(self, table: str, key: str) -> Doc | None:
         rows = await self._rows(f'SELECT doc FROM "{table}" WHERE key = %s', [key])
         return rows[0][0] if rows else None
 
-    async def _db_scan(
+    async def scan(
         self,
         table: str,
-        where: Mapping[str, Any] | None,
+        where: Mapping[str, Any] | None = None,
         order_by: str | None = None,
         descending: bool = False,
         offset: int = 0,
@@ -222,6 +227,8 @@ class PostgresStore(_Reads):
         self._opening = asyncio.Lock()
         self._volatile: dict[str, dict[str, Doc]] = {kind: {} for kind in VOLATILE}
         self._changed: set[str] = set()
+        self._cache: dict[tuple[str, str], Doc | None] = {}  # CACHED tables' documents
+        self._cached_commits = 0  # commits that changed a CACHED table
         self.observe_commit: Callable[[float], None] = _ignore
 
     async def pool(self) -> AsyncConnectionPool:
@@ -237,7 +244,6 @@ class PostgresStore(_Reads):
                     timeout=POOL_WAIT_S,
                     # a transaction says BEGIN itself; the name tells servers apart
                     kwargs={"autocommit": True, "application_name": self.name},
-                    check=self._pool_class.check_connection,  # none dead after a restart
                 )
                 try:
                     await pool.open(wait=True, timeout=10)
@@ -263,18 +269,15 @@ class PostgresStore(_Reads):
             raise _refused(exc) from exc
 
     async def get(self, table: str, key: str) -> Doc | None:
-        return await self._db_get(table, key)
-
-    async def scan(
-        self,
-        table: str,
-        where: Mapping[str, Any] | None = None,
-        order_by: str | None = None,
-        descending: bool = False,
-        offset: int = 0,
-        limit: int | None = None,
-    ) -> list[Doc]:
-        return await self._db_scan(table, where, order_by, descending, offset, limit)
+        if table not in CACHED:
+            return await super().get(table, key)
+        if (table, key) in self._cache:
+            return self._cache[(table, key)]
+        commits = self._cached_commits
+        doc = await super().get(table, key)
+        if commits == self._cached_commits:  # no commit changed it while it was read
+            self._cache[(table, key)] = doc
+        return doc
 
     async def count(self, table: str, where: Mapping[str, Any] | None = None) -> int:
         condition, params = _where(where, self.jsonb)
@@ -293,6 +296,10 @@ class PostgresStore(_Reads):
                     await tx.flush()
             except self.psycopg.Error as exc:  # rolled back: nothing of it is anywhere
                 raise _refused(exc) from exc
+        for (table, key), doc in tx.writes.items():  # committed: what readers see now
+            if table in CACHED:
+                self._cache[(table, key)] = doc
+                self._cached_commits += 1
         if tx.writes:
             self.observe_commit(time.perf_counter() - started)
 
@@ -363,7 +370,7 @@ class _PgTransaction(_Reads):
     async def get(self, table: str, key: str) -> Doc | None:
         if (table, key) in self.writes:
             return self.writes[(table, key)]
-        return await self._db_get(table, key)
+        return await super().get(table, key)
 
     async def scan(
         self,
@@ -376,9 +383,9 @@ class _PgTransaction(_Reads):
     ) -> list[Doc]:
         mine = {k: doc for (t, k), doc in self.writes.items() if t == table}
         if not mine:
-            return await self._db_scan(table, where, order_by, descending, offset, limit)
+            return await super().scan(table, where, order_by, descending, offset, limit)
         key = TABLES[table].key
-        found = [d for d in await self._db_scan(table, where) if d[key] not in mine]
+        found = [d for d in await super().scan(table, where) if d[key] not in mine]
         found += [d for d in mine.values() if d is not None and _matches(d, where)]
         if order_by is not None:
             found.sort(key=lambda d: (d.get(order_by), d[key]), reverse=descending)

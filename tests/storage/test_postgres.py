@@ -7,12 +7,11 @@ from __future__ import annotations
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 
 import httpx
 import psycopg
 
-from tests.helpers import KEY, ServerProcess, Worker, register_body, wait_for
+from tests.helpers import KEY, ServerProcess, Worker, job, register_body, submit, wait_for
 from tests.pg import Cluster
 
 
@@ -26,15 +25,8 @@ def qubix(*args: str, env: dict[str, str] | None = None) -> subprocess.Completed
     )
 
 
-def submit(server: ServerProcess, **body: Any) -> str:
-    answer = httpx.post(f"{server.url}/api/jobs", json=body, headers=KEY)
-    assert answer.status_code == 201, answer.text
-    job_id: str = answer.json()["job"]["id"]
-    return job_id
-
-
 def status(server: ServerProcess, job_id: str) -> str:
-    found: str = httpx.get(f"{server.url}/api/jobs/{job_id}", headers=KEY).json()["job"]["status"]
+    found: str = job(server, job_id)["status"]
     return found
 
 

@@ -15,7 +15,7 @@ from playwright.sync_api import Browser, Page, Route, expect
 
 import qubix_cli
 from qubix_cli.worker.engine import expected_digest
-from tests.helpers import ADDRESS, KEY, ServerProcess, wait_for
+from tests.helpers import ADDRESS, KEY, ServerProcess, job, submit, wait_for
 from tests.web.conftest import open_page, screenshot
 
 WORKER_JS = Path(qubix_cli.__file__).parent / "web" / "browser-worker.js"
@@ -37,18 +37,6 @@ WGSL = {
     ],
 }
 ON_SOFTWARE = {"hardwareGpu": False}  # SwiftShader is all there is here
-
-
-def submit(server: ServerProcess, **body: Any) -> str:
-    answer = httpx.post(f"{server.url}/api/jobs", json=body, headers=KEY)
-    assert answer.status_code == 201, answer.text
-    job_id: str = answer.json()["job"]["id"]
-    return job_id
-
-
-def job(server: ServerProcess, job_id: str) -> dict[str, Any]:
-    found: dict[str, Any] = httpx.get(f"{server.url}/api/jobs/{job_id}", headers=KEY).json()["job"]
-    return found
 
 
 def provider(server: ServerProcess, worker_id: str) -> dict[str, Any]:
