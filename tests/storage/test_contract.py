@@ -317,3 +317,24 @@ def test_volatile_state_is_kept_and_saved(backend: Any) -> None:
 async def _tx_get(store: Store, table: str, key: str) -> Doc | None:
     async with store.transaction() as tx:
         return await tx.get(table, key)
+
+
+def test_a_provider_read_then_changed_reads_changed_at_once(backend: Any) -> None:
+    """A heartbeat reads its provider on every beat (a backend may keep it at hand); a
+    registration, a re-registration or a removal must show at the very next read."""
+    store = backend.open()
+    worker = {"workerId": "w1", "tokenHash": "a", "qubicAddress": "Q"}
+
+    async def body() -> list[Any]:
+        seen = [await store.get("providers", "w1")]
+        await put(store, "providers", worker)
+        seen.append((await store.get("providers", "w1"))["tokenHash"])
+        await put(store, "providers", {**worker, "tokenHash": "b"})
+        seen.append((await store.get("providers", "w1"))["tokenHash"])
+        async with store.transaction() as tx:
+            tx.delete("providers", "w1")
+        seen.append(await store.get("providers", "w1"))
+        return seen
+
+    assert run(body) == [None, "a", "b", None]
+    assert run(lambda: backend.open().get("providers", "w1")) is None

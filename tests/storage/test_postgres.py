@@ -4,9 +4,11 @@ coming back."""
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import httpx
 import psycopg
@@ -160,3 +162,40 @@ def test_the_server_answers_503_while_postgres_is_down_and_recovers_by_itself(
         assert server.proc.poll() is None  # the same process, never restarted
     finally:
         server.stop()
+
+
+def test_a_read_that_races_a_commit_never_keeps_the_older_provider(
+    cluster: Cluster, monkeypatch: Any
+) -> None:
+    """The store keeps providers at hand; a read that fetched the row before a commit but
+    finishes after it must not put the older row back."""
+    from qubix_cli.server import pgstore
+
+    url = cluster.new_database()
+    store, other = pgstore.PostgresStore(url), pgstore.PostgresStore(url, name="another")
+    committed = asyncio.Event()
+    real = pgstore._Reads.get
+
+    async def slow_get(self: Any, table: str, key: str) -> Any:
+        doc = await real(self, table, key)
+        if self is store:
+            await committed.wait()  # the row is fetched; the commit lands meanwhile
+        return doc
+
+    async def body() -> Any:
+        async with other.transaction() as tx:  # not through `store`: it has not seen it
+            tx.put("providers", {"workerId": "w1", "tokenHash": "old"})
+        await other.close()
+        monkeypatch.setattr(pgstore._Reads, "get", slow_get)
+        reading = asyncio.create_task(store.get("providers", "w1"))
+        await asyncio.sleep(0.2)
+        async with store.transaction() as tx:
+            tx.put("providers", {"workerId": "w1", "tokenHash": "new"})
+        committed.set()
+        assert (await reading)["tokenHash"] == "old"  # it read before the commit
+        monkeypatch.undo()
+        found = await store.get("providers", "w1")
+        await store.close()
+        return found["tokenHash"]
+
+    assert asyncio.run(body()) == "new"
