@@ -338,3 +338,11 @@ def test_a_provider_read_then_changed_reads_changed_at_once(backend: Any) -> Non
 
     assert run(body) == [None, "a", "b", None]
     assert run(lambda: backend.open().get("providers", "w1")) is None
+
+
+def test_volatile_text_of_any_kind_survives_a_save(backend: Any) -> None:
+    store = backend.open()
+    odd = {"pausedReason": 'a\\b\t"c"\nd é \u2603', "usage": {"gpus": [{"tempC": 81.5}]}}
+    store.remember("liveness", "w-odd", odd)
+    run(store.save_volatile)
+    assert run(lambda: backend.open().recall("liveness", "w-odd")) == odd
