@@ -88,7 +88,10 @@ async def _housekeeping(app: Starlette, tick_s: float) -> None:
     settings: Settings = app.state.settings
     loop = asyncio.get_running_loop()
     next_save = loop.time() + VOLATILE_SAVE_S
-    next_forget = loop.time()
+    next_forget = next_forget_providers = loop.time()
+    # Forgetting reads every provider: every 10 minutes at most (a tenth of the time a
+    # provider is kept offline), not with every save.
+    forget_every_s = min(600.0, max(VOLATILE_SAVE_S, settings.forget_offline_after_s / 10))
     while True:
         await asyncio.sleep(tick_s)
         try:
@@ -97,10 +100,12 @@ async def _housekeeping(app: Starlette, tick_s: float) -> None:
             if loop.time() >= next_forget:
                 next_forget = loop.time() + min(600.0, max(1.0, settings.retention_s / 4))
                 await files.forget_old()
-            if loop.time() >= next_save:
-                next_save = loop.time() + VOLATILE_SAVE_S
+            if loop.time() >= next_forget_providers:
+                next_forget_providers = loop.time() + forget_every_s
                 for worker_id in await registry.forget():
                     await jobs.requeue_held_by(worker_id)
+            if loop.time() >= next_save:
+                next_save = loop.time() + VOLATILE_SAVE_S
                 await store.save_volatile()
         except (StorageError, OSError) as exc:
             log.error("housekeeping: %s", exc)
