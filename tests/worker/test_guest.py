@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -177,3 +179,54 @@ def test_max_cpu_percent_holds_jobs_to_that_share_of_the_cpus(
     out = done["result"]["stdoutTail"].split()
     assert out == [str(allowed), f"omp={allowed}"], done["result"]
     assert threads == 1 or allowed < threads
+
+
+def test_a_hot_gpu_hands_back_and_rests_until_it_cools(
+    server: ServerProcess, workers: Callable[..., Worker], tmp_path: Path
+) -> None:
+    from tests.worker.fakes import nvidia
+
+    temps = tmp_path / "usage.csv"  # what the fake nvidia-smi says of each GPU's use
+    temps.write_text("0, 90, 1000, 60\n1, 0, 1, 40\n")
+    nvidia(tmp_path / "bin", "nvidia-smi-2gpu.csv", usage=str(temps))
+    workers("w1", "--max-gpu-temp", "85")
+    shown = lambda: httpx.get(f"{server.url}/api/providers/w1").json().get("provider") or {}  # noqa: E731
+    wait_for(lambda: shown().get("status") == "online")
+    job_id = submit(server, type="sleep", payload={"seconds": 60}, maxAttempts=1)
+    wait_for(lambda: job(server, job_id)["status"] == "assigned")
+    temps.write_text("0, 100, 1000, 88\n1, 0, 1, 40\n")  # it heats up
+    wait_for(lambda: job(server, job_id)["status"] == "queued", timeout=30)
+    preempted = [e for e in job(server, job_id)["history"] if e["event"] == "preempted"]
+    assert preempted[0]["reason"] == "GPU at 88 °C, its ceiling is 85 °C"
+    wait_for(lambda: shown().get("status") == "paused", timeout=15)
+    temps.write_text("0, 0, 1000, 82\n1, 0, 1, 40\n")  # cooler, not by the 5 degrees yet
+    time.sleep(12)  # the preferences are looked at every 10 s
+    assert shown()["status"] == "paused" and job(server, job_id)["status"] == "queued"
+    temps.write_text("0, 0, 1000, 79\n1, 0, 1, 40\n")
+    wait_for(lambda: job(server, job_id)["status"] == "assigned", timeout=30)
+    assert shown()["trust"]["failed"] == 0
+    httpx.post(f"{server.url}/api/jobs/{job_id}/cancel", headers=KEY)
+
+
+def test_outside_its_schedule_it_rests_and_a_new_schedule_applies_without_a_restart(
+    server: ServerProcess, workers: Callable[..., Worker]
+) -> None:
+    now = time.localtime()
+    day = guest.DAYS[(now.tm_wday + 2) % 7]  # a window two days away: not now
+    worker = workers("w1", "--schedule", f"{day} 10:00-11:00")
+    shown = lambda: httpx.get(f"{server.url}/api/providers/w1").json().get("provider") or {}  # noqa: E731
+    wait_for(lambda: shown().get("pausedReason") == "outside the provider's schedule", timeout=15)
+    job_id = submit(server, type="sleep", payload={"seconds": 0.1})
+    time.sleep(2)
+    assert job(server, job_id)["status"] == "queued"
+    diagnosis = httpx.get(f"{server.url}/api/providers/w1/diagnosis", headers=KEY).json()
+    assert any("outside the provider's schedule" in r for r in diagnosis["reasons"]), diagnosis
+    changed = subprocess.run(
+        [sys.executable, "-m", "qubix_cli", "worker", "preferences", "--schedule", ""],
+        env={**os.environ, "QUBIX_HOME": str(worker.home)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert changed.returncode == 0, changed.stderr  # any time, from now on
+    wait_for(lambda: job(server, job_id)["status"] == "completed", timeout=30)
