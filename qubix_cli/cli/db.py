@@ -16,7 +16,6 @@ from qubix_cli.errors import InvalidInput
 
 app = typer.Typer(help="The PostgreSQL database: migrate its schema, copy a data dir into it.")
 console = Console(soft_wrap=True)
-COPY_BATCH = 500  # documents a transaction
 
 DatabaseUrl = Annotated[
     str,
@@ -75,13 +74,12 @@ def copy(
                     f"{redacted(to)} already holds {found}: copy into an empty database"
                 )
             copied: dict[str, int] = {}
-            for table in TABLES:
-                docs = await embedded.scan(table)
-                for start in range(0, len(docs), COPY_BATCH):
-                    async with target.transaction() as tx:
-                        for doc in docs[start : start + COPY_BATCH]:
-                            tx.put(table, doc)
-                copied[table] = len(docs)
+            async with target.transaction() as tx:  # all of it, or (an error) nothing
+                for table in TABLES:
+                    docs = await embedded.scan(table)
+                    for doc in docs:
+                        tx.put(table, doc)
+                    copied[table] = len(docs)
             for kind in ("liveness", "leases", "cancels"):  # leases stay renewable
                 for key, value in (await embedded.recall_all(kind)).items():
                     target.remember(kind, key, value)
@@ -97,7 +95,9 @@ def copy(
 
 
 def _check_url(url: str) -> None:
-    from qubix_cli.server.pgstore import is_postgres_url
+    from qubix_cli.server.pgstore import is_postgres_url, redacted
 
     if not is_postgres_url(url):
-        raise InvalidInput(f"{url!r} is not a postgresql://user:password@host:port/name URL")
+        raise InvalidInput(
+            f"{redacted(url)!r} is not a postgresql://user:password@host:port/name URL"
+        )

@@ -280,7 +280,7 @@ def _database(url: str, say: Callable[[str], None]) -> str:
 
     if not is_postgres_url(url):
         raise typer.BadParameter(
-            f"--database {url!r}: give a postgresql://user:password@host:port/name URL "
+            f"--database {redacted(url)!r}: give a postgresql://user:password@host:port/name URL "
             "(without --database the embedded store in the data dir is used)"
         )
     applied, version = prepare(url, serving=True)

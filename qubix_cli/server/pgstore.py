@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import re
 import time
 import urllib.parse
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -104,13 +105,21 @@ async def migrate(conn: AsyncConnection[Any]) -> list[int]:
     return applied
 
 
-def redacted(url: str) -> str:
-    """The URL as logs and messages may show it: without its password."""
-    parts = urllib.parse.urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-    return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
+def _secrets(url: str) -> list[str]:
+    """The passwords a URL holds (after `user:` or as `password=`), however it is formed."""
+    found = re.findall(r"^[a-z0-9+.-]+://[^/@?#]*?:([^/@?#]*)@", url, re.I)
+    found += re.findall(r"[?&]password=([^&#]*)", url, re.I)
+    return [s for s in found if s]
+
+
+def redacted(url: str, text: str | None = None) -> str:
+    """`text` (by default the URL itself) as messages and logs may show it: with the URL's
+    passwords replaced by ***. Never fails, whatever the URL."""
+    shown = url if text is None else text
+    for secret in sorted(_secrets(url), key=len, reverse=True):
+        shown = shown.replace(secret, "***")
+        shown = shown.replace(urllib.parse.unquote(secret), "***")
+    return shown
 
 
 SERVER_NAME = "qubix serve"  # the application_name of a server's connections
@@ -145,8 +154,20 @@ def prepare(url: str, serving: bool = False) -> tuple[list[int], int]:
         applied = asyncio.run(run())
     except psycopg.Error as exc:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise StorageError(f"cannot use the database {redacted(url)}: {reason}") from exc
+        raise StorageError(
+            f"cannot use the database {redacted(url)}: {redacted(url, reason)}"
+        ) from None  # its traceback would show the URL
     return applied, len(MIGRATIONS)
+
+
+_NUL = re.compile(r"(?<!\\)((?:\\\\)*)\\u0000")  # an escaped NUL, not an escaped backslash
+
+
+def dumps(doc: Any) -> str:
+    """JSON as PostgreSQL stores it: it cannot hold the NUL character (U+0000), which a
+    worker's output or a renter's text may contain, so NUL is kept as U+FFFD, the
+    replacement character (the embedded store keeps NUL itself)."""
+    return _NUL.sub(r"\1\\ufffd", json.dumps(doc, separators=(",", ":")))
 
 
 def _where(where: Mapping[str, Any] | None, jsonb: Any) -> tuple[str, list[Any]]:
@@ -221,7 +242,8 @@ class PostgresStore(_Reads):
     event loop that uses it, and migrates the schema."""
 
     def __init__(self, url: str, name: str = SERVER_NAME, pool_size: int = 10) -> None:
-        self.psycopg, self.jsonb, self._pool_class = driver()
+        self.psycopg, jsonb, self._pool_class = driver()
+        self.jsonb = lambda value: jsonb(value, dumps=dumps)
         self.url, self.name, self.pool_size = url, name, pool_size
         self._pool: AsyncConnectionPool | None = None
         self._opening = asyncio.Lock()
@@ -418,18 +440,19 @@ async def _copy_text(kind: str, entries: list[tuple[str, Doc]]) -> bytes:
     lines: list[str] = []
     for start in range(0, len(entries), 500):
         for key, doc in entries[start : start + 500]:
-            text = json.dumps(doc, separators=(",", ":")).replace("\\", "\\\\")
+            text = dumps(doc).replace("\\", "\\\\")
             lines.append(f"{kind}\t{key}\t{text}\n")
         await asyncio.sleep(0)
     return "".join(lines).encode()
 
 
 def _refused(exc: BaseException) -> StorageError:
-    """What a client is told when the database cannot be reached or refuses a change (the
+    """What a client is told when the database cannot be reached or refuses a request (the
     message never holds the URL, which may hold a password)."""
     kind = type(exc).__name__
     return StorageError(
-        f"the database did not take this change ({kind}); nothing was saved. Try again."
+        f"the database is unavailable or refused the request ({kind}); nothing was "
+        "changed. Try again in a moment."
     )
 
 

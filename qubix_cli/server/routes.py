@@ -223,7 +223,14 @@ ENDPOINTS = (
         answer=Lease,
         access=WORKER,
     ),
-    Endpoint("GET", "/healthz", "healthz", "Liveness", (200,), answer=Health),
+    Endpoint(
+        "GET",
+        "/healthz",
+        "healthz",
+        "Liveness: 503 while the server cannot read its storage (its database is down)",
+        (200, 503),
+        answer=Health,
+    ),
     Endpoint(
         "POST",
         "/api/providers/quick-register",
@@ -605,6 +612,7 @@ class Api:
         return await self.registry.authenticate(request.path_params["workerId"], token)
 
     async def healthz(self, request: Request) -> Response:
+        await self.registry.store.get("accounts", "operator")  # StorageError: 503
         return json_response(
             {
                 "ok": True,

@@ -385,6 +385,8 @@ class WgslPayload(Body):
             raise ValueError(f"the inputs are over {WGSL_MAX_DATA_BYTES} bytes together")
         if sum(b.sizeBytes for b in self.buffers if b.output) > WGSL_MAX_DATA_BYTES:
             raise ValueError(f"the output buffers are over {WGSL_MAX_DATA_BYTES} bytes together")
+        if not any(b.output for b in self.buffers):
+            raise ValueError("no buffer is an output: the job would return nothing")
         return self
 
 

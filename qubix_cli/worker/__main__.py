@@ -317,10 +317,14 @@ def provider_command(args: argparse.Namespace) -> int:
     this machine, through its state dir."""
     if args.command == "preferences":
         problem = save_preferences(args, keep=not args.reset)
+        try:
+            shown = guest.load_strict(state.home())
+        except guest.PreferenceError as exc:
+            problem = problem or str(exc)
         if problem:
             print(f"qubix: error: {problem}", file=sys.stderr)
             return 2
-        print(json.dumps(guest.load(state.home()), indent=2, sort_keys=True))
+        print(json.dumps(shown, indent=2, sort_keys=True))
         return 0
     if state.load_credentials(state.home()) is None:
         print(
@@ -411,17 +415,13 @@ def save_preferences(args: argparse.Namespace, keep: bool = True) -> str | None:
     changes = {k: v for k, v in given.items() if v is not None}
     if not changes and keep:
         return None
-    try:
-        guest.parse_schedule(changes.get("schedule") or "")
-    except guest.PreferenceError as exc:
-        return f"--schedule: {exc}"
-    for option, key in (("--max-gpus", "maxGpus"), ("--idle-only", "idleMinutes")):
-        if changes.get(key, 0) < 0:
-            return f"{option} must be 0 or more"
-    if not 1 <= changes.get("maxCpuPercent", 100) <= 100:
-        return "--max-cpu-percent must be between 1 and 100"
     home = state.home()
-    guest.save(home, {**(guest.load(home) if keep else {}), **changes})
+    try:
+        guest.check(changes)
+        prefs = {**(guest.load_strict(home) if keep else {}), **changes}
+    except guest.PreferenceError as exc:
+        return str(exc)
+    guest.save(home, prefs)
     return None
 
 

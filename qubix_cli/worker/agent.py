@@ -101,6 +101,7 @@ class Agent:
         self.last_usage: dict[str, Any] | None = None  # what the last heartbeat said
         self.rest_reason: str | None = None  # why the preferences say rest, when they do
         self.rest_checked = 0.0  # when the preferences were last looked at
+        self.prefs_problem: str | None = None  # what is wrong with them, said once
         self.refused: set[str] = set()  # versions this worker will not take (checked once)
 
     # -- signals ---------------------------------------------------------------------
@@ -363,7 +364,14 @@ class Agent:
         if now - self.rest_checked < PREFERENCES_CHECK_S:
             return self.rest_reason is not None
         self.rest_checked = now
-        prefs = guest.load(self.home)
+        try:
+            prefs = guest.load_strict(self.home)
+        except guest.PreferenceError as exc:  # a hand edit gone wrong: as if there were none
+            if str(exc) != self.prefs_problem:
+                log.error("preferences ignored until fixed: %s", exc)
+            self.prefs_problem, prefs = str(exc), {}
+        else:
+            self.prefs_problem = None
         if bool(prefs.get("idleMinutes")) != self.idle_only:
             self.idle_only = not self.idle_only
             log.info("idle-only is now %s: registering again to say so", self.idle_only)
@@ -374,13 +382,9 @@ class Agent:
         battery = guest.on_battery() if prefs.get("notOnBattery") else None
         idle = guest.idle_seconds(time.time()) if prefs.get("idleMinutes") else None
         temp = guest.hottest_c(self.last_usage)
-        try:
-            self.rest_reason = guest.reason_to_rest(
-                prefs, time.localtime(), battery, temp, self.rest_reason, idle
-            )
-        except guest.PreferenceError as exc:
-            log.error("preferences ignored: %s", exc)
-            self.rest_reason = None
+        self.rest_reason = guest.reason_to_rest(
+            prefs, time.localtime(), battery, temp, self.rest_reason, idle
+        )
         return self.rest_reason is not None
 
     def _pause_asked(self) -> bool:

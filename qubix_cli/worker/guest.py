@@ -230,6 +230,43 @@ def reason_to_rest(
     return None
 
 
+# Each preference: its option, and for numbers the least and the most it may be.
+OPTIONS = {
+    "schedule": "--schedule",
+    "notOnBattery": "--not-on-battery",
+    "idleMinutes": "--idle-only",
+    "maxGpus": "--max-gpus",
+    "maxGpuTempC": "--max-gpu-temp",
+    "maxCpuPercent": "--max-cpu-percent",
+}
+BOUNDS = {
+    "idleMinutes": (0, 7 * 24 * 60),
+    "maxGpus": (0, 64),
+    "maxGpuTempC": (30, 120),
+    "maxCpuPercent": (1, 100),
+}
+
+
+def check(prefs: dict[str, Any]) -> None:
+    """PreferenceError, saying which and how to write it, for a preference that cannot
+    be used (a hand-edited file may hold anything)."""
+    schedule = prefs.get("schedule")
+    if schedule is not None and not isinstance(schedule, str):
+        raise PreferenceError("--schedule: write it as text such as 'mon-fri 18:00-08:00'")
+    try:
+        parse_schedule(schedule or "")
+    except PreferenceError as exc:
+        raise PreferenceError(f"--schedule: {exc}") from None
+    if not isinstance(prefs.get("notOnBattery", False), bool):
+        raise PreferenceError("--not-on-battery: notOnBattery must be true or false")
+    for key, (least, most) in BOUNDS.items():
+        value = prefs.get(key)
+        if value is not None and (
+            isinstance(value, bool) or not isinstance(value, int) or not least <= value <= most
+        ):
+            raise PreferenceError(f"{OPTIONS[key]} must be between {least} and {most}")
+
+
 def cpu_threads(prefs: dict[str, Any], threads: int) -> int | None:
     """How many of the machine's CPU threads jobs may use (`maxCpuPercent` of them, at
     least one), or None without a limit."""
@@ -240,13 +277,29 @@ def cpu_threads(prefs: dict[str, Any], threads: int) -> int | None:
 
 
 def load(state_dir: str) -> dict[str, Any]:
-    """The preferences kept in the state dir ({} if none, or unreadable)."""
+    """The preferences kept in the state dir ({} if none, unreadable or unusable: the
+    worker then works as if it had none, and says why once it checks them)."""
     try:
-        with open(os.path.join(state_dir, PREFERENCES_FILE)) as f:
-            found = json.load(f)
-    except (OSError, ValueError):
+        return load_strict(state_dir)
+    except PreferenceError:
         return {}
-    return found if isinstance(found, dict) else {}
+
+
+def load_strict(state_dir: str) -> dict[str, Any]:
+    """The preferences kept in the state dir ({} if none); PreferenceError if the file is
+    there but damaged or holds a preference that cannot be used."""
+    path = os.path.join(state_dir, PREFERENCES_FILE)
+    try:
+        with open(path) as f:
+            found = json.load(f)
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as exc:
+        raise PreferenceError(f"{path} cannot be read ({exc}): fix it, or --reset") from None
+    if not isinstance(found, dict):
+        raise PreferenceError(f"{path} is not a JSON object: fix it, or --reset")
+    check(found)
+    return found
 
 
 def save(state_dir: str, prefs: dict[str, Any]) -> None:

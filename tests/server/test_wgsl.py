@@ -29,6 +29,7 @@ def wgsl(**payload: Any) -> dict[str, Any]:
     ("payload", "says"),
     [
         ({"buffers": [OUT, OUT]}, "two buffers have the same binding"),
+        ({"buffers": [{"binding": 0, "sizeBytes": 4}]}, "no buffer is an output"),
         ({"buffers": [{"binding": 1, "sizeBytes": 4, "input": "not base64!"}]}, "not base64"),
         (
             {
@@ -96,3 +97,11 @@ def test_a_software_renderer_gets_no_gpu_job_unless_the_renter_allows_it(
     allowed = client.post("/api/jobs", json=anywhere, headers=KEY).json()["job"]
     leased = lease(client, "web-1", token)
     assert leased is not None and leased["job"]["id"] == allowed["id"] != needs_gpu["id"]
+
+
+def test_a_nul_in_a_job_is_stored_on_either_store(client: TestClient) -> None:
+    """PostgreSQL cannot hold U+0000: it is kept as U+FFFD there, never a 503."""
+    answer = client.post("/api/jobs", json=wgsl(shader="a\x00b"), headers=KEY)
+    assert answer.status_code == 201, answer.text
+    shown = client.get(f"/api/jobs/{answer.json()['job']['id']}", headers=KEY).json()["job"]
+    assert shown["payload"]["shader"] in ("a\x00b", "a\ufffdb")

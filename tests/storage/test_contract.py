@@ -346,3 +346,12 @@ def test_volatile_text_of_any_kind_survives_a_save(backend: Any) -> None:
     store.remember("liveness", "w-odd", odd)
     run(store.save_volatile)
     assert run(lambda: backend.open().recall("liveness", "w-odd")) == odd
+
+
+def test_a_nul_character_never_fails_a_commit(backend: Any) -> None:
+    """A worker's output or a renter's text may hold U+0000, which PostgreSQL cannot
+    store: it is kept (as NUL, or as U+FFFD where it cannot be), never refused."""
+    store = backend.open()
+    run(lambda: put(store, "logs", {"id": "l1", "jobId": "j1", "text": "a\x00b\\u0000"}))
+    text = run(lambda: backend.open().get("logs", "l1"))["text"]
+    assert text in ("a\x00b\\u0000", "a\ufffdb\\u0000")

@@ -83,6 +83,16 @@ def test_a_wrong_database_is_a_clear_error_without_its_password(tmp_path: Path) 
     assert not data.exists()  # nothing made before the database was found wanting
     wrong = qubix("serve", "--database", "mysql://x/y", "--port", "0")
     assert wrong.returncode != 0 and "postgresql://" in wrong.stdout + wrong.stderr
+    for leaky in (  # however the password is written, and however wrong the URL is
+        "mysql://qubix:s3cret@host/x",
+        "postgresql://qubix:s3cret@[::1/x",
+        "postgresql://qubix@127.0.0.1:1/x?password=s3cret",
+        "postgresql://qubix:s3c%ZZret@127.0.0.1:1/x",
+    ):
+        said = qubix("db", "migrate", "--database", leaky)
+        assert said.returncode != 0, leaky
+        assert "s3c" not in said.stdout + said.stderr, said.stdout + said.stderr
+        assert "Traceback" not in said.stderr, said.stderr
     no_driver = subprocess.run(
         [
             sys.executable,
@@ -108,6 +118,12 @@ def test_db_copy_moves_an_embedded_coordinator_and_its_fleet_keeps_working(
         )
         token = answer.json()["workerToken"]
         job_id = submit(embedded, type="sleep", payload={"seconds": 1})
+        odd = {
+            "shader": "a\x00b",
+            "workgroups": [1],
+            "buffers": [{"binding": 0, "sizeBytes": 4, "output": True}],
+        }
+        submit(embedded, type="wgsl", payload=odd)  # a NUL, which PostgreSQL cannot hold
         renter = httpx.post(
             f"{embedded.url}/api/accounts", json={"name": "acme", "role": "renter"}, headers=KEY
         ).json()["apiKey"]
@@ -116,7 +132,7 @@ def test_db_copy_moves_an_embedded_coordinator_and_its_fleet_keeps_working(
     url = cluster.new_database()
     copied = qubix("db", "copy", "--from", str(data), "--to", url)
     assert copied.returncode == 0, copied.stderr
-    assert "1 providers" in copied.stdout and "1 jobs" in copied.stdout
+    assert "1 providers" in copied.stdout and "2 jobs" in copied.stdout
     again = qubix("db", "copy", "--from", str(data), "--to", url)
     assert again.returncode != 0 and "copy into an empty database" in again.stderr
 
@@ -147,6 +163,7 @@ def test_the_server_answers_503_while_postgres_is_down_and_recovers_by_itself(
             down = httpx.get(f"{server.url}/api/jobs/{job_id}", headers=KEY, timeout=30)
             assert down.status_code == 503, down.text
             assert "the database" in down.json()["message"]
+            assert httpx.get(f"{server.url}/healthz", timeout=30).status_code == 503
             refused = httpx.post(
                 f"{server.url}/api/jobs",
                 json={"type": "sleep", "payload": {"seconds": 1}},

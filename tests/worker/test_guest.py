@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -230,3 +231,36 @@ def test_outside_its_schedule_it_rests_and_a_new_schedule_applies_without_a_rest
     )
     assert changed.returncode == 0, changed.stderr  # any time, from now on
     wait_for(lambda: job(server, job_id)["status"] == "completed", timeout=30)
+
+
+def test_a_hand_edited_preference_that_cannot_be_used_is_refused_not_a_crash(
+    tmp_path: Path,
+) -> None:
+    for wrong, says in (
+        ({"maxGpuTempC": "85"}, "--max-gpu-temp must be between 30 and 120"),
+        ({"maxGpuTempC": -300}, "--max-gpu-temp must be between 30 and 120"),
+        ({"idleMinutes": "10"}, "--idle-only must be between 0 and 10080"),
+        ({"idleMinutes": 10**20}, "--idle-only must be between 0 and 10080"),
+        ({"schedule": 5}, "--schedule: write it as text"),
+        ({"notOnBattery": "yes"}, "notOnBattery must be true or false"),
+        ({"maxCpuPercent": True}, "--max-cpu-percent must be between 1 and 100"),
+    ):
+        with pytest.raises(guest.PreferenceError, match=re.escape(says)):
+            guest.check(wrong)
+        (tmp_path / "preferences.json").write_text(json.dumps(wrong))
+        assert guest.load(str(tmp_path)) == {}  # the worker works as if it had none
+    env = {**os.environ, "QUBIX_HOME": str(tmp_path)}
+    prefs = [sys.executable, "-m", "qubix_cli", "worker", "preferences"]
+    for damaged in ("garbage{", "[1, 2]", '{"schedule": 5}'):
+        (tmp_path / "preferences.json").write_text(damaged)
+        said = subprocess.run([*prefs, "--max-gpus", "2"], env=env, capture_output=True, text=True)
+        assert said.returncode == 2 and "qubix: error:" in said.stderr, said.stderr
+        assert (tmp_path / "preferences.json").read_text() == damaged  # not overwritten
+    said = subprocess.run(
+        [*prefs, "--max-gpu-temp", "1000"], env=env, capture_output=True, text=True
+    )
+    assert said.returncode == 2 and "between 30 and 120" in said.stderr
+    fixed = subprocess.run(
+        [*prefs, "--reset", "--max-gpus", "2"], env=env, capture_output=True, text=True
+    )
+    assert fixed.returncode == 0 and json.loads(fixed.stdout) == {"maxGpus": 2}
