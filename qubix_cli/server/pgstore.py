@@ -32,7 +32,7 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from qubix_cli.errors import StorageError
-from qubix_cli.server.store import TABLES, VOLATILE, Doc, _matches
+from qubix_cli.server.store import TABLES, VOLATILE, Doc, VolatileState, _matches, ordered
 
 if TYPE_CHECKING:
     from psycopg import AsyncConnection
@@ -170,12 +170,17 @@ def dumps(doc: Any) -> str:
     return _NUL.sub(r"\1\\ufffd", json.dumps(doc, separators=(",", ":")))
 
 
+def _field(name: str) -> str:
+    """A document field's name as an SQL string literal's contents."""
+    return json.dumps(name).replace("'", "''")[1:-1]
+
+
 def _where(where: Mapping[str, Any] | None, jsonb: Any) -> tuple[str, list[Any]]:
     """The SQL condition for `where` (equal JSON values; None also matches a missing
     field, as `doc.get(field) == None` does) and its parameters."""
     parts, params = [], []
     for field, value in (where or {}).items():
-        name = json.dumps(field).replace("'", "''")[1:-1]
+        name = _field(field)
         if value is None:
             parts.append(f"(doc -> '{name}' IS NULL OR doc -> '{name}' = 'null'::jsonb)")
         else:
@@ -186,7 +191,7 @@ def _where(where: Mapping[str, Any] | None, jsonb: Any) -> tuple[str, list[Any]]
 
 def _order(order_by: str, descending: bool) -> str:
     """Numbers as numbers, strings by code point (as Python sorts them), then the key."""
-    name = json.dumps(order_by).replace("'", "''")[1:-1]
+    name = _field(order_by)
     way = " DESC" if descending else ""
     number = (
         f"CASE WHEN jsonb_typeof(doc -> '{name}') = 'number' THEN (doc ->> '{name}')::numeric END"
@@ -237,7 +242,7 @@ class _Reads:
         return [row[0] for row in await self._rows(query, params)]
 
 
-class PostgresStore(_Reads):
+class PostgresStore(_Reads, VolatileState):
     """The store on PostgreSQL (`Store` in store.py). The pool opens on first use, in the
     event loop that uses it, and migrates the schema."""
 
@@ -247,8 +252,8 @@ class PostgresStore(_Reads):
         self.url, self.name, self.pool_size = url, name, pool_size
         self._pool: AsyncConnectionPool | None = None
         self._opening = asyncio.Lock()
-        self._volatile: dict[str, dict[str, Doc]] = {kind: {} for kind in VOLATILE}
-        self._changed: set[str] = set()
+        self._volatile = {kind: {} for kind in VOLATILE}
+        self._changed = set()
         self._cache: dict[tuple[str, str], Doc | None] = {}  # CACHED tables' documents
         self._cached_commits = 0  # commits that changed a CACHED table
         self.observe_commit: Callable[[float], None] = _ignore
@@ -327,20 +332,8 @@ class PostgresStore(_Reads):
 
     # -- volatile state ----------------------------------------------------------------
 
-    def remember(self, kind: str, key: str, value: Doc | None) -> None:
-        if value is None:
-            self._volatile[kind].pop(key, None)
-        else:
-            self._volatile[kind][key] = value
-        self._changed.add(kind)
-
-    async def recall(self, kind: str, key: str) -> Doc | None:
+    async def _loaded(self) -> None:
         await self.pool()  # what was saved before a restart is loaded with it
-        return self._volatile[kind].get(key)
-
-    async def recall_all(self, kind: str) -> dict[str, Doc]:
-        await self.pool()
-        return self._volatile[kind]
 
     async def _load_volatile(self, conn: AsyncConnection[Any]) -> None:
         cursor = await conn.execute("SELECT kind, key, doc FROM qubix_volatile")
@@ -408,9 +401,7 @@ class _PgTransaction(_Reads):
         key = TABLES[table].key
         found = [d for d in await super().scan(table, where) if d[key] not in mine]
         found += [d for d in mine.values() if d is not None and _matches(d, where)]
-        if order_by is not None:
-            found.sort(key=lambda d: (d.get(order_by), d[key]), reverse=descending)
-        return found[offset : None if limit is None else offset + limit]
+        return ordered(found, table, order_by, descending, offset, limit)
 
     async def count(self, table: str, where: Mapping[str, Any] | None = None) -> int:
         return len(await self.scan(table, where))

@@ -218,6 +218,47 @@ def _matches(doc: Doc, where: Mapping[str, Any] | None) -> bool:
     return where is None or all(doc.get(field) == value for field, value in where.items())
 
 
+def ordered(
+    docs: list[Doc],
+    table: str,
+    order_by: str | None,
+    descending: bool,
+    offset: int,
+    limit: int | None,
+) -> list[Doc]:
+    """`scan`'s order and page over documents in hand: by `order_by`, then by key."""
+    if order_by is not None:
+        key = TABLES[table].key
+        docs.sort(key=lambda d: (d.get(order_by), d[key]), reverse=descending)
+    return docs[offset : None if limit is None else offset + limit]
+
+
+class VolatileState:
+    """Volatile state kept in memory, per kind (`VOLATILE`); a backend saves `_changed`
+    kinds in its `save_volatile` and loads them before `_loaded` returns."""
+
+    _volatile: dict[str, dict[str, Doc]]
+    _changed: set[str]  # kinds of volatile state changed since saved
+
+    async def _loaded(self) -> None:
+        """What was saved before a restart is in `_volatile` (a backend may load lazily)."""
+
+    def remember(self, kind: str, key: str, value: Doc | None) -> None:
+        if value is None:
+            self._volatile[kind].pop(key, None)
+        else:
+            self._volatile[kind][key] = value
+        self._changed.add(kind)
+
+    async def recall(self, kind: str, key: str) -> Doc | None:
+        await self._loaded()
+        return self._volatile[kind].get(key)
+
+    async def recall_all(self, kind: str) -> dict[str, Doc]:
+        await self._loaded()
+        return self._volatile[kind]
+
+
 class _Scans:
     """`scan` and `count` over the documents a reader sees (`_matching`)."""
 
@@ -233,17 +274,13 @@ class _Scans:
         offset: int = 0,
         limit: int | None = None,
     ) -> list[Doc]:
-        docs = self._matching(table, where)
-        if order_by is not None:
-            key = TABLES[table].key
-            docs.sort(key=lambda d: (d.get(order_by), d[key]), reverse=descending)
-        return docs[offset : None if limit is None else offset + limit]
+        return ordered(self._matching(table, where), table, order_by, descending, offset, limit)
 
     async def count(self, table: str, where: Mapping[str, Any] | None = None) -> int:
         return len(self._matching(table, where))
 
 
-class JournalStore(_Scans):
+class JournalStore(_Scans, VolatileState):
     """The embedded default store: a TinyDB snapshot plus an append-only journal.
 
     Memory holds the newest state, which transactions read. A committed transaction whose
@@ -274,7 +311,7 @@ class JournalStore(_Scans):
         self._fd = os.open(self._journal_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         self._journal_bytes = self._durable_bytes = os.fstat(self._fd).st_size
         self._volatile = {kind: self._load_volatile(kind) for kind in VOLATILE}
-        self._changed: set[str] = set()  # kinds of volatile state changed since saved
+        self._changed = set()
         self.observe_commit: Callable[[float], None] = _ignore  # metrics: seconds per commit
 
     # -- loading -----------------------------------------------------------------------
@@ -440,19 +477,6 @@ class JournalStore(_Scans):
             log.error("cannot cut undone changes from the journal %s: %s", self._journal_path, exc)
 
     # -- volatile state ----------------------------------------------------------------
-
-    def remember(self, kind: str, key: str, value: Doc | None) -> None:
-        if value is None:
-            self._volatile[kind].pop(key, None)
-        else:
-            self._volatile[kind][key] = value
-        self._changed.add(kind)
-
-    async def recall(self, kind: str, key: str) -> Doc | None:
-        return self._volatile[kind].get(key)
-
-    async def recall_all(self, kind: str) -> dict[str, Doc]:
-        return self._volatile[kind]
 
     def _load_volatile(self, kind: str) -> dict[str, Doc]:
         """Volatile state is a cache: if its file is missing or damaged, it starts empty."""
