@@ -25,9 +25,13 @@ ADDRESS = identity_from_public_key(bytes(32))
 
 
 class Server:
-    def __init__(self, heartbeat_interval_s: float = 30.0, *options: str) -> None:
+    """`qubix serve` with `options`; replicas of one coordinator share `data_dir`."""
+
+    def __init__(
+        self, heartbeat_interval_s: float = 30.0, *options: str, data_dir: Path | None = None
+    ) -> None:
         self.heartbeat_interval_s = heartbeat_interval_s
-        self.data_dir = Path(tempfile.mkdtemp(prefix="qubix-bench-"))
+        self.data_dir = data_dir or Path(tempfile.mkdtemp(prefix="qubix-bench-"))
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         argv = [sys.executable, "-m", "qubix_cli", "serve", "--port", str(self.port)]
@@ -37,7 +41,7 @@ class Server:
         argv += ["--max-registrations-per-minute", "0", "--max-providers-per-ip", "0"]
         argv += options
         env = {**os.environ, "QUBIX_API_KEY": API_KEY}
-        log = open(self.data_dir / "server.log", "w")  # noqa: SIM115
+        log = open(self.data_dir / f"server-{self.port}.log", "w")  # noqa: SIM115
         self.proc = subprocess.Popen(argv, stdout=log, stderr=log, env=env)
         self.ps = psutil.Process(self.proc.pid)
         deadline = time.monotonic() + 20

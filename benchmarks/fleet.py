@@ -12,11 +12,16 @@ to lease), requests per second per worker, server CPU and RSS, and the simulator
 
     python benchmarks/fleet.py [--workers 1000 5000 10000] [--seconds 60] [--design both]
     python benchmarks/fleet.py --database postgresql://user@host/db --design qubix
+    python benchmarks/fleet.py --database postgresql://... --replicas 1 2 --design qubix
 
-With --database, each size runs twice in the same run: the embedded store (the baseline)
-and PostgreSQL (a fresh database made for the run next to the one named, dropped after),
-adding PostgreSQL's CPU (all its processes on this machine) and its transactions a second
-per 1,000 workers (an autocommit statement counts as one; `pg_stat_database`).
+With --database, each size runs on the embedded store (the baseline) and on PostgreSQL
+(a fresh database made for the run next to the one named, dropped after), adding
+PostgreSQL's CPU (all its processes on this machine) and its transactions a second per
+1,000 workers (an autocommit statement counts as one; `pg_stat_database`). With
+--replicas, PostgreSQL runs once per count of replicas, and every run (the baseline too)
+is behind nginx with the configuration of docs/scaling.md (several worker processes:
+it holds two descriptors per long-poll); each replica's CPU and RSS are shown.
+--jobs-per-s 0 measures an idle fleet.
 
 Loopback only; bounded by --seconds. The simulator holds one connection per worker for its
 long-poll and opens one per heartbeat (closed after it), as the agent does.
@@ -28,16 +33,20 @@ import argparse
 import asyncio
 import random
 import sys
+import tempfile
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import psutil
 import uvloop
 from _server import API_KEY, Connection, Server, percentile, register_body, register_many
 
-from qubix_cli.worker.agent import beat_interval_s
+sys.path.insert(0, str(Path(__file__).parent.parent))  # the tests' nginx
+from qubix_cli.worker.agent import beat_interval_s  # noqa: E402
+from tests.balancer import Nginx  # noqa: E402
 
 REQUEST_TIMEOUT_S = 60.0  # above the 25 s long-poll: a request that takes longer is an error
 SEED_POLL_S = 5.0
@@ -198,6 +207,9 @@ class Fleet:
     # -- the submitter ------------------------------------------------------------------
 
     async def submitter(self, jobs_per_s: float, until: float) -> None:
+        if not jobs_per_s:  # an idle fleet
+            await asyncio.sleep(until - time.monotonic())
+            return
         conn = Connection(self.url)
         while time.monotonic() < until:
             body = {
@@ -264,30 +276,32 @@ class Postgres:
 
 
 async def simulate(
-    server: Server,
+    servers: list[Server],
+    url: str,
     workers: int,
     design: str,
     seconds: float,
     jobs_per_s: float,
     postgres: Postgres | None = None,
 ) -> dict[str, Any]:
-    tokens, _ = await register_many(server.url, workers)
-    fleet = Fleet(server.url, tokens, design, server.heartbeat_interval_s)
+    tokens, _ = await register_many(url, workers)
+    fleet = Fleet(url, tokens, design, servers[0].heartbeat_interval_s)
     ramp = fleet.interval_s
     for w in fleet.workers.values():
         fleet.start(w, random.uniform(0, ramp))
     lag = asyncio.create_task(fleet.watch_own_lag())
     await asyncio.sleep(ramp)
     fleet.measuring = True
-    server_cpu0, own_cpu0, wall0 = server.cpu_s(), time.process_time(), time.perf_counter()
+    cpu0 = [s.cpu_s() for s in servers]
+    own_cpu0, wall0 = time.process_time(), time.perf_counter()
     pg_cpu0 = postgres.cpu_s() if postgres else 0.0
     pg_tx0 = postgres.transactions() if postgres else 0
     await fleet.submitter(jobs_per_s, time.monotonic() + seconds)
     wall = time.perf_counter() - wall0
     figures = {
-        "server_cpu": (server.cpu_s() - server_cpu0) / wall * 100,
+        "server_cpu": [(s.cpu_s() - c) / wall * 100 for s, c in zip(servers, cpu0, strict=True)],
         "own_cpu": (time.process_time() - own_cpu0) / wall * 100,
-        "rss_mb": server.rss_mb(),
+        "rss_mb": [s.rss_mb() for s in servers],
         "wall": wall,
     }
     if postgres:
@@ -307,9 +321,7 @@ async def simulate(
 def report(workers: int, design: str, run: dict[str, Any], store: str = "embedded") -> None:
     fleet: Fleet = run["fleet"]
     total = sum(e.requests for e in fleet.endpoints.values())
-    print(
-        f"\n== {workers} workers, {design} design, {store} store, {run['wall']:.0f} s measured =="
-    )
+    print(f"\n== {workers} workers, {design} design, {store}, {run['wall']:.0f} s measured ==")
     print(f"{'endpoint':<22}{'requests':>10}{'errors':>8}{'p50 ms':>10}{'p99 ms':>10}")
     for name, e in sorted(fleet.endpoints.items()):
         lat = e.latencies_ms
@@ -324,9 +336,10 @@ def report(workers: int, design: str, run: dict[str, Any], store: str = "embedde
             f"dispatch (submit -> lease): {len(dispatch)} jobs, "
             f"p50 {percentile(dispatch, 50):.1f} ms, p99 {percentile(dispatch, 99):.1f} ms"
         )
+    each = zip(run["server_cpu"], run["rss_mb"], strict=True)
+    servers = ", ".join(f"CPU {cpu:.0f} % RSS {rss:.0f} MB" for cpu, rss in each)
     print(
-        f"requests/s per worker {total / run['wall'] / workers:.3f}; server CPU "
-        f"{run['server_cpu']:.0f} %, RSS {run['rss_mb']:.0f} MB; "
+        f"requests/s per worker {total / run['wall'] / workers:.3f}; server(s): {servers}; "
         f"simulator CPU {run['own_cpu']:.0f} %, its own loop lag p99 "
         f"{percentile(fleet.lag_ms, 99):.1f} ms"
     )
@@ -335,6 +348,42 @@ def report(workers: int, design: str, run: dict[str, Any], store: str = "embedde
             f"PostgreSQL CPU {run['pg_cpu']:.0f} %, transactions/s per 1,000 workers "
             f"{run['pg_tx_per_s_per_1000']:.1f}"
         )
+
+
+def run_one(args: argparse.Namespace, workers: int, design: str, store: str, count: int) -> None:
+    """One run: `count` servers of `store` (behind nginx with --replicas), measured."""
+    postgres = Postgres(args.database, f"{workers}") if store == "postgres" else None
+    options = ("--database", postgres.url) if postgres else ()
+    data_dir = Path(tempfile.mkdtemp(prefix="qubix-bench-"))
+    servers: list[Server] = []
+    balancer = None
+    try:
+        for _ in range(count):  # one at a time: the first makes the update key
+            servers.append(
+                Server(
+                    args.heartbeat_interval,
+                    *options,
+                    "--trusted-proxy",
+                    "127.0.0.1",
+                    data_dir=data_dir,
+                )
+            )
+        if args.replicas:
+            balancer = Nginx([f"127.0.0.1:{s.port}" for s in servers], processes=4)
+        url = balancer.url if balancer else servers[0].url
+        run = uvloop.run(
+            simulate(servers, url, workers, design, args.seconds, args.jobs_per_s, postgres)
+        )
+    finally:
+        if balancer:
+            balancer.stop()
+        for server in servers:
+            server.stop()
+        if postgres:
+            postgres.drop()
+    label = f"{store} store" if store == "embedded" else f"postgres, {count} replica(s)"
+    report(workers, design, run, label + (" behind nginx" if balancer else ""))
+    sys.stdout.flush()
 
 
 def main() -> None:
@@ -347,26 +396,17 @@ def main() -> None:
     parser.add_argument(
         "--database", help="a PostgreSQL database to make the run's databases beside"
     )
+    parser.add_argument(
+        "--replicas", type=int, nargs="+", help="PostgreSQL runs with this many replicas"
+    )
     args = parser.parse_args()
     designs = ["qubix", "seed"] if args.design == "both" else [args.design]
-    stores = ["embedded", "postgres"] if args.database else ["embedded"]
     for workers in args.workers:
         for design in designs:
-            for store in stores:
-                postgres = Postgres(args.database, f"{workers}") if store == "postgres" else None
-                options = ("--database", postgres.url) if postgres else ()
-                try:
-                    with Server(args.heartbeat_interval, *options) as server:
-                        run = uvloop.run(
-                            simulate(
-                                server, workers, design, args.seconds, args.jobs_per_s, postgres
-                            )
-                        )
-                finally:
-                    if postgres:
-                        postgres.drop()
-                report(workers, design, run, store)
-                sys.stdout.flush()
+            run_one(args, workers, design, "embedded", 1)
+            if args.database:
+                for count in args.replicas or [1]:
+                    run_one(args, workers, design, "postgres", count)
 
 
 if __name__ == "__main__":

@@ -65,7 +65,8 @@ def copy(
     prepare(to)
 
     async def run() -> dict[str, int]:
-        embedded, target = JournalStore(source), PostgresStore(to, name="qubix db copy")
+        embedded = JournalStore(source)
+        target = PostgresStore(to, name="qubix db copy", listen=False)
         try:
             held = {t: await target.count(t) for t in TABLES}
             if any(held.values()):

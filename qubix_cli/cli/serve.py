@@ -283,7 +283,7 @@ def _database(url: str, say: Callable[[str], None]) -> str:
             f"--database {redacted(url)!r}: give a postgresql://user:password@host:port/name URL "
             "(without --database the embedded store in the data dir is used)"
         )
-    applied, version = prepare(url, serving=True)
+    applied, version = prepare(url)
     now = f", migrated to version {version}" if applied else f" (schema version {version})"
     say(escape(f"Database: {redacted(url)}{now}"))
     return url

@@ -17,8 +17,6 @@ from __future__ import annotations
 import logging
 import re
 import secrets
-import time
-from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,6 +36,7 @@ ACCOUNT_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 QUOTAS = ("maxQueued", "maxPerMinute", "maxRunning")
 MINUTE_S = 60.0
 KEY_USE = "keyUse"  # volatile: key id -> {"at": last use}
+SUBMISSIONS = "submissions"  # volatile: account -> {"at": [its submissions in the last minute]}
 
 
 @dataclass(frozen=True)
@@ -108,8 +107,6 @@ def check_name(name: str) -> str:
 class Accounts:
     def __init__(self, store: Store, clock: Clock) -> None:
         self.store, self.clock = store, clock
-        # Submissions per account in the last minute, in this process (monotonic times).
-        self._recent: dict[str, deque[float]] = {}
 
     # -- keys --------------------------------------------------------------------------
 
@@ -280,10 +277,9 @@ class Accounts:
                     f"maxQueued is {most}: wait for some to start, or cancel some",
                     details={"quota": "maxQueued", "limit": most},
                 )
-        recent = self._recent.setdefault(caller.account, deque())
-        now = time.monotonic()
-        while recent and recent[0] <= now - MINUTE_S:
-            recent.popleft()
+        now = self.clock()
+        told = await self.store.recall(SUBMISSIONS, caller.account) or {"at": []}
+        recent = [at for at in told["at"] if at > now - MINUTE_S]
         per_minute = quota.get("maxPerMinute")
         if per_minute is not None and len(recent) >= per_minute:
             details: Doc = {"quota": "maxPerMinute", "limit": per_minute}
@@ -307,7 +303,7 @@ class Accounts:
                 "an operator for credit",
                 details={"worstCase": hold, "available": available},
             )
-        recent.append(now)
+        self.store.remember(SUBMISSIONS, caller.account, {"at": [*recent, now]})
         job.update(account=caller.account, hold=hold)
         tx.put("accounts", {**account, "held": money(account["held"] + hold)})
 

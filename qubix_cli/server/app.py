@@ -35,7 +35,6 @@ from qubix_cli.server.updates import UpdateKey
 from qubix_cli.worker import AGENT_VERSION
 
 log = logging.getLogger("qubix.server")
-VOLATILE_SAVE_S = 5.0
 
 
 async def _domain_error(request: Request, exc: Exception) -> Response:
@@ -80,21 +79,28 @@ class Coordinator(Starlette):
 
 
 async def _housekeeping(app: Starlette, tick_s: float) -> None:
-    """Offline providers, expired leases, and volatile state saved now and then."""
+    """Volatile state saved now and then; and, on the server that leads (the one server
+    of a data dir, one of the replicas on a database), offline providers, expired leases
+    and forgetting."""
     registry: Registry = app.state.registry
     jobs: JobQueue = app.state.jobs
     store: Store = app.state.store
     files: JobFiles = app.state.files
     settings: Settings = app.state.settings
     loop = asyncio.get_running_loop()
-    next_save = loop.time() + VOLATILE_SAVE_S
+    next_save = loop.time() + store.save_every_s
     next_forget = next_forget_providers = loop.time()
     # Forgetting reads every provider: every 10 minutes at most (a tenth of the time a
     # provider is kept offline), not with every save.
-    forget_every_s = min(600.0, max(VOLATILE_SAVE_S, settings.forget_offline_after_s / 10))
+    forget_every_s = min(600.0, max(5.0, settings.forget_offline_after_s / 10))
     while True:
         await asyncio.sleep(tick_s)
         try:
+            if loop.time() >= next_save:
+                next_save = loop.time() + store.save_every_s
+                await store.save_volatile()
+            if not store.leads():
+                continue
             jobs.release(await registry.sweep())
             await jobs.expire_leases()
             if loop.time() >= next_forget:
@@ -104,9 +110,6 @@ async def _housekeeping(app: Starlette, tick_s: float) -> None:
                 next_forget_providers = loop.time() + forget_every_s
                 for worker_id in await registry.forget():
                     await jobs.requeue_held_by(worker_id)
-            if loop.time() >= next_save:
-                next_save = loop.time() + VOLATILE_SAVE_S
-                await store.save_volatile()
         except (StorageError, OSError) as exc:
             log.error("housekeeping: %s", exc)
 
@@ -152,7 +155,7 @@ def open_store(settings: Settings) -> Store:
         from qubix_cli.server.pgstore import PostgresStore
 
         make_data_dir(settings.data_dir)  # the API key, the update key and job files
-        return PostgresStore(settings.database_url)
+        return PostgresStore(settings.database_url, heartbeat_s=settings.heartbeat_interval_s)
     return JournalStore(settings.data_dir)
 
 
@@ -190,6 +193,13 @@ def create_app(settings: Settings, clock: Clock = time.time) -> Starlette:
     store.observe_commit = metrics.commit.observe
     accounts = Accounts(store, clock)
     jobs = JobQueue(store, events, registry, accounts, metrics, clock)
+
+    def changed(table: str, key: str, summary: dict[str, object] | None, here: bool) -> None:
+        jobs.changed(table, key, summary, here)
+        registry.changed(table, key, summary, here)
+
+    store.observe_change = changed
+    events.forward, store.observe_event = store.share_event, events.deliver
     files = JobFiles(store, Blobs(settings.data_dir / "blobs"), settings, clock)
     api = Api(registry, jobs, files, accounts, metrics, release)
     app = Coordinator(

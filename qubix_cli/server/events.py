@@ -31,10 +31,13 @@ class Subscription:
 
 
 class EventBus:
-    """Publishing never blocks: a subscriber that falls 1,000 events behind is dropped."""
+    """Publishing never blocks: a subscriber that falls 1,000 events behind is dropped.
+    What is published here is also handed to `forward` (the other servers on the same
+    database), and what they publish arrives in `deliver`."""
 
     def __init__(self) -> None:
         self._subscribers: set[Subscription] = set()
+        self.forward: Callable[[Event], None] = _nowhere
 
     def publish(self, type_: str, data: dict[str, Any]) -> None:
         job = data if type_.startswith("JOB_") else None
@@ -45,6 +48,21 @@ class EventBus:
         if job is not None:
             ids.update(jobId=data["id"], status=data["status"], attempt=data["attempt"])
         log.info("%s %s", type_, _subject(data), extra=ids)
+        account = job.get("account") if job is not None else None
+        self._fan_out(event, account)
+        self.forward({**event, "account": account} if job is not None else event)
+
+    def deliver(self, event: Event) -> None:
+        """An event another server published, to this server's subscribers."""
+        if not isinstance(event.get("type"), str) or not isinstance(event.get("data"), dict):
+            return
+        account = event.pop("account", None)
+        self._fan_out(event, account)
+
+    def _fan_out(self, event: Event, account: str | None) -> None:
+        """To every subscriber that may see it (a job's: by the job's account)."""
+        data = event["data"]
+        job = {**data, "account": account} if event["type"].startswith("JOB_") else None
         for sub in list(self._subscribers):
             if job is not None and (sub.sees is None or not sub.sees(job)):
                 continue
@@ -66,6 +84,10 @@ class EventBus:
             yield sub
         finally:
             self._subscribers.discard(sub)
+
+
+def _nowhere(event: Event) -> None:
+    pass
 
 
 def _subject(data: dict[str, Any]) -> str:

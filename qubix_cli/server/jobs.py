@@ -14,7 +14,8 @@ import itertools
 import json
 import random
 import secrets
-from collections import OrderedDict
+from collections import Counter, OrderedDict
+from collections.abc import Coroutine
 from typing import Any, NamedTuple
 
 from qubix_cli.errors import Conflict, StorageError, TooLarge
@@ -25,7 +26,7 @@ from qubix_cli.server.http import not_found
 from qubix_cli.server.metrics import Metrics
 from qubix_cli.server.providers import Clock, Registry
 from qubix_cli.server.schemas import FINISHED, JobListQuery, JobReport, JobSubmit
-from qubix_cli.server.store import Doc, Store, Transaction
+from qubix_cli.server.store import ANYTHING, Doc, Store, Transaction
 from qubix_cli.worker import engine
 
 RESULT_LIMIT_BYTES = 1024 * 1024
@@ -68,14 +69,121 @@ class JobQueue:
         # answer their connections, so they live here, not in the store.
         self._waiters: OrderedDict[str, Waiter] = OrderedDict()
         self.rng = random.Random()  # when canaries come (tests seed it)
+        # What the store tells of changes (`changed`), so that a poll asks the store nothing
+        # while nothing changed: whether a job may be queued (unknown at first), and which
+        # worker holds each assigned job (known once `recover` read them).
+        self._queued, self._queued_told = True, 0
+        self._holders: dict[str, str] = {}
+        self._holding: Counter[str] = Counter()
+        self._holders_known = False
+        self._touched: set[str] | None = None  # jobs told of while the holders are read
+        self._to_offer: set[str] = set()  # jobs queued on another server, to offer here
+        self._tasks: set[asyncio.Task[None]] = set()
 
     async def recover(self) -> None:
         """At start: workers may be in their reconnect backoff (up to 60 s), so every
         assigned job's lease runs at least that long from now."""
         grace = self.clock() + self.lease_s + RESTART_GRACE_S
-        for job in await self.store.scan("jobs", where={"status": "assigned"}):
+        for job in await self._read_holders():
             expires = max(await self._lease_expiry(job), grace)
             self.store.remember("leases", job["id"], {"expiresAt": expires})
+
+    # -- what the store tells of changes -------------------------------------------------
+
+    def changed(self, table: str, key: str, summary: Doc | None, here: bool) -> None:
+        """A job changed, here or on another server on the same database (ANYTHING: some
+        changes may have been missed). A job queued elsewhere is offered to the workers
+        waiting here."""
+        if table == ANYTHING:
+            self._queued = True
+            self._later(self._catch_up())
+            return
+        if table != "jobs":
+            return
+        status = summary.get("status") if summary else None
+        self._hold(key, summary.get("workerId") if summary and status == "assigned" else None)
+        if status == "queued":
+            self._queued, self._queued_told = True, self._queued_told + 1
+            if not here and self._waiters:
+                self._to_offer.add(key)
+                if len(self._to_offer) == 1:
+                    self._later(self._offer_told())
+
+    def _later(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _hold(self, job_id: str, worker_id: str | None) -> None:
+        before = self._holders.pop(job_id, None)
+        if before is not None:
+            self._holding[before] -= 1
+            if not self._holding[before]:
+                del self._holding[before]
+        if worker_id is not None:
+            self._holders[job_id] = worker_id
+            self._holding[worker_id] += 1
+        if self._touched is not None:
+            self._touched.add(job_id)
+
+    def _may_hold(self, worker_id: str) -> bool:
+        """False only when the worker certainly holds no lease (no read needed)."""
+        return not self._holders_known or worker_id in self._holding
+
+    async def _read_holders(self) -> list[Doc]:
+        """Read who holds each assigned job (jobs told of meanwhile keep what was told);
+        the assigned jobs."""
+        self._holders_known, self._touched = False, set()
+        try:
+            assigned = await self.store.scan("jobs", where={"status": "assigned"})
+            found = {job["id"]: job["workerId"] for job in assigned}
+            for job_id in [j for j in self._holders if j not in found]:
+                if job_id not in self._touched:
+                    self._hold(job_id, None)
+            for job_id, worker_id in found.items():
+                if job_id not in self._touched:
+                    self._hold(job_id, worker_id)
+        finally:
+            self._touched = None
+        self._holders_known = True
+        return assigned
+
+    async def _catch_up(self) -> None:
+        """After changes may have been missed: who holds what is read again, and the
+        oldest queued jobs are offered to the workers waiting here."""
+        try:
+            await self._read_holders()
+            if self._waiters:
+                oldest = await self.store.scan("jobs", {"status": "queued"}, "createdAt", limit=50)
+                for job in oldest:
+                    await self._offer(job)
+        except StorageError:
+            pass  # the next catch-up tries again
+
+    async def _offer_told(self) -> None:
+        """The jobs that other servers queued, offered to the workers waiting here."""
+        while self._to_offer:
+            job_id = self._to_offer.pop()
+            if not self._waiters:
+                self._to_offer.clear()
+                return
+            try:
+                job = await self.store.get("jobs", job_id)
+            except StorageError:
+                continue  # the workers find it when they poll again
+            if job is not None and job["status"] == "queued":
+                await self._offer(job)
+
+    async def _any_queued(self) -> bool:
+        """Whether a job is queued: no read while none was told of since a read found none."""
+        if not self._queued:
+            return False
+        told = self._queued_told
+        if await self.store.count("jobs", where={"status": "queued"}):
+            return True
+        if told == self._queued_told:
+            self._queued = False
+        return False
 
     # -- submitter side --------------------------------------------------------------
 
@@ -228,11 +336,12 @@ class JobQueue:
     async def lease(self, provider: Doc, wait_s: float) -> Doc | None:
         """The job `dispatch` chooses for this provider, leased to it, or None after `wait_s`.
         Now and then (always, while it is quarantined) a canary instead (trust.py)."""
-        room = dispatch.with_room(provider, await held_by(self.store, provider))
+        may_hold = self._may_hold(provider["workerId"])
+        room = dispatch.with_room(provider, await held_by(self.store, provider) if may_hold else [])
         job = None
         # Nothing queued (the idle fleet's usual answer): no claim to make, no canary due;
         # a submission from now on is offered to this worker while it waits.
-        if room is None or await self.store.count("jobs", where={"status": "queued"}):
+        if room is None or await self._any_queued():
             job = await self._claim(provider, None)
         if job is None and wait_s > 0 and room is not None:
             job = await self._wait_for_job(room, wait_s)

@@ -11,37 +11,82 @@ The schema is created and migrated at start (`MIGRATIONS`, in order, recorded in
 `qubix_migrations`) under an advisory lock, so servers that start together do not race;
 `qubix db migrate` does the same by itself.
 
-One server uses a database at a time (`prepare` refuses a second), so every write passes
-through this store: it keeps the providers it has read or written in memory
-(`CACHED`), and a heartbeat's or a poll's look-up of its worker costs no statement.
+Any number of servers (replicas) may share a database. Each LISTENs on one connection
+of its own: a commit that changes a job or a provider NOTIFYs the others of the ids (and a
+job's state), and events published on one server are told to the others the same way. A
+server keeps the providers it has read in memory (`CACHED`: a heartbeat's or a poll's
+look-up of its worker costs no statement), and forgets one when it is told of a change.
+The connection also holds the lead lock: the server that holds it does the periodic work.
 
-Volatile state (liveness, lease renewals, pending cancels, registration windows, key use)
-stays in memory, as in the embedded store, and is saved now and then to an unlogged table
-so that a restart finds it.
+Volatile state (liveness, lease renewals, pending cancels, registration windows, key
+use, submissions per minute) stays in memory, as in the embedded store; every second each
+server writes what changed in one statement to an unlogged table, and reads what the
+others wrote in another. An entry set later wins.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime
 import json
+import logging
 import re
+import secrets
 import time
 import urllib.parse
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from qubix_cli.errors import StorageError
-from qubix_cli.server.store import TABLES, VOLATILE, Doc, VolatileState, _matches, ordered
+from qubix_cli.server.store import (
+    ANYTHING,
+    TABLES,
+    VOLATILE,
+    WATCHED,
+    Changed,
+    Doc,
+    VolatileState,
+    _matches,
+    ordered,
+    summary,
+    tell,
+)
 
 if TYPE_CHECKING:
     from psycopg import AsyncConnection
     from psycopg_pool import AsyncConnectionPool
 
-LOCK_MIGRATE = 0x51B1C001  # advisory lock ids: the schema's migrations
-LOCK_WRITE = 0x51B1C002  # and the one writer at a time
+log = logging.getLogger("qubix.store")
+
+LOCK_MIGRATE = 0x51B1C001  # advisory lock ids: the schema's migrations,
+LOCK_WRITE = 0x51B1C002  # the one writer at a time,
+LOCK_LEAD = 0x51B1C003  # and the server that does the periodic work
 CACHED = ("providers",)  # read on every heartbeat and poll; written rarely
 POOL_WAIT_S = 3.0  # a request waits this long for a connection, then answers 503
+CHANNEL = "qubix"  # what the servers on a database NOTIFY each other on
+NOTIFY_BYTES = 7900  # a notification's payload is under 8,000 bytes
+LISTEN_RETRY_S = 1.0  # how long the listener waits at a time, and before reconnecting
+EVENTS_DEBOUNCE_S = 0.005  # events published this close together are told at once
+# Volatile entries whose first field is a time that every touch moves (a heartbeat's
+# usage changes with it too): see `PostgresStore._mark`.
+FRESH = {"liveness": ("lastSeenAt", "usage"), "leases": ("expiresAt",), "keyUse": ("at",)}
+FRESH_S = 5.0
+PULL_OVERLAP_S = 2.0  # rows written this long before the last pull are read again
+TOMBSTONE_S = 60.0  # a forgotten entry's row is kept this long, so that others see it go
+
+WRITE_VOLATILE = """
+INSERT INTO qubix_volatile (kind, key, doc, at, writer, written)
+SELECT kind, key, doc, at, %s, clock_timestamp()
+FROM jsonb_to_recordset(%s::jsonb) AS r(kind text, key text, doc jsonb, at float8)
+ON CONFLICT (kind, key) DO UPDATE
+SET doc = excluded.doc, at = excluded.at, writer = excluded.writer, written = excluded.written
+WHERE qubix_volatile.at <= excluded.at
+"""
+TIDY_VOLATILE = (
+    "DELETE FROM qubix_volatile WHERE doc IS NULL "
+    "AND written < clock_timestamp() - make_interval(secs => %s)"
+)
 
 MIGRATIONS: list[str] = [
     # 1: the documents, their indexes, and volatile state
@@ -60,6 +105,11 @@ MIGRATIONS: list[str] = [
             "PRIMARY KEY (kind, key));",
         ]
     ),
+    # 2: volatile state shared by replicas: who set an entry when, and forgotten entries
+    "ALTER TABLE qubix_volatile ALTER doc DROP NOT NULL, "
+    "ADD at float8 NOT NULL DEFAULT 0, ADD writer text NOT NULL DEFAULT '', "
+    "ADD written timestamptz NOT NULL DEFAULT clock_timestamp();"
+    "CREATE INDEX qubix_volatile_written ON qubix_volatile (written);",
 ]
 
 
@@ -125,29 +175,14 @@ def redacted(url: str, text: str | None = None) -> str:
 SERVER_NAME = "qubix serve"  # the application_name of a server's connections
 
 
-def prepare(url: str, serving: bool = False) -> tuple[list[int], int]:
+def prepare(url: str) -> tuple[list[int], int]:
     """Connect, and migrate the schema (what `qubix serve` does before it listens, and
     `qubix db migrate`): the versions applied now and the schema's version. A clear
-    `StorageError` when the database cannot be reached, or (`serving`) when another
-    server uses it: each keeps its fleet's liveness and leases in memory, so two on one
-    database would expire each other's leases."""
+    `StorageError` when the database cannot be reached."""
     psycopg, _, _ = driver()
 
     async def run() -> list[int]:
         async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
-            if serving:
-                cursor = await conn.execute(
-                    "SELECT count(*) FROM pg_stat_activity "
-                    "WHERE datname = current_database() AND application_name = %s",
-                    (SERVER_NAME,),
-                )
-                row = await cursor.fetchone()
-                if row and row[0]:
-                    raise StorageError(
-                        f"another qubix serve uses the database {redacted(url)}: one server a "
-                        "database for now (several replicas on one database are not built "
-                        "yet, docs/scaling.md)"
-                    )
             return await migrate(conn)
 
     try:
@@ -244,19 +279,43 @@ class _Reads:
 
 class PostgresStore(_Reads, VolatileState):
     """The store on PostgreSQL (`Store` in store.py). The pool opens on first use, in the
-    event loop that uses it, and migrates the schema."""
+    event loop that uses it, migrates the schema, loads the shared volatile state and
+    starts listening to the other servers on the database (`listen`)."""
 
-    def __init__(self, url: str, name: str = SERVER_NAME, pool_size: int = 10) -> None:
+    def __init__(
+        self,
+        url: str,
+        name: str = SERVER_NAME,
+        pool_size: int = 10,
+        heartbeat_s: float = 30.0,
+        listen: bool = True,
+    ) -> None:
         self.psycopg, jsonb, self._pool_class = driver()
         self.jsonb = lambda value: jsonb(value, dumps=dumps)
-        self.url, self.name, self.pool_size = url, name, pool_size
+        self.url, self.name, self.pool_size, self.listen = url, name, pool_size, listen
+        self.server = secrets.token_hex(6)  # tells this server's notifications and rows apart
         self._pool: AsyncConnectionPool | None = None
         self._opening = asyncio.Lock()
+        self._tasks: set[asyncio.Task[None]] = set()
         self._volatile = {kind: {} for kind in VOLATILE}
         self._changed = set()
+        self._at: dict[str, dict[str, float]] = {kind: {} for kind in VOLATILE}  # when set
+        self._shared: dict[str, dict[str, Doc]] = {kind: {} for kind in VOLATILE}  # the table's
+        self._dirty: dict[str, set[str]] = {kind: set() for kind in VOLATILE}  # to write
+        self._pulled: Any = None  # the newest `written` read from the table
+        self._next_tidy = 0.0
+        # A heartbeat's entry is rewritten when it is this much newer than the table's copy
+        # (or something besides its time changed); it is saved and read every `save_every_s`.
+        self.fresh_s = min(FRESH_S, heartbeat_s / 2)
+        self.save_every_s = min(1.0, heartbeat_s / 4)
         self._cache: dict[tuple[str, str], Doc | None] = {}  # CACHED tables' documents
         self._cached_commits = 0  # commits that changed a CACHED table
+        self._listening = False  # while not, the cache is not used: changes may be missed
+        self._leading = False  # holds the lead lock (on the listening connection)
+        self._outbox: list[Doc] = []  # events to tell the other servers
         self.observe_commit: Callable[[float], None] = _ignore
+        self.observe_change: Changed = _ignore_change
+        self.observe_event: Callable[[Doc], None] = _ignore_event
 
     async def pool(self) -> AsyncConnectionPool:
         if self._pool is not None:
@@ -276,7 +335,7 @@ class PostgresStore(_Reads, VolatileState):
                     await pool.open(wait=True, timeout=10)
                     async with pool.connection() as conn:
                         await migrate(conn)
-                        await self._load_volatile(conn)
+                        await self._pull(conn)
                 except StorageError:
                     await pool.close()
                     raise
@@ -284,7 +343,15 @@ class PostgresStore(_Reads, VolatileState):
                     await pool.close()
                     raise _refused(exc) from exc
                 self._pool = pool
+                if self.listen:
+                    self._start(self._listen())
         return self._pool
+
+    def _start(self, work: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        task = asyncio.get_running_loop().create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
 
     @contextlib.asynccontextmanager
     async def _connection(self) -> AsyncIterator[AsyncConnection[Any]]:
@@ -298,11 +365,11 @@ class PostgresStore(_Reads, VolatileState):
     async def get(self, table: str, key: str) -> Doc | None:
         if table not in CACHED:
             return await super().get(table, key)
-        if (table, key) in self._cache:
+        if self._listening and (table, key) in self._cache:
             return self._cache[(table, key)]
         commits = self._cached_commits
         doc = await super().get(table, key)
-        if commits == self._cached_commits:  # no commit changed it while it was read
+        if self._listening and commits == self._cached_commits:  # not changed meanwhile
             self._cache[(table, key)] = doc
         return doc
 
@@ -321,6 +388,13 @@ class PostgresStore(_Reads, VolatileState):
                     await conn.execute("SELECT pg_advisory_xact_lock(%s)", (LOCK_WRITE,))
                     yield tx
                     await tx.flush()
+                    changes = [
+                        [table, key, summary(table, doc)]
+                        for (table, key), doc in tx.writes.items()
+                        if table in WATCHED
+                    ]
+                    if changes:  # told to the other servers when (and if) it commits
+                        await self._notify(conn, "changes", changes)
             except self.psycopg.Error as exc:  # rolled back: nothing of it is anywhere
                 raise _refused(exc) from exc
         for (table, key), doc in tx.writes.items():  # committed: what readers see now
@@ -329,41 +403,196 @@ class PostgresStore(_Reads, VolatileState):
                 self._cached_commits += 1
         if tx.writes:
             self.observe_commit(time.perf_counter() - started)
+            tell(self.observe_change, tx.writes)
 
-    # -- volatile state ----------------------------------------------------------------
+    # -- the other servers on the database ----------------------------------------------
+
+    async def _notify(self, conn: AsyncConnection[Any], kind: str, items: list[Any]) -> None:
+        """NOTIFY the other servers of `items`, in as few notifications as fit."""
+        messages = list(_messages(self.server, kind, items))
+        if messages:
+            await conn.execute(
+                "SELECT pg_notify(%s, m) FROM unnest(%s::text[]) AS m", (CHANNEL, messages)
+            )
+
+    def leads(self) -> bool:
+        return self._leading
+
+    def share_event(self, event: Doc) -> None:
+        if self._pool is None or not self.listen:
+            return
+        self._outbox.append(event)
+        if len(self._outbox) == 1:
+            self._start(self._send_events())
+
+    async def _send_events(self) -> None:
+        """The events of the next few milliseconds, in one statement."""
+        await asyncio.sleep(EVENTS_DEBOUNCE_S)
+        events, self._outbox = self._outbox, []
+        try:
+            async with self._connection() as conn:
+                await self._notify(conn, "events", events)
+        except (StorageError, self.psycopg.Error) as exc:
+            log.warning("%d events were not told to the other servers: %s", len(events), exc)
+
+    async def _listen(self) -> None:
+        """One connection that LISTENs for the other servers' notifications and holds the
+        lead lock while it lives; while it is down, changes may be missed, so watchers are
+        told that anything may have changed, every `LISTEN_RETRY_S` (they poll)."""
+        while True:
+            try:
+                async with await self.psycopg.AsyncConnection.connect(
+                    self.url, autocommit=True, application_name=self.name
+                ) as conn:
+                    await conn.execute(f"LISTEN {CHANNEL}")
+                    self._listening = True
+                    self._missed()
+                    while True:
+                        if not self._leading:
+                            cursor = await conn.execute(
+                                "SELECT pg_try_advisory_lock(%s)", (LOCK_LEAD,)
+                            )
+                            row = await cursor.fetchone()
+                            self._leading = bool(row and row[0])
+                        async for note in conn.notifies(timeout=LISTEN_RETRY_S):
+                            self._received(note.payload)
+            except (self.psycopg.Error, OSError) as exc:
+                if self._listening:
+                    log.warning("not listening to the database: %s", redacted(self.url, str(exc)))
+            finally:
+                self._listening = self._leading = False
+            await asyncio.sleep(LISTEN_RETRY_S)
+            self._missed()
+
+    def _missed(self) -> None:
+        """Notifications may have been missed: nothing cached is trusted, and watchers
+        look for themselves."""
+        self._cache.clear()
+        self._cached_commits += 1
+        self._observe(self.observe_change, ANYTHING, "", None, False)
+
+    def _received(self, payload: str) -> None:
+        try:
+            message = json.loads(payload)
+        except ValueError:
+            return
+        if not isinstance(message, dict) or message.get("server") == self.server:
+            return
+        for table, key, changed in message.get("changes", []):
+            if table in CACHED:
+                self._cache.pop((table, key), None)
+                self._cached_commits += 1
+            self._observe(self.observe_change, table, key, changed, False)
+        for event in message.get("events", []):
+            self._observe(self.observe_event, event)
+
+    @staticmethod
+    def _observe(observer: Callable[..., None], *args: Any) -> None:
+        try:
+            observer(*args)
+        except Exception:  # an observer's bug must not stop the listening
+            log.exception("a change or event from another server could not be handled")
+
+    # -- volatile state: in memory, shared through the unlogged table ------------------
 
     async def _loaded(self) -> None:
-        await self.pool()  # what was saved before a restart is loaded with it
+        await self.pool()  # what the table holds is loaded with it
 
-    async def _load_volatile(self, conn: AsyncConnection[Any]) -> None:
-        cursor = await conn.execute("SELECT kind, key, doc FROM qubix_volatile")
-        for kind, key, doc in await cursor.fetchall():
-            if kind in self._volatile:
-                self._volatile[kind].setdefault(key, doc)  # what this process said wins
+    def remember(self, kind: str, key: str, value: Doc | None) -> None:
+        super().remember(kind, key, value)
+        self._at[kind][key] = time.time()
+        self._mark(kind, key)
+
+    def _mark(self, kind: str, key: str) -> None:
+        """Write the entry at the next save, unless the table's copy is fresh enough: the
+        same but for its time (and a heartbeat's usage), and at most `fresh_s` older."""
+        value, shared = self._volatile[kind].get(key), self._shared[kind].get(key)
+        if value == shared:
+            return
+        fields = FRESH.get(kind)
+        if fields and value is not None and shared is not None:
+            rest = {k: v for k, v in value.items() if k not in fields}
+            if rest == {k: v for k, v in shared.items() if k not in fields}:
+                if value[fields[0]] - shared.get(fields[0], 0) < self.fresh_s:
+                    return
+        self._dirty[kind].add(key)
 
     async def save_volatile(self) -> None:
-        """The changed kinds, each replaced in one transaction of the unlogged table: a
-        DELETE and one COPY, however many entries (10,000 workers' liveness is two
-        statements, not 10,000)."""
+        """Write what changed here in one statement, and read what the other servers wrote
+        since the last time in another (10,000 workers' liveness is two statements a
+        second, not 10,000)."""
         pool = await self.pool()
-        for kind in list(self._changed):
-            self._changed.discard(kind)
-            entries = list(self._volatile[kind].items())
-            try:
-                async with pool.connection() as conn, conn.transaction():
-                    await conn.execute("DELETE FROM qubix_volatile WHERE kind = %s", (kind,))
-                    async with conn.cursor() as cursor:
-                        copy = "COPY qubix_volatile (kind, key, doc) FROM STDIN"
-                        async with cursor.copy(copy) as rows:
-                            await rows.write(await _copy_text(kind, entries))
-            except self.psycopg.Error as exc:
-                self._changed.add(kind)
-                raise _refused(exc) from exc
-            except BaseException:
-                self._changed.add(kind)
-                raise
+        dirty = [(kind, key) for kind, keys in self._dirty.items() for key in keys]
+        for keys in self._dirty.values():
+            keys.clear()
+        self._changed.clear()
+        entries = [(kind, key, self._volatile[kind].get(key)) for kind, key in dirty]
+        rows = [
+            {"kind": kind, "key": key, "doc": doc, "at": self._at[kind][key]}
+            for kind, key, doc in entries
+        ]
+        try:
+            async with pool.connection() as conn:
+                if rows:
+                    await conn.execute(WRITE_VOLATILE, (self.server, await _json_text(rows)))
+                for kind, key, doc in entries:
+                    if doc is None:
+                        self._shared[kind].pop(key, None)
+                    else:
+                        self._shared[kind][key] = doc
+                await self._pull(conn)
+                if self._leading and time.monotonic() >= self._next_tidy:
+                    self._next_tidy = time.monotonic() + TOMBSTONE_S
+                    await conn.execute(TIDY_VOLATILE, (TOMBSTONE_S,))
+        except self.psycopg.Error as exc:
+            for kind, key in dirty:
+                self._dirty[kind].add(key)
+            raise _refused(exc) from exc
+        except BaseException:
+            for kind, key in dirty:
+                self._dirty[kind].add(key)
+            raise
+
+    async def _pull(self, conn: AsyncConnection[Any]) -> None:
+        """Read the entries the other servers wrote since the last pull (all of them, the
+        first time); an entry set later than this server's copy replaces it."""
+        if self._pulled is None:
+            cursor = await conn.execute(
+                "SELECT kind, key, doc, at, written FROM qubix_volatile WHERE writer <> %s",
+                (self.server,),
+            )
+        else:
+            cursor = await conn.execute(
+                "SELECT kind, key, doc, at, written FROM qubix_volatile WHERE writer <> %s "
+                "AND written > %s - make_interval(secs => %s)",
+                (self.server, self._pulled, PULL_OVERLAP_S),
+            )
+        for kind, key, doc, at, written in await cursor.fetchall():
+            if self._pulled is None or written > self._pulled:
+                self._pulled = written
+            if kind not in self._volatile:
+                continue
+            if doc is None:
+                self._shared[kind].pop(key, None)
+            else:
+                self._shared[kind][key] = doc
+            if at > self._at[kind].get(key, -1.0):  # newer than this server's copy
+                self._at[kind][key] = at
+                if doc is None:
+                    self._volatile[kind].pop(key, None)
+                else:
+                    self._volatile[kind][key] = doc
+                self._dirty[kind].discard(key)
+            else:
+                self._mark(kind, key)  # this server's is newer: the table gets it
+        if self._pulled is None:
+            self._pulled = datetime.datetime.now(datetime.timezone.utc)
 
     async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
         if self._pool is not None:
             pool, self._pool = self._pool, None
             await pool.close()
@@ -425,16 +654,33 @@ class _PgTransaction(_Reads):
                     )
 
 
-async def _copy_text(kind: str, entries: list[tuple[str, Doc]]) -> bytes:
-    """COPY's text format for these entries, encoded 500 at a time with a pause between
-    (10,000 at once would hold the event loop, as in store.py's `save_volatile`)."""
-    lines: list[str] = []
-    for start in range(0, len(entries), 500):
-        for key, doc in entries[start : start + 500]:
-            text = dumps(doc).replace("\\", "\\\\")
-            lines.append(f"{kind}\t{key}\t{text}\n")
+async def _json_text(rows: list[Doc]) -> str:
+    """A JSON array of these rows, encoded 500 at a time with a pause between (10,000 at
+    once would hold the event loop, as in store.py's `save_volatile`)."""
+    parts: list[str] = []
+    for start in range(0, len(rows), 500):
+        parts.extend(dumps(row) for row in rows[start : start + 500])
         await asyncio.sleep(0)
-    return "".join(lines).encode()
+    return "[" + ",".join(parts) + "]"
+
+
+def _messages(server: str, kind: str, items: list[Any]) -> Iterator[str]:
+    """NOTIFY payloads (under PostgreSQL's 8,000 bytes each) that hold `items`."""
+    head = json.dumps({"server": server, kind: []})[:-2]
+    part: list[str] = []
+    size = len(head)
+    for item in items:
+        text = json.dumps(item, separators=(",", ":"))
+        if len(head) + len(text) + 2 > NOTIFY_BYTES:
+            log.warning("a %s entry too large to tell the other servers was left out", kind)
+            continue
+        if part and size + len(text) + 3 > NOTIFY_BYTES:
+            yield head + ",".join(part) + "]}"
+            part, size = [], len(head)
+        part.append(text)
+        size += len(text) + 1
+    if part:
+        yield head + ",".join(part) + "]}"
 
 
 def _refused(exc: BaseException) -> StorageError:
@@ -448,4 +694,12 @@ def _refused(exc: BaseException) -> StorageError:
 
 
 def _ignore(seconds: float) -> None:
+    pass
+
+
+def _ignore_change(table: str, key: str, summary: Doc | None, here: bool) -> None:
+    pass
+
+
+def _ignore_event(event: Doc) -> None:
     pass

@@ -10,7 +10,14 @@ import secrets
 from collections.abc import Callable
 from typing import Any
 
-from qubix_cli.errors import Conflict, Forbidden, InvalidInput, RateLimited, Unauthorized
+from qubix_cli.errors import (
+    Conflict,
+    Forbidden,
+    InvalidInput,
+    RateLimited,
+    StorageError,
+    Unauthorized,
+)
 from qubix_cli.server.events import EventBus
 from qubix_cli.server.http import not_found, token_hash, token_matches
 from qubix_cli.server.schemas import CheckNewQuery, Heartbeat, ProviderListQuery, Register
@@ -31,8 +38,9 @@ class Registry:
 
     def __init__(self, store: Store, events: EventBus, settings: Settings, clock: Clock) -> None:
         self.store, self.events, self.settings, self.clock = store, events, settings, clock
-        # check-new long-polls waiting in this process, with what each waits for
-        self._watchers: dict[asyncio.Future[Doc], CheckNewQuery] = {}
+        # check-new long-polls waiting in this process, with what each waits for and since
+        self._watchers: dict[asyncio.Future[Doc], tuple[CheckNewQuery, float]] = {}
+        self._reading: set[asyncio.Task[None]] = set()  # providers changed elsewhere
 
     # -- registration ----------------------------------------------------------------
 
@@ -265,7 +273,7 @@ class Registry:
         )
         if not found and query.wait > 0:
             waiter: asyncio.Future[Doc] = asyncio.get_running_loop().create_future()
-            self._watchers[waiter] = query
+            self._watchers[waiter] = (query, since)
             try:
                 found = [await asyncio.wait_for(waiter, query.wait)]
             except TimeoutError:
@@ -275,9 +283,26 @@ class Registry:
         return [await self.public(doc) for doc in found]
 
     def _announce(self, doc: Doc) -> None:
-        for waiter, query in self._watchers.items():
+        for waiter, (query, since) in self._watchers.items():
             if not waiter.done() and _matches_filter(doc, query):
-                waiter.set_result(doc)
+                if doc["lastRegisteredAt"] > since:
+                    waiter.set_result(doc)
+
+    def changed(self, table: str, key: str, summary: Doc | None, here: bool) -> None:
+        """A provider changed on another server on the same database: the check-new
+        long-polls waiting here are told if it (re)registered since they asked."""
+        if table == "providers" and not here and summary is not None and self._watchers:
+            task = asyncio.get_running_loop().create_task(self._announce_stored(key))
+            self._reading.add(task)
+            task.add_done_callback(self._reading.discard)
+
+    async def _announce_stored(self, worker_id: str) -> None:
+        try:
+            doc = await self.store.get("providers", worker_id)
+        except StorageError:
+            return  # the waiters find it when they ask again
+        if doc is not None:
+            self._announce(doc)
 
 
 def public(doc: Doc, live: Doc | None) -> Doc:

@@ -619,6 +619,7 @@ class Api:
                 "serverTime": time.time(),
                 "workerVersion": self.release.version,
                 "updateKey": self.release.public_key,
+                "leads": self.registry.store.leads(),
             }
         )
 

@@ -682,6 +682,10 @@ class Health(Answer):
     serverTime: float
     workerVersion: str = Field(description="The worker version this server ships.")
     updateKey: str = Field(description="The public key its worker updates are signed with.")
+    leads: bool = Field(
+        description="Whether this server does the periodic work (offline providers, expired "
+        "leases, forgetting): the one server on a data dir, one replica on a database."
+    )
 
 
 # -- accounts, keys, the ledger -------------------------------------------------------

@@ -57,7 +57,27 @@ TABLES = {
     "ledger": Table("id", ("account", "qubicAddress", "jobId")),  # append-only
 }
 # Volatile state, per kind: key -> document. Kept in memory, saved now and then.
-VOLATILE = ("liveness", "leases", "cancels", "registrations", "keyUse")
+VOLATILE = ("liveness", "leases", "cancels", "registrations", "keyUse", "submissions")
+# What those watching the store (`observe_change`) are told of a committed change to a
+# document of these tables: its key and these fields, never its contents (on PostgreSQL
+# the other servers on the database are told too).
+WATCHED = {"jobs": ("status", "workerId"), "providers": ()}
+ANYTHING = "*"  # a change's table when changes may have been missed: anything may have
+
+
+def summary(table: str, doc: Doc | None) -> Doc | None:
+    """What a change to `doc` tells watchers (None: deleted)."""
+    return None if doc is None else {field: doc.get(field) for field in WATCHED[table]}
+
+
+Changed = Callable[[str, str, "Doc | None", bool], None]  # table, key, summary, made here
+
+
+def tell(observe: Changed, writes: Mapping[tuple[str, str], Doc | None]) -> None:
+    """Tell `observe` of a commit's changes to watched tables, made in this process."""
+    for (table, key), doc in writes.items():
+        if table in WATCHED:
+            observe(table, key, summary(table, doc), True)
 
 
 class Reader(Protocol):
@@ -92,6 +112,20 @@ class Store(Reader, Protocol):
     is durable."""
 
     observe_commit: Callable[[float], None]  # told the seconds each commit took (metrics)
+    # Told of each committed change to a `WATCHED` table, made here or by another server
+    # on the same store, and (ANYTHING, "", None, False) when some may have been missed.
+    observe_change: Changed
+    observe_event: Callable[[Doc], None]  # told of an event another server published
+    save_every_s: float  # how often `save_volatile` is called
+
+    def share_event(self, event: Doc) -> None:
+        """Tell the other servers on this store of an event published here."""
+        ...
+
+    def leads(self) -> bool:
+        """Whether this server does the periodic work (offline providers, expired leases,
+        forgetting): one server at a time on a store."""
+        ...
 
     def transaction(self) -> contextlib.AbstractAsyncContextManager[Transaction]:
         """A unit of work: on a clean exit it is committed and durable before the block's
@@ -313,6 +347,15 @@ class JournalStore(_Scans, VolatileState):
         self._volatile = {kind: self._load_volatile(kind) for kind in VOLATILE}
         self._changed = set()
         self.observe_commit: Callable[[float], None] = _ignore  # metrics: seconds per commit
+        self.observe_change: Changed = _ignore_change
+        self.observe_event: Callable[[Doc], None] = _ignore_event
+        self.save_every_s = 5.0
+
+    def share_event(self, event: Doc) -> None:
+        pass  # no other server uses this data dir
+
+    def leads(self) -> bool:
+        return True
 
     # -- loading -----------------------------------------------------------------------
 
@@ -415,6 +458,7 @@ class JournalStore(_Scans, VolatileState):
         if seq:
             await self._sync(seq)
             self.observe_commit(time.perf_counter() - started)
+            tell(self.observe_change, tx.writes)
 
     def _stage(self, writes: Writes) -> int:
         """Append the transaction to the journal and apply it in memory as pending."""
@@ -586,6 +630,14 @@ class _JournalTransaction(_Scans):
 
 
 def _ignore(seconds: float) -> None:
+    pass
+
+
+def _ignore_change(table: str, key: str, summary: Doc | None, here: bool) -> None:
+    pass
+
+
+def _ignore_event(event: Doc) -> None:
     pass
 
 
