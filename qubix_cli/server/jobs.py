@@ -77,6 +77,7 @@ class JobQueue:
         self._holding: Counter[str] = Counter()
         self._holders_known = False
         self._touched: set[str] | None = None  # jobs told of while the holders are read
+        self._reading = asyncio.Lock()  # one reading of the holders at a time
         self._to_offer: set[str] = set()  # jobs queued on another server, to offer here
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -133,6 +134,10 @@ class JobQueue:
     async def _read_holders(self) -> list[Doc]:
         """Read who holds each assigned job (jobs told of meanwhile keep what was told);
         the assigned jobs."""
+        async with self._reading:
+            return await self._read_holders_now()
+
+    async def _read_holders_now(self) -> list[Doc]:
         self._holders_known, self._touched = False, set()
         try:
             assigned = await self.store.scan("jobs", where={"status": "assigned"})
