@@ -79,6 +79,7 @@ class JobQueue:
         self._touched: set[str] | None = None  # jobs told of while the holders are read
         self._reading = asyncio.Lock()  # one reading of the holders at a time
         self._to_offer: set[str] = set()  # jobs queued on another server, to offer here
+        self._catching_up: bool | None = None  # None, True (running), False (and again)
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def recover(self) -> None:
@@ -97,7 +98,11 @@ class JobQueue:
         waiting here."""
         if table == ANYTHING:
             self._queued = True
-            self._later(self._catch_up())
+            if self._catching_up is None:
+                self._catching_up = True
+                self._later(self._catch_up())
+            else:
+                self._catching_up = False  # once more when this one is done
             return
         if table != "jobs":
             return
@@ -155,15 +160,22 @@ class JobQueue:
 
     async def _catch_up(self) -> None:
         """After changes may have been missed: who holds what is read again, and the
-        oldest queued jobs are offered to the workers waiting here."""
+        oldest queued jobs are offered to the workers waiting here (once at a time: while
+        the database is down, the store says so every second)."""
         try:
-            await self._read_holders()
-            if self._waiters:
-                oldest = await self.store.scan("jobs", {"status": "queued"}, "createdAt", limit=50)
-                for job in oldest:
-                    await self._offer(job)
+            while True:
+                self._catching_up = True
+                await self._read_holders()
+                if self._waiters:
+                    where = {"status": "queued"}
+                    for job in await self.store.scan("jobs", where, "createdAt", limit=50):
+                        await self._offer(job)
+                if self._catching_up:  # not told again meanwhile
+                    return
         except StorageError:
-            pass  # the next catch-up tries again
+            pass  # while the database is down, the store says so again every second
+        finally:
+            self._catching_up = None
 
     async def _offer_told(self) -> None:
         """The jobs that other servers queued, offered to the workers waiting here."""

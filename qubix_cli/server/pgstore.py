@@ -442,7 +442,7 @@ class PostgresStore(_Reads, VolatileState):
         while True:
             try:
                 async with await self.psycopg.AsyncConnection.connect(
-                    self.url, autocommit=True, application_name=self.name
+                    self.url, autocommit=True, application_name=self.name, connect_timeout=5
                 ) as conn:
                     await conn.execute(f"LISTEN {CHANNEL}")
                     self._listening = True
