@@ -11,6 +11,7 @@ from pathlib import Path
 import platformdirs
 
 from qubix_cli.errors import InvalidInput, StorageError
+from qubix_cli.server.store import create_once
 
 API_KEY_FILE = "api-key"
 
@@ -102,11 +103,9 @@ def load_or_create_api_key(data_dir: Path) -> tuple[str, bool]:
             if key:
                 return key, False
         key = "qbx_" + secrets.token_urlsafe(32)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(key + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        return key, True
+        if path.exists():  # empty: replaced
+            path.unlink()
+        kept = create_once(path, (key + "\n").encode()).decode().strip()
+        return kept, kept == key  # servers starting together on one data dir: one key
     except OSError as exc:
         raise StorageError(f"cannot read or create the API key file {path}: {exc}") from exc

@@ -189,6 +189,27 @@ def write_atomically(path: Path, data: bytes) -> None:
     fsync_dir(path.parent)
 
 
+def create_once(path: Path, data: bytes) -> bytes:
+    """What `path` holds: `data`, written there (0600, fsynced) unless it already exists.
+    Servers that start together on one data dir all end up with the same file, whichever
+    wrote it (a temp file linked into place: never a half-written one)."""
+    if path.exists():
+        return path.read_bytes()
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        return path.read_bytes()  # another server made it first: its file it is
+    finally:
+        tmp.unlink()
+    fsync_dir(path.parent)
+    return data
+
+
 def json_members(docs: Mapping[str, Any], per: int = 1) -> Iterator[str]:
     """The members of a JSON object (`"key":document,...`), `per` entries encoded at a time.
 

@@ -10,7 +10,6 @@ What is signed is the version, the SHA-256 and the size of the zipapp, together.
 from __future__ import annotations
 
 import hashlib
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,7 +17,7 @@ from Crypto.PublicKey import ECC
 from Crypto.Signature import eddsa
 
 from qubix_cli.errors import StorageError, UpgradeRequired
-from qubix_cli.server.store import Doc
+from qubix_cli.server.store import Doc, create_once
 from qubix_cli.worker.update import older, signed_message
 
 UPDATE_KEY_FILE = "update-key.pem"
@@ -85,14 +84,11 @@ class UpdateKey:
         path = data_dir / UPDATE_KEY_FILE
         try:
             if path.exists():
-                self._key = ECC.import_key(path.read_text())
-            else:
-                self._key = ECC.generate(curve="ed25519")
-                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-                with os.fdopen(fd, "w") as f:
-                    f.write(self._key.export_key(format="PEM"))
-                    f.flush()
-                    os.fsync(f.fileno())
+                pem = path.read_text()
+            else:  # made at the first start (replicas starting together get one key)
+                made = ECC.generate(curve="ed25519").export_key(format="PEM")
+                pem = create_once(path, made.encode()).decode()
+            self._key = ECC.import_key(pem)
         except (OSError, ValueError) as exc:
             raise StorageError(f"cannot read or create the update key {path}: {exc}") from exc
 

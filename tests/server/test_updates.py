@@ -4,6 +4,7 @@ answers, a staged rollout, versions a worker rolled back from, and the version f
 from __future__ import annotations
 
 import hashlib
+from pathlib import Path
 from typing import Any
 
 from starlette.testclient import TestClient
@@ -140,3 +141,31 @@ def test_the_signature_covers_version_hash_and_size(client: TestClient) -> None:
     with pytest.raises(Refused, match="signature"):
         check(offer, data, other)  # signed by another key
     assert ed25519.verify(key, b"x", bytes(64)) is False
+
+
+def test_servers_starting_together_on_one_data_dir_make_one_update_key_and_one_api_key(
+    tmp_path: Path,
+) -> None:
+    """Replicas share a data dir: started at once, each must come up, with the same keys."""
+    import threading
+
+    from qubix_cli.server.settings import load_or_create_api_key
+    from qubix_cli.server.updates import UpdateKey
+
+    update_keys: list[str] = []
+    api_keys: list[str] = []
+    go = threading.Barrier(8)
+
+    def start() -> None:
+        go.wait()
+        update_keys.append(UpdateKey(tmp_path).public_hex)
+        api_keys.append(load_or_create_api_key(tmp_path)[0])
+
+    threads = [threading.Thread(target=start) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(update_keys) == 8 and len(set(update_keys)) == 1
+    assert len(api_keys) == 8 and len(set(api_keys)) == 1
+    assert not [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")]

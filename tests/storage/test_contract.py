@@ -355,3 +355,43 @@ def test_a_nul_character_never_fails_a_commit(backend: Any) -> None:
     run(lambda: put(store, "logs", {"id": "l1", "jobId": "j1", "text": "a\x00b\\u0000"}))
     text = run(lambda: backend.open().get("logs", "l1"))["text"]
     assert text in ("a\x00b\\u0000", "a\ufffdb\\u0000")
+
+
+def test_watchers_are_told_of_committed_changes_only(backend: Any) -> None:
+    """`observe_change` hears of each committed change to a watched table (jobs: status and
+    worker; providers: the key alone), made here; nothing of an unwatched table, of a
+    failed commit, or of a block that raised. One store leads the periodic work."""
+    store = backend.open()
+    told: list[Any] = []
+    store.observe_change = lambda *change: change[0] != "*" and told.append(change)
+
+    async def body() -> None:
+        async with store.transaction() as tx:
+            tx.put("jobs", job(1, status="assigned", workerId="w1", payload={"secret": 1}))
+            tx.put("providers", {"workerId": "w1", "tokenHash": "h"})
+            tx.put("accounts", {"name": "alice"})
+        async with store.transaction() as tx:
+            tx.delete("jobs", "j001")
+        with pytest.raises(RuntimeError):
+            async with store.transaction() as tx:
+                tx.put("jobs", job(2))
+                raise RuntimeError("no")
+
+    run(body)
+    assert told == [
+        ("jobs", "j001", {"status": "assigned", "workerId": "w1"}, True),
+        ("providers", "w1", {}, True),
+        ("jobs", "j001", None, True),
+    ]
+    with backend.failing_commits(), pytest.raises(StorageError):
+        run(lambda: put(store, "jobs", job(3)))
+    assert len(told) == 3
+
+    async def leads() -> bool:
+        for _ in range(300):  # on PostgreSQL, once its listening connection has the lock
+            if store.leads():
+                return True
+            await asyncio.sleep(0.01)
+        return False
+
+    assert run(leads)
