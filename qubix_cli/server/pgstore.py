@@ -456,7 +456,7 @@ class PostgresStore(_Reads, VolatileState):
                             self._leading = bool(row and row[0])
                         async for note in conn.notifies(timeout=LISTEN_RETRY_S):
                             self._received(note.payload)
-            except (self.psycopg.Error, OSError) as exc:
+            except Exception as exc:  # whatever it was, listen again
                 if self._listening:
                     log.warning("not listening to the database: %s", redacted(self.url, str(exc)))
             finally:
@@ -472,19 +472,26 @@ class PostgresStore(_Reads, VolatileState):
         self._observe(self.observe_change, ANYTHING, "", None, False)
 
     def _received(self, payload: str) -> None:
+        """A notification from another server: anything not of the shape servers send
+        (from whoever else may NOTIFY on the database) is ignored."""
         try:
             message = json.loads(payload)
         except ValueError:
             return
         if not isinstance(message, dict) or message.get("server") == self.server:
             return
-        for table, key, changed in message.get("changes", []):
+        changes, events = message.get("changes", []), message.get("events", [])
+        for change in changes if isinstance(changes, list) else []:
+            if not _is_change(change):
+                continue
+            table, key, changed = change
             if table in CACHED:
                 self._cache.pop((table, key), None)
                 self._cached_commits += 1
             self._observe(self.observe_change, table, key, changed, False)
-        for event in message.get("events", []):
-            self._observe(self.observe_event, event)
+        for event in events if isinstance(events, list) else []:
+            if isinstance(event, dict):
+                self._observe(self.observe_event, event)
 
     @staticmethod
     def _observe(observer: Callable[..., None], *args: Any) -> None:
@@ -662,6 +669,16 @@ async def _json_text(rows: list[Doc]) -> str:
         parts.extend(dumps(row) for row in rows[start : start + 500])
         await asyncio.sleep(0)
     return "[" + ",".join(parts) + "]"
+
+
+def _is_change(change: Any) -> bool:
+    """[table, key, summary] of a watched table, as `PostgresStore.transaction` sends."""
+    if not isinstance(change, list) or len(change) != 3:
+        return False
+    table, key, changed = change
+    if table not in WATCHED or not isinstance(key, str):
+        return False
+    return changed is None or (isinstance(changed, dict) and set(changed) == set(WATCHED[table]))
 
 
 def _messages(server: str, kind: str, items: list[Any]) -> Iterator[str]:

@@ -361,3 +361,45 @@ def test_servers_on_one_database_are_told_of_changes_and_events_and_one_leads(
             await b.close()
 
     asyncio.run(body())
+
+
+def test_a_notification_of_any_other_shape_is_ignored_and_listening_goes_on(
+    cluster: Cluster,
+) -> None:
+    """Whoever else may connect to the database may NOTIFY on the servers' channel: what
+    is not of the shape servers send changes nothing, and the listening goes on."""
+    from qubix_cli.server.pgstore import CHANNEL, PostgresStore
+
+    url = cluster.new_database()
+
+    async def body() -> None:
+        a, b = PostgresStore(url, heartbeat_s=1), PostgresStore(url, heartbeat_s=1)
+        told: list[Any] = []
+        events: list[Any] = []
+        b.observe_change = lambda *change: change[0] != "*" and told.append(change)
+        b.observe_event = events.append
+        try:
+            await listening(a, b)
+            hostile = [
+                "not json",
+                "[1]",
+                '{"server": "x", "changes": [1]}',
+                '{"server": "x", "changes": null, "events": 5}',
+                '{"server": "x", "changes": [["jobs", 1, {}], ["keys", "k", {}]]}',
+                '{"server": "x", "changes": [["jobs", "j", {"status": "queued"}]]}',
+                '{"server": "x", "events": [5, null, "x"]}',
+            ]
+            async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+                for payload in hostile:
+                    await conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, payload))
+            async with a.transaction() as tx:
+                tx.put("jobs", {"id": "j1", "status": "queued", "workerId": None})
+            await until(lambda: told)
+            assert told == [("jobs", "j1", {"status": "queued", "workerId": None}, False)]
+            assert events == [] and b._listening
+            await until(lambda: a.leads() or b.leads())
+        finally:
+            await a.close()
+            await b.close()
+
+    asyncio.run(body())
