@@ -93,13 +93,17 @@ async def _housekeeping(app: Starlette, tick_s: float) -> None:
     # Forgetting reads every provider: every 10 minutes at most (a tenth of the time a
     # provider is kept offline), not with every save.
     forget_every_s = min(600.0, max(5.0, settings.forget_offline_after_s / 10))
+    # After the storage failed, no one is marked offline and no lease expires for three
+    # heartbeat intervals: the fleet's heartbeats (and the other replicas' news of them)
+    # may not have been heard meanwhile.
+    quiet_until = 0.0
     while True:
         await asyncio.sleep(tick_s)
         try:
             if loop.time() >= next_save:
                 next_save = loop.time() + store.save_every_s
                 await store.save_volatile()
-            if not store.leads():
+            if not store.leads() or loop.time() < quiet_until:
                 continue
             jobs.release(await registry.sweep())
             await jobs.expire_leases()
@@ -112,6 +116,7 @@ async def _housekeeping(app: Starlette, tick_s: float) -> None:
                     await jobs.requeue_held_by(worker_id)
         except (StorageError, OSError) as exc:
             log.error("housekeeping: %s", exc)
+            quiet_until = loop.time() + settings.offline_after_s
 
 
 # What the pages may do: their own scripts, styles and API only (no inline script), and no

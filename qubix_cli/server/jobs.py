@@ -521,10 +521,16 @@ class JobQueue:
             taker.future.set_result(leased)
 
     async def heartbeat(self, worker_id: str, running: list[str]) -> list[str]:
-        """Renew the leases of the jobs the worker runs; return jobs it must cancel."""
+        """Renew the leases of the jobs the worker runs; return jobs it must cancel. Who
+        holds which lease is known without a read (`changed`): a heartbeat reads nothing,
+        and goes on while the database is down."""
         for job_id in running:
-            job = await self.store.get("jobs", job_id)
-            if job is not None and job["status"] == "assigned" and job["workerId"] == worker_id:
+            if self._holders_known:
+                holds = self._holders.get(job_id) == worker_id
+            else:
+                job = await self.store.get("jobs", job_id) or {}
+                holds = (job.get("status"), job.get("workerId")) == ("assigned", worker_id)
+            if holds:
                 self.store.remember("leases", job_id, {"expiresAt": self.clock() + self.lease_s})
         pending = await self.store.recall("cancels", worker_id)
         if pending is None:

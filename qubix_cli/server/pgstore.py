@@ -365,7 +365,7 @@ class PostgresStore(_Reads, VolatileState):
     async def get(self, table: str, key: str) -> Doc | None:
         if table not in CACHED:
             return await super().get(table, key)
-        if self._listening and (table, key) in self._cache:
+        if (table, key) in self._cache:  # kept while not listening: see `_listen`
             return self._cache[(table, key)]
         commits = self._cached_commits
         doc = await super().get(table, key)
@@ -437,8 +437,10 @@ class PostgresStore(_Reads, VolatileState):
 
     async def _listen(self) -> None:
         """One connection that LISTENs for the other servers' notifications and holds the
-        lead lock while it lives; while it is down, changes may be missed, so watchers are
-        told that anything may have changed, every `LISTEN_RETRY_S` (they poll)."""
+        lead lock while it lives. While it is down, changes may be missed: watchers are
+        told that anything may have changed, every `LISTEN_RETRY_S` (they poll), and what
+        is kept at hand is forgotten once it listens again. (Until then it is still read:
+        while the database is down nothing can change, and heartbeats and polls go on.)"""
         while True:
             try:
                 async with await self.psycopg.AsyncConnection.connect(
@@ -446,6 +448,7 @@ class PostgresStore(_Reads, VolatileState):
                 ) as conn:
                     await conn.execute(f"LISTEN {CHANNEL}")
                     self._listening = True
+                    self._cache.clear()
                     self._missed()
                     while True:
                         if not self._leading:
@@ -465,10 +468,8 @@ class PostgresStore(_Reads, VolatileState):
             self._missed()
 
     def _missed(self) -> None:
-        """Notifications may have been missed: nothing cached is trusted, and watchers
-        look for themselves."""
-        self._cache.clear()
-        self._cached_commits += 1
+        """Notifications may have been missed: watchers look for themselves."""
+        self._cached_commits += 1  # a read under way is not kept
         self._observe(self.observe_change, ANYTHING, "", None, False)
 
     def _received(self, payload: str) -> None:

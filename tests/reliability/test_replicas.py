@@ -55,14 +55,17 @@ class Fleet:
 
     def job(self, job_id: str, via: ServerProcess | None = None) -> dict[str, Any]:
         base = via.url if via else self.url
-        found: dict[str, Any] = httpx.get(f"{base}/api/jobs/{job_id}", headers=KEY).json()["job"]
+        answer = httpx.get(f"{base}/api/jobs/{job_id}", headers=KEY)
+        if answer.status_code != 200:  # the database is coming back
+            return {"status": f"unknown ({answer.status_code})", "workerId": None}
+        found: dict[str, Any] = answer.json()["job"]
         return found
 
     def leader(self) -> ServerProcess:
         def leading() -> ServerProcess | None:
             for replica in self.replicas:
                 if replica.proc and replica.proc.poll() is None:
-                    if httpx.get(replica.url + "/healthz").json()["leads"]:
+                    if httpx.get(replica.url + "/healthz").json().get("leads"):
                         return replica
             return None
 
@@ -322,4 +325,53 @@ def test_replicas_answer_503_while_postgres_is_down_and_recover_listening(
         assert answer.status_code == 200 and answer.json()["job"]["id"] == job_id
         assert took < 5
     finally:
+        fleet.stop()
+
+
+def test_a_database_outage_longer_than_the_offline_window_runs_no_job_twice(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    """PostgreSQL down for longer than three heartbeat intervals while a worker runs a
+    job: heartbeats are still answered (they read nothing), and once the database is back
+    nobody is marked offline nor loses a lease for not having been heard meanwhile (a
+    worker whose heartbeats were lost has three intervals to come back): the job is run
+    once and reported once."""
+    fleet = Fleet(tmp_path, cluster.new_database(), 2)
+    worker = Worker(tmp_path, fleet.url, "w1")
+    try:
+        token = httpx.post(
+            fleet.url + "/api/providers/quick-register", json=register_body("w2")
+        ).json()["workerToken"]
+        beat = {"Authorization": f"Bearer {token}"}
+
+        def heartbeat(via: str | None = None) -> int:
+            url = f"{via or fleet.url}/api/providers/w2/heartbeat"
+            return httpx.post(url, json={"status": "online"}, headers=beat).status_code
+
+        wait_for(lambda: online(fleet.url) == 2, timeout=30)
+        job_id = fleet.submit(fleet.replicas[0], type="sleep", payload={"seconds": 20})
+        wait_for(lambda: fleet.job(job_id)["status"] == "assigned")
+        for replica in fleet.replicas:  # each has read its record: it keeps it at hand
+            assert heartbeat(replica.url) == 200
+        cluster.stop_server()
+        try:
+            time.sleep(1)
+            assert heartbeat() == 200  # answered from memory (w2 then says nothing more)
+            time.sleep(5 * HEARTBEAT_S)  # the offline window is 3
+        finally:
+            cluster.start()
+        fleet.leader()
+        time.sleep(2)  # the leader's housekeeping has run since
+        assert heartbeat() == 200
+        for _ in range(10):  # w2 was not marked offline, on either replica
+            for replica in fleet.replicas:
+                seen = httpx.get(f"{replica.url}/api/providers/w2").json()["provider"]
+                assert seen["status"] == "online", replica.url
+            time.sleep(0.2)
+        wait_for(lambda: fleet.job(job_id)["status"] == "completed", timeout=60, step=0.5)
+        history = fleet.job(job_id)["history"]
+        assert [e["event"] for e in history] == ["created", "leased", "reported"], history
+    finally:
+        worker.signal(signal.SIGTERM)
+        worker.wait(30)
         fleet.stop()
