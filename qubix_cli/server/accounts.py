@@ -127,28 +127,39 @@ class Accounts:
     async def install_start_key(self, key: str) -> bool:
         """Make the key the server was started with (`--api-key`, `QUBIX_API_KEY` or the
         data dir's key file) a key of the first operator account; a key a previous start
-        used stops working, unless it was made an account's key some other way. False if
-        this key was revoked: it stays refused."""
+        used stops working, unless it was made an account's key some other way, or other
+        servers use the same database now (replicas: theirs stays, with a warning). False
+        if this key was revoked: it stays refused, and changes nothing."""
         now = self.clock()
+        others = await self.store.others()
         async with self.store.transaction() as tx:
             if await tx.get("accounts", FIRST_OPERATOR) is None:
                 tx.put("accounts", new_account(FIRST_OPERATOR, OPERATOR, now))
+            found = await tx.scan("keys", where={"hash": token_hash(key)})
+            if found and found[0].get("revokedAt") is not None:
+                return False
             for old in await tx.scan("keys"):
                 if old.get("account") is None:  # a key from before accounts
                     old = {**old, "account": FIRST_OPERATOR, "name": "start"}
                     tx.put("keys", old)
                 is_start = old.get("startKey") and old["hash"] != token_hash(key)
-                if is_start and old.get("revokedAt") is None:
+                if not is_start or old.get("revokedAt") is not None:
+                    continue
+                if others:
                     log.warning(
-                        "the key %s of an earlier start is revoked: this server now runs with "
-                        "another key (from --api-key, QUBIX_API_KEY or the api-key file)",
+                        "another server on this database was started with another API key "
+                        "(%s): both work. Start every replica with the same key "
+                        "(docs/scaling.md)",
                         old["id"],
                     )
-                    tx.put("keys", {**old, "revokedAt": now})
-            found = await tx.scan("keys", where={"hash": token_hash(key)})
+                    continue
+                log.warning(
+                    "the key %s of an earlier start is revoked: this server now runs with "
+                    "another key (from --api-key, QUBIX_API_KEY or the api-key file)",
+                    old["id"],
+                )
+                tx.put("keys", {**old, "revokedAt": now})
             if found:
-                if found[0].get("revokedAt") is not None:
-                    return False
                 if found[0].get("account") is None:  # a key from before accounts
                     tx.put("keys", {**found[0], "account": FIRST_OPERATOR, "name": "start"})
                 return True

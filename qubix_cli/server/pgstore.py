@@ -172,7 +172,7 @@ def redacted(url: str, text: str | None = None) -> str:
     return shown
 
 
-SERVER_NAME = "qubix serve"  # the application_name of a server's connections
+SERVER_NAME = "qubix serve"  # a server's connections' application_name, then its id
 
 
 def prepare(url: str) -> tuple[list[int], int]:
@@ -294,6 +294,7 @@ class PostgresStore(_Reads, VolatileState):
         self.jsonb = lambda value: jsonb(value, dumps=dumps)
         self.url, self.name, self.pool_size, self.listen = url, name, pool_size, listen
         self.server = secrets.token_hex(6)  # tells this server's notifications and rows apart
+        self.application = f"{name} {self.server}"  # and its connections
         self._pool: AsyncConnectionPool | None = None
         self._opening = asyncio.Lock()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -329,7 +330,7 @@ class PostgresStore(_Reads, VolatileState):
                     open=False,
                     timeout=POOL_WAIT_S,
                     # a transaction says BEGIN itself; the name tells servers apart
-                    kwargs={"autocommit": True, "application_name": self.name},
+                    kwargs={"autocommit": True, "application_name": self.application},
                 )
                 try:
                     await pool.open(wait=True, timeout=10)
@@ -418,6 +419,15 @@ class PostgresStore(_Reads, VolatileState):
     def leads(self) -> bool:
         return self._leading
 
+    async def others(self) -> int:
+        rows = await self._rows(
+            "SELECT count(DISTINCT application_name) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND application_name LIKE %s "
+            "AND application_name <> %s",
+            [f"{SERVER_NAME} %", self.application],
+        )
+        return int(rows[0][0])
+
     def share_event(self, event: Doc) -> None:
         if self._pool is None or not self.listen:
             return
@@ -444,7 +454,7 @@ class PostgresStore(_Reads, VolatileState):
         while True:
             try:
                 async with await self.psycopg.AsyncConnection.connect(
-                    self.url, autocommit=True, application_name=self.name, connect_timeout=5
+                    self.url, autocommit=True, application_name=self.application, connect_timeout=5
                 ) as conn:
                     await conn.execute(f"LISTEN {CHANNEL}")
                     self._listening = True

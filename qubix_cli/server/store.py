@@ -127,6 +127,10 @@ class Store(Reader, Protocol):
         forgetting): one server at a time on a store."""
         ...
 
+    async def others(self) -> int:
+        """How many other servers use this store now."""
+        ...
+
     def transaction(self) -> contextlib.AbstractAsyncContextManager[Transaction]:
         """A unit of work: on a clean exit it is committed and durable before the block's
         caller goes on; if the commit fails, nothing of it is visible and
@@ -377,6 +381,9 @@ class JournalStore(_Scans, VolatileState):
 
     def leads(self) -> bool:
         return True
+
+    async def others(self) -> int:
+        return 0  # one server a data dir
 
     # -- loading -----------------------------------------------------------------------
 

@@ -375,3 +375,25 @@ def test_a_database_outage_longer_than_the_offline_window_runs_no_job_twice(
         worker.signal(signal.SIGTERM)
         worker.wait(30)
         fleet.stop()
+
+
+def test_a_replica_started_with_another_api_key_leaves_the_fleet_s_key_working(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    """A server started with a new key revokes the key of the previous start, but not
+    while other servers on the database run with it: a replica started with another key
+    by mistake must not lock the operator out of the whole fleet."""
+    fleet = Fleet(tmp_path, cluster.new_database(), 1, balanced=False)
+    other_key = "qbx_" + "k" * 40
+    second = ServerProcess(
+        tmp_path / "data", HEARTBEAT_S, "--database", fleet.database, "--api-key", other_key
+    )
+    second.log = tmp_path / "second.log"
+    fleet.replicas.append(second.start())
+    try:
+        for replica in fleet.replicas:
+            for key in (KEY, {"Authorization": f"Bearer {other_key}"}):
+                assert httpx.get(replica.url + "/api/jobs", headers=key).status_code == 200
+        assert "was started with another API key" in second.output()
+    finally:
+        fleet.stop()
