@@ -49,7 +49,7 @@ def serve(
             envvar="QUBIX_DATABASE_URL",
             help="A PostgreSQL database (postgresql://user:password@host/name) to keep the "
             "fleet in, shared by every server started on it; without it, the embedded "
-            "store in the data dir. Needs pip install 'qubix[postgres]'.",
+            "store in the data dir. Needs pip install 'qubix\\[postgres]'.",
             show_default=False,
         ),
     ] = None,

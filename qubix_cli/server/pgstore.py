@@ -157,7 +157,8 @@ async def migrate(conn: AsyncConnection[Any]) -> list[int]:
 
 def _secrets(url: str) -> list[str]:
     """The passwords a URL holds (after `user:` or as `password=`), however it is formed."""
-    found = re.findall(r"^[a-z0-9+.-]+://[^/@?#]*?:([^/@?#]*)@", url, re.I)
+    # up to the authority's last @: a password with an unencoded @ is hidden whole
+    found = re.findall(r"^[a-z0-9+.-]+://[^/@?#:]*:([^/?#]*)@", url, re.I)
     found += re.findall(r"[?&]password=([^&#]*)", url, re.I)
     return [s for s in found if s]
 
@@ -699,8 +700,13 @@ def _messages(server: str, kind: str, items: list[Any]) -> Iterator[str]:
     size = len(head)
     for item in items:
         text = json.dumps(item, separators=(",", ":"))
+        if len(head) + len(text) + 2 > NOTIFY_BYTES and isinstance(item, dict):
+            data = item.get("data")  # an event about a large record: its ids only
+            if isinstance(data, dict):
+                ids = {k: data[k] for k in ("id", "workerId", "status", "attempt") if k in data}
+                text = json.dumps({**item, "data": ids}, separators=(",", ":"))
         if len(head) + len(text) + 2 > NOTIFY_BYTES:
-            log.warning("a %s entry too large to tell the other servers was left out", kind)
+            log.warning("one of the %s was too large to tell the other servers", kind)
             continue
         if part and size + len(text) + 3 > NOTIFY_BYTES:
             yield head + ",".join(part) + "]}"

@@ -86,6 +86,7 @@ def test_a_wrong_database_is_a_clear_error_without_its_password(tmp_path: Path) 
         "postgresql://qubix:s3cret@[::1/x",
         "postgresql://qubix@127.0.0.1:1/x?password=s3cret",
         "postgresql://qubix:s3c%ZZret@127.0.0.1:1/x",
+        "postgresql://qubix:s3c@ret@127.0.0.1:1/x",  # an @ not written %40
     ):
         said = qubix("db", "migrate", "--database", leaky)
         assert said.returncode != 0, leaky
@@ -349,8 +350,17 @@ def test_servers_on_one_database_are_told_of_changes_and_events_and_one_leads(
             assert ("providers", "w1", {}, False) in told  # no token hash, no contents
             assert (await b.get("providers", "w1"))["n"] == 2  # forgotten, read again
             a.share_event({"type": "PROVIDER_ONLINE", "data": {"workerId": "w1"}, "at": 1.0})
-            await until(lambda: events)
-            assert events == [{"type": "PROVIDER_ONLINE", "data": {"workerId": "w1"}, "at": 1.0}]
+            big = {"workerId": "w2", "status": "online", "gpus": ["x" * 100] * 100}
+            a.share_event({"type": "PROVIDER_ONLINE", "data": big, "at": 2.0})
+            await until(lambda: len(events) == 2)
+            assert events == [
+                {"type": "PROVIDER_ONLINE", "data": {"workerId": "w1"}, "at": 1.0},
+                {
+                    "type": "PROVIDER_ONLINE",
+                    "data": {"workerId": "w2", "status": "online"},
+                    "at": 2.0,
+                },
+            ]  # a record too large to notify: its ids
             await until(lambda: a.leads() or b.leads())
             leader, other = (a, b) if a.leads() else (b, a)
             assert not other.leads()
