@@ -97,6 +97,14 @@ def stop_workers(workers: list[Worker]) -> list[int]:
     return [w.wait(30) for w in workers]
 
 
+def register(url: str, worker_id: str) -> str:
+    """Register a provider by hand; its worker token."""
+    answer = httpx.post(url + "/api/providers/quick-register", json=register_body(worker_id))
+    assert answer.status_code == 201, answer.text
+    token: str = answer.json()["workerToken"]
+    return token
+
+
 def online(url: str) -> int:
     return sum(p["status"] == "online" for p in all_providers(url))
 
@@ -220,9 +228,7 @@ def test_what_one_replica_does_reaches_the_others(cluster: Cluster, tmp_path: Pa
     fleet = Fleet(tmp_path, cluster.new_database(), 2, balanced=False)
     a, b = fleet.replicas
     try:
-        token = httpx.post(
-            a.url + "/api/providers/quick-register", json=register_body("w1")
-        ).json()["workerToken"]
+        token = register(a.url, "w1")
         with connect(b.url.replace("http", "ws") + "/api/events") as ws:
             ws.send(json.dumps({"type": "auth", "key": KEY["Authorization"][7:]}))
             polls: list[Any] = []
@@ -279,9 +285,7 @@ def test_an_idle_poll_asks_the_database_nothing(cluster: Cluster, tmp_path: Path
     fleet = Fleet(tmp_path, url, 1, balanced=False)
     (server,) = fleet.replicas
     try:
-        token = httpx.post(
-            server.url + "/api/providers/quick-register", json=register_body("w1")
-        ).json()["workerToken"]
+        token = register(server.url, "w1")
         headers = {"Authorization": f"Bearer {token}"}
         with httpx.Client(base_url=server.url, headers=headers) as client:
             assert client.get("/api/jobs/pending/w1").status_code == 204
@@ -302,9 +306,7 @@ def test_replicas_answer_503_while_postgres_is_down_and_recover_listening(
     fleet = Fleet(tmp_path, cluster.new_database(), 2, balanced=False)
     a, b = fleet.replicas
     try:
-        token = httpx.post(
-            a.url + "/api/providers/quick-register", json=register_body("w1")
-        ).json()["workerToken"]
+        token = register(a.url, "w1")
         cluster.stop_server()
         try:
             for replica in (a, b):
@@ -339,9 +341,7 @@ def test_a_database_outage_longer_than_the_offline_window_runs_no_job_twice(
     fleet = Fleet(tmp_path, cluster.new_database(), 2)
     worker = Worker(tmp_path, fleet.url, "w1")
     try:
-        token = httpx.post(
-            fleet.url + "/api/providers/quick-register", json=register_body("w2")
-        ).json()["workerToken"]
+        token = register(fleet.url, "w2")
         beat = {"Authorization": f"Bearer {token}"}
 
         def heartbeat(via: str | None = None) -> int:
