@@ -122,8 +122,8 @@ def test_100_workers_behind_nginx_run_jobs_submitted_through_any_replica_once(
     workers = start_workers(tmp_path, fleet.url, pyz)
     try:
         wait_for(lambda: online(fleet.url) == WORKERS, timeout=120, step=0.5)
-        for replica in fleet.replicas:  # each sees the whole fleet online
-            assert online(replica.url) == WORKERS
+        for replica in fleet.replicas:  # each sees the whole fleet online (within a second)
+            wait_for(lambda r=replica: online(r.url) == WORKERS, timeout=10, step=0.5)
         ids = [
             fleet.submit(fleet.replicas[n % count], type="sleep", payload={"seconds": 0.2})
             for n in range(60)
@@ -322,6 +322,12 @@ def test_replicas_answer_503_while_postgres_is_down_and_recover_listening(
             wait_for(lambda r=replica: httpx.get(r.url + "/healthz").status_code == 200)
         assert fleet.leader() in (a, b)
         time.sleep(2)  # listening again
+        heard = httpx.post(  # w1 heartbeats, as a worker does: it is not silent
+            f"{b.url}/api/providers/w1/heartbeat",
+            json={"status": "online"},
+            headers={"Authorization": f"Bearer {token}"},
+        )
+        assert heard.status_code == 200
         polls: list[Any] = []
         waiting = threading.Thread(target=poll, args=(b.url, token, 30, polls))
         waiting.start()
