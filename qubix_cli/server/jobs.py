@@ -15,7 +15,6 @@ import json
 import random
 import secrets
 from collections import Counter, OrderedDict
-from collections.abc import Coroutine
 from typing import Any, NamedTuple
 
 from qubix_cli.errors import Conflict, StorageError, TooLarge
@@ -26,7 +25,7 @@ from qubix_cli.server.http import not_found
 from qubix_cli.server.metrics import Metrics
 from qubix_cli.server.providers import Clock, Registry
 from qubix_cli.server.schemas import FINISHED, JobListQuery, JobReport, JobSubmit
-from qubix_cli.server.store import ANYTHING, Doc, Store, Transaction
+from qubix_cli.server.store import ANYTHING, Doc, Store, Transaction, run_later
 from qubix_cli.worker import engine
 
 RESULT_LIMIT_BYTES = 1024 * 1024
@@ -100,7 +99,7 @@ class JobQueue:
             self._queued = True
             if self._catching_up is None:
                 self._catching_up = True
-                self._later(self._catch_up())
+                run_later(self._tasks, self._catch_up())
             else:
                 self._catching_up = False  # once more when this one is done
             return
@@ -113,12 +112,7 @@ class JobQueue:
             if not here and self._waiters:
                 self._to_offer.add(key)
                 if len(self._to_offer) == 1:
-                    self._later(self._offer_told())
-
-    def _later(self, work: Coroutine[Any, Any, None]) -> None:
-        task = asyncio.get_running_loop().create_task(work)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+                    run_later(self._tasks, self._offer_told())
 
     def _hold(self, job_id: str, worker_id: str | None) -> None:
         before = self._holders.pop(job_id, None)

@@ -35,7 +35,7 @@ import re
 import secrets
 import time
 import urllib.parse
-from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from qubix_cli.errors import StorageError
@@ -49,6 +49,8 @@ from qubix_cli.server.store import (
     VolatileState,
     _matches,
     ordered,
+    run_later,
+    set_entry,
     summary,
     tell,
 )
@@ -312,7 +314,7 @@ class PostgresStore(_Reads, VolatileState):
         self.save_every_s = min(1.0, heartbeat_s / 4)
         self._cache: dict[tuple[str, str], Doc | None] = {}  # CACHED tables' documents
         self._cached_commits = 0  # commits that changed a CACHED table
-        self._listening = False  # while not, the cache is not used: changes may be missed
+        self._listening = False  # while not, changes may be missed: nothing new is cached
         self._leading = False  # holds the lead lock (on the listening connection)
         self._outbox: list[Doc] = []  # events to tell the other servers
         self.observe_commit: Callable[[float], None] = _ignore
@@ -346,14 +348,8 @@ class PostgresStore(_Reads, VolatileState):
                     raise _refused(exc) from exc
                 self._pool = pool
                 if self.listen:
-                    self._start(self._listen())
+                    run_later(self._tasks, self._listen())
         return self._pool
-
-    def _start(self, work: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
-        task = asyncio.get_running_loop().create_task(work)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-        return task
 
     @contextlib.asynccontextmanager
     async def _connection(self) -> AsyncIterator[AsyncConnection[Any]]:
@@ -434,7 +430,7 @@ class PostgresStore(_Reads, VolatileState):
             return
         self._outbox.append(event)
         if len(self._outbox) == 1:
-            self._start(self._send_events())
+            run_later(self._tasks, self._send_events())
 
     async def _send_events(self) -> None:
         """The events of the next few milliseconds, in one statement."""
@@ -555,21 +551,16 @@ class PostgresStore(_Reads, VolatileState):
                 if rows:
                     await conn.execute(WRITE_VOLATILE, (self.server, await _json_text(rows)))
                 for kind, key, doc in entries:
-                    if doc is None:
-                        self._shared[kind].pop(key, None)
-                    else:
-                        self._shared[kind][key] = doc
+                    set_entry(self._shared[kind], key, doc)
                 await self._pull(conn)
                 if self._leading and time.monotonic() >= self._next_tidy:
                     self._next_tidy = time.monotonic() + TOMBSTONE_S
                     await conn.execute(TIDY_VOLATILE, (TOMBSTONE_S,))
-        except self.psycopg.Error as exc:
+        except BaseException as exc:  # not written: at the next save
             for kind, key in dirty:
                 self._dirty[kind].add(key)
-            raise _refused(exc) from exc
-        except BaseException:
-            for kind, key in dirty:
-                self._dirty[kind].add(key)
+            if isinstance(exc, self.psycopg.Error):
+                raise _refused(exc) from exc
             raise
 
     async def _pull(self, conn: AsyncConnection[Any]) -> None:
@@ -591,16 +582,10 @@ class PostgresStore(_Reads, VolatileState):
                 self._pulled = written
             if kind not in self._volatile:
                 continue
-            if doc is None:
-                self._shared[kind].pop(key, None)
-            else:
-                self._shared[kind][key] = doc
+            set_entry(self._shared[kind], key, doc)
             if at > self._at[kind].get(key, -1.0):  # newer than this server's copy
                 self._at[kind][key] = at
-                if doc is None:
-                    self._volatile[kind].pop(key, None)
-                else:
-                    self._volatile[kind][key] = doc
+                set_entry(self._volatile[kind], key, doc)
                 self._dirty[kind].discard(key)
             else:
                 self._mark(kind, key)  # this server's is newer: the table gets it

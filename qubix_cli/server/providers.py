@@ -22,7 +22,7 @@ from qubix_cli.server.events import EventBus
 from qubix_cli.server.http import not_found, token_hash, token_matches
 from qubix_cli.server.schemas import CheckNewQuery, Heartbeat, ProviderListQuery, Register
 from qubix_cli.server.settings import Settings
-from qubix_cli.server.store import Doc, Store, Transaction
+from qubix_cli.server.store import Doc, Store, Transaction, run_later
 from qubix_cli.server.trust import TRUST, hardware_gpus, trust_of
 from qubix_cli.worker import AGENT_VERSION
 from qubix_cli.worker.update import older
@@ -292,9 +292,7 @@ class Registry:
         """A provider changed on another server on the same database: the check-new
         long-polls waiting here are told if it (re)registered since they asked."""
         if table == "providers" and not here and summary is not None and self._watchers:
-            task = asyncio.get_running_loop().create_task(self._announce_stored(key))
-            self._reading.add(task)
-            task.add_done_callback(self._reading.discard)
+            run_later(self._reading, self._announce_stored(key))
 
     async def _announce_stored(self, worker_id: str) -> None:
         try:

@@ -29,7 +29,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -71,6 +71,22 @@ def summary(table: str, doc: Doc | None) -> Doc | None:
 
 
 Changed = Callable[[str, str, "Doc | None", bool], None]  # table, key, summary, made here
+
+
+def set_entry(entries: dict[str, Doc], key: str, doc: Doc | None) -> None:
+    """Set one entry of volatile state (None: forget it)."""
+    if doc is None:
+        entries.pop(key, None)
+    else:
+        entries[key] = doc
+
+
+def run_later(tasks: set[asyncio.Task[None]], work: Coroutine[Any, Any, None]) -> None:
+    """Run `work` in the background, kept in `tasks` until it is done (the event loop keeps
+    only a weak reference to a task)."""
+    task = asyncio.get_running_loop().create_task(work)
+    tasks.add(task)
+    task.add_done_callback(tasks.discard)
 
 
 def tell(observe: Changed, writes: Mapping[tuple[str, str], Doc | None]) -> None:
@@ -303,10 +319,7 @@ class VolatileState:
         """What was saved before a restart is in `_volatile` (a backend may load lazily)."""
 
     def remember(self, kind: str, key: str, value: Doc | None) -> None:
-        if value is None:
-            self._volatile[kind].pop(key, None)
-        else:
-            self._volatile[kind][key] = value
+        set_entry(self._volatile[kind], key, value)
         self._changed.add(kind)
 
     async def recall(self, kind: str, key: str) -> Doc | None:

@@ -5,8 +5,10 @@ coming back."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import subprocess
 import sys
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -218,6 +220,28 @@ def test_a_read_that_races_a_commit_never_keeps_the_older_provider(
     assert asyncio.run(body()) == "new"
 
 
+@contextlib.asynccontextmanager
+async def two_stores(url: str) -> AsyncIterator[tuple[Any, Any]]:
+    """Two servers' stores on one database (heartbeats every second), closed after."""
+    from qubix_cli.server.pgstore import PostgresStore
+
+    a, b = PostgresStore(url, heartbeat_s=1), PostgresStore(url, heartbeat_s=1)
+    try:
+        yield a, b
+    finally:
+        await a.close()
+        await b.close()
+
+
+def watched(store: Any) -> tuple[list[Any], list[Any]]:
+    """What the store will be told of the other servers: their changes, their events."""
+    told: list[Any] = []
+    events: list[Any] = []
+    store.observe_change = lambda *change: change[0] != "*" and told.append(change)
+    store.observe_event = events.append
+    return told, events
+
+
 async def listening(*stores: Any) -> None:
     """Wait until each store listens to the others on its database."""
     for store in stores:
@@ -252,8 +276,7 @@ def test_servers_on_one_database_share_volatile_state_the_later_setting_winning(
     url = cluster.new_database()
 
     async def body() -> None:
-        a, b = PostgresStore(url, heartbeat_s=1), PostgresStore(url, heartbeat_s=1)
-        try:
+        async with two_stores(url) as (a, b):
             a.remember("liveness", "w1", live("online", 100.0))
             a.remember("cancels", "w1", {"jobIds": ["j1"]})
             await a.save_volatile()
@@ -276,9 +299,6 @@ def test_servers_on_one_database_share_volatile_state_the_later_setting_winning(
             await b.save_volatile()
             assert await b.recall("leases", "j2") == {"expiresAt": 5.0}
             assert await a.recall("leases", "j2") == {"expiresAt": 5.0}
-        finally:
-            await a.close()
-            await b.close()
 
     asyncio.run(body())
 
@@ -325,17 +345,12 @@ def test_servers_on_one_database_are_told_of_changes_and_events_and_one_leads(
     """A commit on one server tells the others which jobs and providers changed (ids and
     a job's state only), an event published on one reaches the others, a provider kept at
     hand is forgotten when another server changes it, and one server at a time leads."""
-    from qubix_cli.server.pgstore import PostgresStore
 
     url = cluster.new_database()
 
     async def body() -> None:
-        a, b = PostgresStore(url, heartbeat_s=1), PostgresStore(url, heartbeat_s=1)
-        told: list[Any] = []
-        events: list[Any] = []
-        b.observe_change = lambda *change: change[0] != "*" and told.append(change)
-        b.observe_event = events.append
-        try:
+        async with two_stores(url) as (a, b):
+            told, events = watched(b)
             await listening(a, b)
             async with a.transaction() as tx:
                 tx.put("providers", {"workerId": "w1", "tokenHash": "secret-hash", "n": 1})
@@ -366,9 +381,6 @@ def test_servers_on_one_database_are_told_of_changes_and_events_and_one_leads(
             assert not other.leads()
             await leader.close()  # its connection goes, and with it the lead lock
             await until(other.leads, timeout=5)
-        finally:
-            await a.close()
-            await b.close()
 
     asyncio.run(body())
 
@@ -378,17 +390,13 @@ def test_a_notification_of_any_other_shape_is_ignored_and_listening_goes_on(
 ) -> None:
     """Whoever else may connect to the database may NOTIFY on the servers' channel: what
     is not of the shape servers send changes nothing, and the listening goes on."""
-    from qubix_cli.server.pgstore import CHANNEL, PostgresStore
+    from qubix_cli.server.pgstore import CHANNEL
 
     url = cluster.new_database()
 
     async def body() -> None:
-        a, b = PostgresStore(url, heartbeat_s=1), PostgresStore(url, heartbeat_s=1)
-        told: list[Any] = []
-        events: list[Any] = []
-        b.observe_change = lambda *change: change[0] != "*" and told.append(change)
-        b.observe_event = events.append
-        try:
+        async with two_stores(url) as (a, b):
+            told, events = watched(b)
             await listening(a, b)
             hostile = [
                 "not json",
@@ -408,8 +416,5 @@ def test_a_notification_of_any_other_shape_is_ignored_and_listening_goes_on(
             assert told == [("jobs", "j1", {"status": "queued", "workerId": None}, False)]
             assert events == [] and b._listening
             await until(lambda: a.leads() or b.leads())
-        finally:
-            await a.close()
-            await b.close()
 
     asyncio.run(body())
