@@ -137,19 +137,23 @@ class JobQueue:
             return await self._read_holders_now()
 
     async def _read_holders_now(self) -> list[Doc]:
-        self._holders_known, self._touched = False, set()
+        """What was known stays in use while it is read again, and if the read fails:
+        changes told meanwhile are kept, and while the database is down nothing changes
+        (heartbeats go on renewing leases from the index)."""
+        self._touched = set()
         try:
             assigned = await self.store.scan("jobs", where={"status": "assigned"})
-            found = {job["id"]: job["workerId"] for job in assigned}
-            for job_id in [j for j in self._holders if j not in found]:
-                if job_id not in self._touched:
-                    self._hold(job_id, None)
-            for job_id, worker_id in found.items():
-                if job_id not in self._touched:
-                    self._hold(job_id, worker_id)
-        finally:
+        except BaseException:
             self._touched = None
-        self._holders_known = True
+            raise
+        found = {job["id"]: job["workerId"] for job in assigned}
+        for job_id in [j for j in self._holders if j not in found]:
+            if job_id not in self._touched:
+                self._hold(job_id, None)
+        for job_id, worker_id in found.items():
+            if job_id not in self._touched:
+                self._hold(job_id, worker_id)
+        self._holders_known, self._touched = True, None
         return assigned
 
     async def _catch_up(self) -> None:

@@ -448,12 +448,16 @@ class PostgresStore(_Reads, VolatileState):
         told that anything may have changed, every `LISTEN_RETRY_S` (they poll), and what
         is kept at hand is forgotten once it listens again. (Until then it is still read:
         while the database is down nothing can change, and heartbeats and polls go on.)"""
+        lost = False  # said so in the log
         while True:
             try:
                 async with await self.psycopg.AsyncConnection.connect(
                     self.url, autocommit=True, application_name=self.application, connect_timeout=5
                 ) as conn:
                     await conn.execute(f"LISTEN {CHANNEL}")
+                    if lost:
+                        log.info("listening to the database again")
+                        lost = False
                     self._listening = True
                     self._cache.clear()
                     self._missed()
@@ -469,6 +473,7 @@ class PostgresStore(_Reads, VolatileState):
             except Exception as exc:  # whatever it was, listen again
                 if self._listening:
                     log.warning("not listening to the database: %s", redacted(self.url, str(exc)))
+                    lost = True
             finally:
                 self._listening = self._leading = False
             await asyncio.sleep(LISTEN_RETRY_S)
