@@ -237,7 +237,7 @@ def list_keys(
 
 @keys.command("revoke")
 def revoke(
-    key_id: Annotated[str, typer.Argument(help="The key's id (its first 12 characters).")],
+    key_id: Annotated[str, typer.Argument(help="Its id (qubix keys list), or the whole key.")],
     server: ServerOpt = None,
     api_key: ApiKeyOpt = None,
     as_json: JsonOpt = False,

@@ -65,9 +65,10 @@ def new_key() -> str:
     return KEY_PREFIX + secrets.token_urlsafe(32)
 
 
-def key_doc(key: str, account: str, name: str, now: float) -> Doc:
+def key_doc(key: str, account: str, name: str, now: float, key_id: str | None = None) -> Doc:
+    """A key's record: its id is its first characters unless another id is given."""
     return {
-        "id": key[:KEY_ID_LENGTH],
+        "id": key_id or key[:KEY_ID_LENGTH],
         "hash": token_hash(key),
         "account": account,
         "name": name,
@@ -163,7 +164,11 @@ class Accounts:
                 if found[0].get("account") is None:  # a key from before accounts
                     tx.put("keys", {**found[0], "account": FIRST_OPERATOR, "name": "start"})
                 return True
-            tx.put("keys", {**key_doc(key, FIRST_OPERATOR, "start", now), "startKey": True})
+            key_id = key[:KEY_ID_LENGTH]
+            if await tx.get("keys", key_id) is not None:  # a chosen key like another's
+                key_id = "key_" + secrets.token_hex(4)
+            doc = key_doc(key, FIRST_OPERATOR, "start", now, key_id)
+            tx.put("keys", {**doc, "startKey": True})
         return True
 
     async def create_key(self, account: str, name: str) -> tuple[Doc, str]:
@@ -188,14 +193,19 @@ class Accounts:
         docs = await self.store.scan("keys", where, "createdAt")
         return [public_key(d, await self.store.recall(KEY_USE, d["id"])) for d in docs]
 
-    async def revoke(self, caller: Caller, key_id: str) -> Doc:
-        """Revoke a key (given by its id, or whole: only its id is used, never echoed).
-        The last key of the operators cannot be revoked: nobody could administer then."""
-        key_id = key_id[:KEY_ID_LENGTH]
+    async def revoke(self, caller: Caller, given: str) -> Doc:
+        """Revoke a key, given by its id, or whole (then found by its hash, never echoed:
+        two keys an operator chose may begin alike). The last key of the operators cannot
+        be revoked: nobody could administer then."""
         async with self.store.transaction() as tx:
-            doc = await tx.get("keys", key_id)
+            if len(given) > KEY_ID_LENGTH:
+                found = await tx.scan("keys", where={"hash": token_hash(given)})
+                doc, named = (found[0] if found else None), "that key"
+            else:
+                doc, named = await tx.get("keys", given), f"key {given!r}"
             if doc is None or not (caller.is_operator or doc.get("account") == caller.account):
-                raise NotFound(f"no key {key_id!r}", code="key_not_found")
+                raise NotFound(f"no {named}", code="key_not_found")
+            key_id = doc["id"]
             if doc.get("revokedAt") is None and await self._last_operator_key(tx, doc):
                 raise Conflict(
                     f"{key_id} is the last operator key: make another one first "

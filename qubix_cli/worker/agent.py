@@ -570,7 +570,11 @@ class Agent:
             why = (self.pause or {}).get("reason") or PAUSED_REASON
             outcome = "preempted", {"reason": why}, outcome[2]
         try:
-            self._finished(job_id, attempt, *outcome)
+            if job_id in self.cancel_ids:  # the server ended it: a report would be refused
+                self.cancel_ids.discard(job_id)
+                log.info("job %s stopped: the server ended it (cancelled or out of time)", job_id)
+            else:
+                self._finished(job_id, attempt, *outcome)
         except Exception:  # its state dir is gone, say: the worker must still be able to stop
             log.exception("the report of job %s could not be kept", job_id)
         finally:

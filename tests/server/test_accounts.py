@@ -300,6 +300,35 @@ def test_the_start_key_is_the_first_operators_and_a_revoked_one_stays_refused(
         assert client.get("/api/account", headers=auth(spare)).status_code == 200
 
 
+def test_chosen_keys_that_begin_alike_keep_their_own_records_and_a_whole_key_revokes_itself(
+    tmp_path: Path,
+) -> None:
+    """Two keys an operator chose, alike in their first 12 characters: the second start's
+    key does not take the record of the first, and revoking a whole key revokes that key,
+    not whichever has its first characters as id."""
+    first, second = "qbx-operator-key-" + "a" * 30, "qbx-operator-NEW-" + "b" * 30
+    data = tmp_path / "data"
+    with TestClient(create_app(Settings(data_dir=data, api_key=first, **NO_LIMITS))) as client:  # type: ignore[arg-type]
+        spare = client.post("/api/keys", json={"name": "spare"}, headers=auth(first)).json()
+    with TestClient(create_app(Settings(data_dir=data, api_key=second, **NO_LIMITS))) as client:  # type: ignore[arg-type]
+        keys = client.get("/api/keys", headers=auth(second)).json()["keys"]
+        starts = [k for k in keys if k["name"] == "start"]
+        assert len(starts) == 2 and starts[0]["id"] != starts[1]["id"]
+        assert starts[0]["revokedAt"] is not None and starts[1]["revokedAt"] is None
+        assert client.get("/api/account", headers=auth(first)).status_code == 401
+        assert client.get("/api/account", headers=auth(second)).status_code == 200
+        like = "qbx-operator-XYZ-" + "c" * 30  # no key, but begins like both
+        missed = client.delete(f"/api/keys/{like}", headers=auth(spare["apiKey"]))
+        assert missed.status_code == 404 and like[:12] not in missed.text
+        assert client.get("/api/account", headers=auth(second)).status_code == 200
+        gone = client.delete(f"/api/keys/{second}", headers=auth(spare["apiKey"]))
+        assert gone.status_code == 200 and gone.json()["key"]["id"] == starts[1]["id"]
+        assert second not in gone.text
+        assert client.get("/api/account", headers=auth(second)).status_code == 401
+        keys = client.get("/api/keys", headers=auth(spare["apiKey"])).json()["keys"]
+        assert [k["revokedAt"] is None for k in keys] == [False, True, False]
+
+
 # -- quotas -----------------------------------------------------------------------------
 
 

@@ -123,8 +123,9 @@ def test_a_cancelled_job_is_stopped(server: ServerProcess, workers: Any) -> None
     job_id = submit(server, type="sleep", payload={"seconds": 60})
     wait_for(status_is(server, job_id, "assigned"))
     httpx.post(f"{server.url}/api/jobs/{job_id}/cancel", headers=KEY)
-    wait_for(lambda: "refused the report of job" in worker.output(), timeout=10)
+    wait_for(lambda: f"job {job_id} stopped: the server ended it" in worker.output(), timeout=10)
     assert job(server, job_id)["status"] == "cancelled"
+    assert "refused the report" not in worker.output()  # it sent none: it knew
     again = submit(server, type="sleep", payload={"seconds": 0})
     wait_for(status_is(server, again, "completed"))
 
