@@ -77,6 +77,12 @@ class Coordinator(Starlette):
                 return
         await super().__call__(scope, receive, send)
 
+    def stop(self) -> None:
+        """The server is stopping: waiting long-polls are answered now (nothing came), so
+        that their clients ask again (another replica, or this one restarted) instead of
+        being cut off when the grace for requests ends."""
+        self.api.stopping.set()
+
 
 async def _housekeeping(app: Starlette, tick_s: float) -> None:
     """Volatile state saved now and then; and, on the server that leads (the one server
@@ -164,7 +170,7 @@ def open_store(settings: Settings) -> Store:
     return JournalStore(settings.data_dir)
 
 
-def create_app(settings: Settings, clock: Clock = time.time) -> Starlette:
+def create_app(settings: Settings, clock: Clock = time.time) -> Coordinator:
     """Build the coordinator on the data directory in `settings`; `clock` tells the time
     to the registry and the job queue (tests pass one of their own)."""
     store = open_store(settings)

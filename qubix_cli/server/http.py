@@ -135,15 +135,22 @@ async def read_body(
             return b"".join(chunks)
 
 
-async def unless_disconnected(request: Request, wait: Awaitable[T]) -> T | None:
-    """Run a long-poll wait, given up as soon as the client goes away (None then), so that
-    a vanished worker holds no waiter and is handed no job."""
+async def unless_disconnected(
+    request: Request, wait: Awaitable[T], stopping: asyncio.Event
+) -> T | None:
+    """Run a long-poll wait, given up as soon as the client goes away (so that a vanished
+    worker holds no waiter and is handed no job) or the server stops (its clients ask
+    again, elsewhere or after the restart): None then."""
     task = asyncio.ensure_future(wait)
-    watcher = asyncio.ensure_future(_disconnected(request))
+    watchers = {
+        asyncio.ensure_future(_disconnected(request)),
+        asyncio.ensure_future(stopping.wait()),
+    }
     try:
-        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait({task, *watchers}, return_when=asyncio.FIRST_COMPLETED)
     finally:
-        watcher.cancel()
+        for watcher in watchers:
+            watcher.cancel()
     if task.done():
         return task.result()
     task.cancel()

@@ -552,6 +552,7 @@ class Api:
         self.store = registry.store
         self.heartbeats = Heartbeats(registry, jobs, metrics, release)
         self._polls = PerIp("check-new long-polls", LONG_POLLS_PER_IP)
+        self.stopping = asyncio.Event()  # set when the server stops: long-polls end at once
         self._streams = PerIp("event streams", STREAMS_PER_IP)
 
     def routes(self) -> list[BaseRoute]:
@@ -638,7 +639,10 @@ class Api:
     async def check_new(self, request: Request) -> Response:
         query = read_query(request, CheckNewQuery)
         with self._polls.hold(self._ip(request.scope)) if query.wait else contextlib.nullcontext():
-            providers = await unless_disconnected(request, self.registry.check_new(query)) or []
+            providers = (
+                await unless_disconnected(request, self.registry.check_new(query), self.stopping)
+                or []
+            )
         return json_response({"providers": providers, "serverTime": time.time()})
 
     async def list_providers(self, request: Request) -> Response:
@@ -702,7 +706,9 @@ class Api:
         if await self.registry.is_paused(provider["workerId"]):
             return Response(status_code=204)  # dispatch never sends work to a paused worker
         await self.registry.polled(provider["workerId"])
-        job = await unless_disconnected(request, self.jobs.lease(provider, query.wait))
+        job = await unless_disconnected(
+            request, self.jobs.lease(provider, query.wait), self.stopping
+        )
         if job is None:
             return Response(status_code=204)
         return json_response(
@@ -760,7 +766,7 @@ class Api:
         query = read_query(request, LogsQuery)
         job_id = request.path_params["jobId"]
         await self.jobs.get(job_id, self._caller(request))  # another renter's: not found
-        logs = await unless_disconnected(request, self.files.logs(job_id, query))
+        logs = await unless_disconnected(request, self.files.logs(job_id, query), self.stopping)
         return json_response(logs) if logs is not None else Response(status_code=204)
 
     # -- accounts, keys, the ledger ------------------------------------------------------

@@ -11,24 +11,34 @@ import datetime
 import gc
 import json
 import logging
+import socket
+import sys
 import threading
 import time
-
-from starlette.types import ASGIApp
+from typing import TYPE_CHECKING
 
 from qubix_cli.server.protocol import DeadlineProtocol
+
+if TYPE_CHECKING:
+    from qubix_cli.server.app import Coordinator
 
 log = logging.getLogger("qubix.server")
 
 
-def serve(app: ASGIApp, host: str, port: int) -> None:
-    """Serve `app` until stopped (Ctrl+C or SIGTERM: five seconds to finish requests)."""
+def serve(app: Coordinator, host: str, port: int) -> None:
+    """Serve `app` until stopped (Ctrl+C or SIGTERM: long-polls are answered at once, and
+    other requests have five seconds to finish)."""
     import uvicorn  # imported here: importing the app's modules stays light
+
+    class Server(uvicorn.Server):
+        async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+            app.stop()  # answered as the connections close, after this
+            await super().shutdown(sockets)
 
     raise_descriptor_limit()
     tune_garbage_collector()
     # Per-request access lines would be mostly heartbeats; the server logs events instead.
-    uvicorn.run(
+    config = uvicorn.Config(
         app,
         host=host,
         port=port,
@@ -38,6 +48,10 @@ def serve(app: ASGIApp, host: str, port: int) -> None:
         http=DeadlineProtocol,
         timeout_graceful_shutdown=5,
     )
+    server = Server(config)
+    server.run()
+    if not server.started:  # the port was taken, say: uvicorn said why
+        sys.exit(uvicorn.config.STARTUP_FAILURE)
 
 
 # Fields a record may carry (`extra=`) that a JSON line shows: ids and states, never secrets.

@@ -52,6 +52,45 @@ def test_serve_prints_where_data_lives_and_creates_a_private_api_key(tmp_path: P
     assert "Application shutdown complete" in output  # SIGTERM shuts down cleanly
 
 
+def test_sigterm_answers_waiting_long_polls_at_once_and_logs_no_error(tmp_path: Path) -> None:
+    """A stopping server answers its long-polls (a worker's job poll: 204, a check-new:
+    nothing new) instead of cutting them off with a 500 when the grace ends; the worker asks
+    again, of another replica or of this one restarted."""
+    server = ServerProcess(tmp_path / "data").start()
+    token = httpx.post(
+        server.url + "/api/providers/quick-register", json=register_body("w1")
+    ).json()["workerToken"]
+    answers: dict[str, tuple[float, int, str]] = {}
+
+    def wait(name: str, path: str, **headers: str) -> None:
+        started = time.monotonic()
+        answer = httpx.get(server.url + path, headers=headers, timeout=40)
+        answers[name] = (time.monotonic() - started, answer.status_code, answer.text)
+
+    polls = [
+        threading.Thread(
+            target=wait,
+            args=("job", "/api/jobs/pending/w1?wait=30"),
+            kwargs={"Authorization": f"Bearer {token}"},
+        ),
+        threading.Thread(target=wait, args=("new", "/api/providers/check-new?workerId=w2&wait=30")),
+    ]
+    for poll in polls:
+        poll.start()
+    time.sleep(1)  # both are waiting
+    assert server.proc is not None
+    stopping = time.monotonic()
+    assert server.stop() in (0, -15)
+    stopped = time.monotonic() - stopping
+    for poll in polls:
+        poll.join()
+    assert answers["job"][1:] == (204, "")
+    assert answers["new"][1] == 200 and '"providers":[]' in answers["new"][2]
+    assert answers["job"][0] < 3 and answers["new"][0] < 3 and stopped < 3  # not the 5 s grace
+    output = server.output()
+    assert "Traceback" not in output and "graceful shutdown exceeded" not in output
+
+
 def test_register_and_heartbeat_over_http(server: ServerProcess) -> None:
     answer = httpx.post(server.url + "/api/providers/quick-register", json=register_body())
     assert answer.status_code == 201
