@@ -83,9 +83,14 @@ class JobQueue:
 
     async def recover(self) -> None:
         """At start: workers may be in their reconnect backoff (up to 60 s), so every
-        assigned job's lease runs at least that long from now."""
+        assigned job's lease runs at least that long from now; unless other servers use
+        the database (a replica joined them or restarted: they served the fleet meanwhile,
+        and a lost worker's lease must not last a minute longer for it)."""
+        assigned = await self._read_holders()
+        if await self.store.others():
+            return
         grace = self.clock() + self.lease_s + RESTART_GRACE_S
-        for job in await self._read_holders():
+        for job in assigned:
             expires = max(await self._lease_expiry(job), grace)
             self.store.remember("leases", job["id"], {"expiresAt": expires})
 

@@ -31,16 +31,26 @@ class Fleet:
     """`count` replicas on one database and data dir, nginx in front of them."""
 
     def __init__(self, tmp: Path, url: str, count: int, balanced: bool = True) -> None:
-        self.database = url
+        self.database, self.tmp = url, tmp
         self.replicas: list[ServerProcess] = []
-        for number in range(count):  # one at a time: the first makes the update key
-            replica = ServerProcess(
-                tmp / "data", HEARTBEAT_S, "--database", url, "--trusted-proxy", "127.0.0.1"
-            )
-            replica.log = tmp / f"replica{number}.log"
-            self.replicas.append(replica.start())
+        for _ in range(count):  # one at a time: the first makes the update key
+            self.add()
         upstreams = [f"127.0.0.1:{r.port}" for r in self.replicas]
         self.nginx = Nginx(upstreams) if balanced else None
+
+    def add(self) -> ServerProcess:
+        """One more replica, started."""
+        replica = ServerProcess(
+            self.tmp / "data",
+            HEARTBEAT_S,
+            "--database",
+            self.database,
+            "--trusted-proxy",
+            "127.0.0.1",
+        )
+        replica.log = self.tmp / f"replica{len(self.replicas)}.log"
+        self.replicas.append(replica.start())
+        return replica
 
     @property
     def url(self) -> str:
@@ -400,6 +410,31 @@ def test_a_database_outage_longer_than_the_offline_window_runs_no_job_twice(
         if worker is not None:
             worker.signal(signal.SIGTERM)
             worker.wait(30)
+        fleet.stop()
+
+
+def test_a_replica_that_joins_the_fleet_gives_no_lease_the_restart_grace(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    """A whole coordinator's restart gives every lease a minute more (its workers may be
+    in their reconnect backoff); a replica that starts while another runs must not, or
+    every rolling restart would keep a lost worker's job a minute longer."""
+    fleet = Fleet(tmp_path, cluster.new_database(), 1, balanced=False)
+    first = fleet.replicas[0]
+    try:
+        token = register(first.url, "w1")
+        job_id = fleet.submit(first, type="sleep", payload={"seconds": 60})
+        taken = httpx.get(
+            f"{first.url}/api/jobs/pending/w1",
+            params={"wait": 5},
+            headers={"Authorization": f"Bearer {token}"},
+        )
+        assert taken.status_code == 200 and taken.json()["job"]["id"] == job_id
+        fleet.add()  # and w1 is lost: it says nothing more
+        wait_for(lambda: fleet.job(job_id, first)["status"] == "queued", timeout=30, step=0.5)
+        expired = fleet.job(job_id, first)["history"][-1]
+        assert (expired["event"], expired["reason"]) == ("lease_expired", "agent lost")
+    finally:
         fleet.stop()
 
 
