@@ -102,9 +102,8 @@ def load_or_create_api_key(data_dir: Path) -> tuple[str, bool]:
             key = path.read_text().strip()
             if key:
                 return key, False
+            path.unlink(missing_ok=True)  # empty (an old version's crash): replaced
         key = "qbx_" + secrets.token_urlsafe(32)
-        if path.exists():  # empty: replaced
-            path.unlink()
         kept = create_once(path, (key + "\n").encode()).decode().strip()
         return kept, kept == key  # servers starting together on one data dir: one key
     except OSError as exc:
