@@ -81,7 +81,7 @@ class Coordinator(Starlette):
         """The server is stopping: waiting long-polls are answered now (nothing came), so
         that their clients ask again (another replica, or this one restarted) instead of
         being cut off when the grace for requests ends."""
-        self.api.stopping.set()
+        self.api.long_polls.stop()
 
 
 async def _housekeeping(app: Starlette, tick_s: float) -> None:

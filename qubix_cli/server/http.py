@@ -135,28 +135,38 @@ async def read_body(
             return b"".join(chunks)
 
 
-async def unless_disconnected(
-    request: Request, wait: Awaitable[T], stopping: asyncio.Event
-) -> T | None:
-    """Run a long-poll wait, given up as soon as the client goes away (so that a vanished
-    worker holds no waiter and is handed no job) or the server stops (its clients ask
-    again, elsewhere or after the restart): None then."""
-    task = asyncio.ensure_future(wait)
-    watchers = {
-        asyncio.ensure_future(_disconnected(request)),
-        asyncio.ensure_future(stopping.wait()),
-    }
-    try:
-        await asyncio.wait({task, *watchers}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for watcher in watchers:
+class LongPolls:
+    """The long-polls waiting now. A wait is given up as soon as its client goes away (so
+    that a vanished worker holds no waiter and is handed no job) or the server stops (its
+    clients ask again, of another replica or of this one restarted): None then."""
+
+    def __init__(self) -> None:
+        self._waiting: set[asyncio.Future[Any]] = set()
+        self._stopped = False
+
+    async def wait(self, request: Request, wait: Awaitable[T]) -> T | None:
+        task = asyncio.ensure_future(wait)
+        watcher = asyncio.ensure_future(_disconnected(request))
+        self._waiting.add(task)
+        if self._stopped:
+            task.cancel()
+        try:
+            await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
             watcher.cancel()
-    if task.done():
-        return task.result()
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
-    return None
+            self._waiting.discard(task)
+        if task.done() and not task.cancelled():
+            return task.result()
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        return None
+
+    def stop(self) -> None:
+        """End every wait now, and any that starts from now on."""
+        self._stopped = True
+        for task in list(self._waiting):
+            task.cancel()
 
 
 async def _disconnected(request: Request) -> None:

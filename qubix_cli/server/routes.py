@@ -30,6 +30,7 @@ from qubix_cli.server.accounts import Accounts, Caller
 from qubix_cli.server.diagnosis import diagnose, why_queued
 from qubix_cli.server.events import Subscription
 from qubix_cli.server.http import (
+    LongPolls,
     PerIp,
     bearer_token,
     client_ip,
@@ -43,7 +44,6 @@ from qubix_cli.server.http import (
     request_headers,
     require_token,
     send_json,
-    unless_disconnected,
     validate,
 )
 from qubix_cli.server.jobfiles import JobFiles
@@ -552,7 +552,7 @@ class Api:
         self.store = registry.store
         self.heartbeats = Heartbeats(registry, jobs, metrics, release)
         self._polls = PerIp("check-new long-polls", LONG_POLLS_PER_IP)
-        self.stopping = asyncio.Event()  # set when the server stops: long-polls end at once
+        self.long_polls = LongPolls()
         self._streams = PerIp("event streams", STREAMS_PER_IP)
 
     def routes(self) -> list[BaseRoute]:
@@ -639,10 +639,7 @@ class Api:
     async def check_new(self, request: Request) -> Response:
         query = read_query(request, CheckNewQuery)
         with self._polls.hold(self._ip(request.scope)) if query.wait else contextlib.nullcontext():
-            providers = (
-                await unless_disconnected(request, self.registry.check_new(query), self.stopping)
-                or []
-            )
+            providers = await self.long_polls.wait(request, self.registry.check_new(query)) or []
         return json_response({"providers": providers, "serverTime": time.time()})
 
     async def list_providers(self, request: Request) -> Response:
@@ -706,9 +703,7 @@ class Api:
         if await self.registry.is_paused(provider["workerId"]):
             return Response(status_code=204)  # dispatch never sends work to a paused worker
         await self.registry.polled(provider["workerId"])
-        job = await unless_disconnected(
-            request, self.jobs.lease(provider, query.wait), self.stopping
-        )
+        job = await self.long_polls.wait(request, self.jobs.lease(provider, query.wait))
         if job is None:
             return Response(status_code=204)
         return json_response(
@@ -766,7 +761,7 @@ class Api:
         query = read_query(request, LogsQuery)
         job_id = request.path_params["jobId"]
         await self.jobs.get(job_id, self._caller(request))  # another renter's: not found
-        logs = await unless_disconnected(request, self.files.logs(job_id, query), self.stopping)
+        logs = await self.long_polls.wait(request, self.files.logs(job_id, query))
         return json_response(logs) if logs is not None else Response(status_code=204)
 
     # -- accounts, keys, the ledger ------------------------------------------------------
