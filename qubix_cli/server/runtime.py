@@ -7,6 +7,7 @@ open-file limit is raised to what the system allows, since each connection is a 
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import gc
 import json
@@ -49,7 +50,8 @@ def serve(app: Coordinator, host: str, port: int) -> None:
         timeout_graceful_shutdown=5,
     )
     server = Server(config)
-    server.run()
+    with contextlib.suppress(KeyboardInterrupt):  # as uvicorn.run: an interrupt is a stop
+        server.run()
     if not server.started:  # the port was taken, say: uvicorn said why
         sys.exit(uvicorn.config.STARTUP_FAILURE)
 
