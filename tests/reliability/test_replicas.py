@@ -164,11 +164,13 @@ def test_a_replica_killed_under_100_workers_loses_nothing_and_its_work_moves(
     workers = start_workers(tmp_path, fleet.url, pyz)
     try:
         wait_for(lambda: online(fleet.url) == WORKERS, timeout=120, step=0.5)
+        # Long enough that all 30 are held at once, however slowly they are handed out (the
+        # workers starting jobs slow the submissions on two cores: up to 9 s seen).
         ids = [
-            fleet.submit(fleet.replicas[n % 3], type="sleep", payload={"seconds": 8})
+            fleet.submit(fleet.replicas[n % 3], type="sleep", payload={"seconds": 20})
             for n in range(30)
         ]
-        wait_for(lambda: all(fleet.job(j)["status"] == "assigned" for j in ids), timeout=8)
+        wait_for(lambda: all(fleet.job(j)["status"] == "assigned" for j in ids), timeout=20)
         registered = httpx.post(
             fleet.url + "/api/providers/quick-register", json=register_body("late-one")
         )
