@@ -131,19 +131,19 @@ class Accounts:
         used stops working, unless it was made an account's key some other way, or other
         servers use the same database now (replicas: theirs stays, with a warning). False
         if this key was revoked: it stays refused, and changes nothing."""
-        now = self.clock()
+        now, digest = self.clock(), token_hash(key)
         others = await self.store.others()
         async with self.store.transaction() as tx:
             if await tx.get("accounts", FIRST_OPERATOR) is None:
                 tx.put("accounts", new_account(FIRST_OPERATOR, OPERATOR, now))
-            found = await tx.scan("keys", where={"hash": token_hash(key)})
+            found = await tx.scan("keys", where={"hash": digest})
             if found and found[0].get("revokedAt") is not None:
                 return False
             for old in await tx.scan("keys"):
                 if old.get("account") is None:  # a key from before accounts
                     old = {**old, "account": FIRST_OPERATOR, "name": "start"}
                     tx.put("keys", old)
-                is_start = old.get("startKey") and old["hash"] != token_hash(key)
+                is_start = old.get("startKey") and old["hash"] != digest
                 if not is_start or old.get("revokedAt") is not None:
                     continue
                 if others:

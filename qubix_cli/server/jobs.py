@@ -148,17 +148,16 @@ class JobQueue:
         self._touched = set()
         try:
             assigned = await self.store.scan("jobs", where={"status": "assigned"})
-        except BaseException:
+            found = {job["id"]: job["workerId"] for job in assigned}
+            for job_id in [j for j in self._holders if j not in found]:
+                if job_id not in self._touched:
+                    self._hold(job_id, None)
+            for job_id, worker_id in found.items():
+                if job_id not in self._touched:
+                    self._hold(job_id, worker_id)
+        finally:
             self._touched = None
-            raise
-        found = {job["id"]: job["workerId"] for job in assigned}
-        for job_id in [j for j in self._holders if j not in found]:
-            if job_id not in self._touched:
-                self._hold(job_id, None)
-        for job_id, worker_id in found.items():
-            if job_id not in self._touched:
-                self._hold(job_id, worker_id)
-        self._holders_known, self._touched = True, None
+        self._holders_known = True
         return assigned
 
     async def _catch_up(self) -> None:
