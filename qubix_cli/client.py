@@ -11,7 +11,7 @@ import httpx
 
 from qubix_cli import config
 from qubix_cli.errors import ServerError
-from qubix_cli.server.schemas import FINISHED
+from qubix_cli.server.schemas import FINISHED, RELATIVE_PATH
 
 
 class Client:
@@ -82,7 +82,15 @@ class Client:
 
     def download_artifact(self, job_id: str, artifact: dict[str, Any], target: Path) -> None:
         """Download one output file of a job to `target`, checking its SHA-256 on the way
-        (ServerError, and nothing left at `target`, if it does not match)."""
+        (ServerError, and nothing left at `target`, if it does not match). Its name must be
+        a path below the download directory (plain names joined by `/`, never `..`), and
+        the directories on that path are made."""
+        if not RELATIVE_PATH.fullmatch(artifact["name"]):
+            raise ServerError(
+                f"the server named an output {artifact['name']!r}, which is not a plain path "
+                "below the download directory: not written"
+            )
+        target.parent.mkdir(parents=True, exist_ok=True)
         url = f"/api/jobs/{job_id}/artifacts/{artifact['name']}"
         digest = hashlib.sha256()
         partial = target.with_name(f".{target.name}.part")

@@ -112,9 +112,11 @@ class Worker:
         pyz: Path | None = None,
         home: Path | None = None,
         env: dict[str, str] | None = None,
+        user: str | None = None,
     ) -> None:
         """`home` is its state dir (default: in `tmp`); `env` is added to its environment
-        (a PATH there replaces the one with the fake nvidia-smi)."""
+        (a PATH there replaces the one with the fake nvidia-smi); `user` runs it as that
+        user (the suite runs as root), with the system's Python."""
         self.home = home or tmp / f"home-{worker_id}"
         self.log = tmp / f"{worker_id}.stderr"
         bin_dir = tmp / "bin"
@@ -124,7 +126,12 @@ class Worker:
         environ.update(QUBIX_HOME=str(self.home), PATH=path_with(bin_dir), QUBIX_SECRET_PROBE="x")
         environ.update(env or {})
         command = [str(pyz)] if pyz else ["-m", "qubix_cli", "worker"]
-        argv = [sys.executable, *command, "run", "--server", server_url]
+        python = (
+            ["/usr/sbin/runuser", "-p", "-u", user, "--", "/usr/bin/python3"]
+            if user
+            else [sys.executable]
+        )
+        argv = [*python, *command, "run", "--server", server_url]
         argv += ["--qubic-address", ADDRESS, "--worker-id", worker_id, *flags]
         with open(self.log, "ab") as err:
             self.proc = subprocess.Popen(argv, stdout=err, stderr=err, env=environ)

@@ -39,7 +39,7 @@ def _ref(model: type[BaseModel]) -> dict[str, str]:
 def _parameters(endpoint: Endpoint) -> list[dict[str, Any]]:
     params: list[dict[str, Any]] = [
         {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
-        for name in re.findall(r"{(\w+)}", endpoint.path)
+        for name in re.findall(r"{(\w+)(?::\w+)?}", endpoint.path)
     ]
     if endpoint.query is not None:
         schema = endpoint.query.model_json_schema(ref_template=_REF)
@@ -87,7 +87,8 @@ def openapi_document() -> dict[str, Any]:
     paths: dict[str, dict[str, Any]] = {}
     models: dict[str, type[BaseModel]] = {"Error": Error}
     for endpoint in ENDPOINTS:
-        paths.setdefault(endpoint.path, {})[endpoint.method.lower()] = _operation(endpoint)
+        path = re.sub(r"{(\w+):\w+}", r"{\1}", endpoint.path)  # Starlette's converters
+        paths.setdefault(path, {})[endpoint.method.lower()] = _operation(endpoint)
         for model in (endpoint.body, endpoint.answer):
             if model is not None:
                 models[model.__name__] = model

@@ -361,7 +361,7 @@ ENDPOINTS = (
     ),
     Endpoint(
         "PUT",
-        "/api/jobs/{jobId}/artifacts/{name}",
+        "/api/jobs/{jobId}/artifacts/{name:path}",
         "put_artifact",
         "Upload an output file, as the lease holder of that attempt",
         (200, 401, 404, 409, 413, 422),
@@ -372,7 +372,7 @@ ENDPOINTS = (
     ),
     Endpoint(
         "GET",
-        "/api/jobs/{jobId}/artifacts/{name}",
+        "/api/jobs/{jobId}/artifacts/{name:path}",
         "get_artifact",
         "Download an output file of a job",
         (200, 401, 404),
@@ -747,7 +747,7 @@ class Api:
         path, artifact = await self.files.artifact(job_id, name)
         headers = {
             "X-Checksum-Sha256": artifact["sha256"],
-            "Content-Disposition": f'attachment; filename="{artifact["name"]}"',
+            "Content-Disposition": f'attachment; filename="{artifact["name"].rsplit("/")[-1]}"',
         }
         return FileResponse(path, media_type="application/octet-stream", headers=headers)
 

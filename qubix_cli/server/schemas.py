@@ -275,8 +275,16 @@ class ArtifactQuery(Query):
     attempt: int = Field(ge=1, description="The attempt whose lease the worker holds.")
 
 
+# An output's path below $QUBIX_OUTPUT: plain names (as above, so never `..`) joined by `/`.
+RELATIVE_PATH = re.compile(rf"^(?:{FILE_NAME.pattern[1:-1]}/){{0,16}}{FILE_NAME.pattern[1:-1]}$")
+
+
 class ArtifactPath(Body):
-    name: FileName
+    name: str = Field(
+        max_length=1024,
+        pattern=RELATIVE_PATH.pattern,
+        description="A path below $QUBIX_OUTPUT: plain names joined by `/` (`sub/x.txt`).",
+    )
 
 
 class AddressPath(Body):

@@ -8,33 +8,25 @@ reserved addresses are refused (a renter must not reach into the provider's netw
 unless the coordinator's operator allowed that network. The address is checked once and
 then connected to, so a name that resolves differently a moment later changes nothing.
 
-Outputs are the regular files the job left in its output directory, opened with
-O_NOFOLLOW: a symlink (to `~/.ssh/id_rsa`, say), a device or a directory uploads nothing
-and the report says so.
+Outputs are the regular files the job left in its output directory and the directories
+below it, read through worker/jobdir.py: a symlink (to `~/.ssh/id_rsa`, say), a device, or
+an output directory replaced by a link uploads nothing and the report says so.
 """
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import http.client
 import ipaddress
 import os
 import socket
-import stat
 import urllib.parse
 from typing import Any, Iterable
 
+from qubix_cli.worker import jobdir
 from qubix_cli.worker.client import Client, Transient, message
 
 CHUNK = 1024 * 1024
-# Never through a link, never waiting on a FIFO, bytes as they are (Windows).
-_READ_NO_FOLLOW = (
-    os.O_RDONLY
-    | getattr(os, "O_NOFOLLOW", 0)
-    | getattr(os, "O_NONBLOCK", 0)
-    | getattr(os, "O_BINARY", 0)
-)
 FETCH_TIMEOUT_S = 60.0
 
 
@@ -128,37 +120,23 @@ def file_sha256(path: str) -> str:
 
 
 def upload_outputs(api: Client, job_id: str, attempt: int, out_dir: str) -> dict[str, Any]:
-    """Upload each regular file in `out_dir` under the lease; what was uploaded and what
-    was skipped, and why."""
+    """Upload each regular file under `out_dir` (by its relative path, read through
+    worker/jobdir.py) under the lease; what was uploaded and what was skipped, and why."""
     uploaded: list[dict[str, Any]] = []
     skipped: list[dict[str, str]] = []
-    for name in sorted(os.listdir(out_dir)):
-        path = os.path.join(out_dir, name)
-        if os.path.islink(path):  # O_NOFOLLOW below is the guarantee; Windows has none
-            skipped.append({"name": name, "reason": "a symbolic link: not followed"})
-            continue
-        try:
-            fd = os.open(path, _READ_NO_FOLLOW)
-        except OSError as exc:
-            link = exc.errno == errno.ELOOP  # it became a link since: still not followed
-            skipped.append(
-                {"name": name, "reason": "a symbolic link: not followed" if link else str(exc)}
-            )
-            continue
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            os.close(fd)
-            skipped.append({"name": name, "reason": "not a regular file"})
-            continue
-        with os.fdopen(fd, "rb") as f:
+    try:
+        for name, f, size in jobdir.read_files(out_dir, skipped):
             url = f"/api/jobs/{job_id}/artifacts/{urllib.parse.quote(name)}?attempt={attempt}"
             try:
-                status, answer = api.upload(url, f, info.st_size)
+                status, answer = api.upload(url, f, size)
             except Transient as exc:
                 skipped.append({"name": name, "reason": f"upload failed: {exc}"})
                 continue
-        if status == 200:
-            uploaded.append(answer["artifact"])
-        else:
-            skipped.append({"name": name, "reason": f"refused ({status}): {message(answer)}"})
+            if status == 200:
+                uploaded.append(answer["artifact"])
+            else:
+                skipped.append({"name": name, "reason": f"refused ({status}): {message(answer)}"})
+    except jobdir.NotADirectory as exc:
+        reason = f"$QUBIX_OUTPUT is not a real directory ({exc}): nothing was uploaded"
+        return {"uploaded": [], "skipped": [{"name": ".", "reason": reason}]}
     return {"uploaded": uploaded, "skipped": skipped}

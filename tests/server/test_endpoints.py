@@ -27,7 +27,7 @@ def test_every_route_is_documented_and_every_documented_operation_routed(
     client: TestClient,
 ) -> None:
     routed = {
-        (method, route.path)
+        (method, re.sub(r":\w+}", "}", route.path))  # without Starlette's converters
         for route in client.app.routes  # type: ignore[attr-defined]
         if isinstance(route, Route) and route.path not in NOT_DOCUMENTED
         for method in (route.methods or ()) - {"HEAD"}

@@ -1,0 +1,92 @@
+"""Attacks from a renter's job on the provider's machine, with the zipapp the installers
+ship run as an unprivileged provider (as a provider runs it), real bubblewrap and real
+uploads to a real `qubix serve`."""
+
+from __future__ import annotations
+
+import json
+import os
+import pwd
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from qubix_cli.installer.pack import build_worker_pyz
+from tests.helpers import ServerProcess, job, submit, wait_for
+
+PROVIDER = "qubixprovider"  # the provider's own user when the suite runs as root
+
+
+@pytest.fixture
+def provider(tmp_path: Path) -> Iterator[dict[str, Any]]:
+    """A provider's home outside /tmp with a worker token and an SSH key to steal, the
+    zipapp in it, and the user that runs it (None: this one, when not root)."""
+    home = Path(tempfile.mkdtemp(prefix="qubix-provider-", dir="/var/tmp"))
+    (home / ".ssh").mkdir()
+    (home / ".ssh" / "id_rsa").write_text("-----BEGIN OPENSSH PRIVATE KEY----- stolen?\n")
+    (home / "qubix_worker.pyz").write_bytes(build_worker_pyz())
+    user = None
+    if os.geteuid() == 0:
+        user = PROVIDER
+        try:
+            pwd.getpwnam(PROVIDER)
+        except KeyError:
+            subprocess.run(["useradd", "--system", "--no-create-home", PROVIDER], check=True)
+        os.chmod(home, 0o700)
+        subprocess.run(["chown", "-R", f"{PROVIDER}:", str(home)], check=True)
+    yield {"home": home, "user": user, "pyz": home / "qubix_worker.pyz"}
+    shutil.rmtree(home, ignore_errors=True)
+
+
+def start_provider(workers: Any, provider: dict[str, Any]) -> Path:
+    home = provider["home"]
+    env = {"HOME": str(home), "PATH": "/usr/bin:/bin"}
+    workers("w1", pyz=provider["pyz"], home=home / ".qubix", env=env, user=provider["user"])
+    credentials = home / ".qubix" / "credentials.json"
+    wait_for(credentials.exists)
+    return credentials
+
+
+def finished(server: ServerProcess, job_id: str) -> dict[str, Any]:
+    wait_for(lambda: job(server, job_id)["status"] in ("completed", "failed"), timeout=40)
+    return job(server, job_id)
+
+
+def sh(server: ServerProcess, script: str) -> str:
+    return submit(server, type="command", payload={"argv": ["/bin/sh", "-c", script]})
+
+
+def test_an_output_dir_replaced_by_a_link_uploads_nothing(
+    server: ServerProcess, workers: Any, provider: dict[str, Any]
+) -> None:
+    token = json.loads(start_provider(workers, provider).read_text())["token"]
+    home = provider["home"]
+    done = finished(server, sh(server, f"rm -rf /job/output && ln -s {home}/.qubix /job/output"))
+    assert done["artifacts"] == [], done["artifacts"]  # no credentials.json, no worker.log
+    (skipped,) = done["result"]["outputs"]["skipped"]
+    assert skipped["name"] == "." and "not a real directory" in skipped["reason"]
+    assert token not in json.dumps(done)
+
+
+def test_outputs_keep_their_subdirectories_and_no_link_inside_is_followed(
+    server: ServerProcess, workers: Any, provider: dict[str, Any]
+) -> None:
+    start_provider(workers, provider)
+    home = provider["home"]
+    script = (
+        "cd /job/output && mkdir -p sub/deeper && echo x > sub/x.txt && echo y > sub/deeper/y"
+        f" && ln -s {home}/.ssh sub/keys && ln -s {home}/.ssh/id_rsa key && mkfifo sub/pipe"
+        " && ln -s /job/output/sub loop"
+    )
+    done = finished(server, sh(server, script))
+    assert done["status"] == "completed", done
+    assert sorted(a["name"] for a in done["artifacts"]) == ["sub/deeper/y", "sub/x.txt"]
+    reasons = {s["name"]: s["reason"] for s in done["result"]["outputs"]["skipped"]}
+    assert set(reasons) == {"key", "loop", "sub/keys", "sub/pipe"}
+    assert "not followed" in reasons["sub/keys"] and "not a regular file" in reasons["sub/pipe"]
+    assert "stolen" not in json.dumps(done)
