@@ -222,17 +222,27 @@ def _build(run: Run, args: list[str], work: str, network: bool) -> tuple[int, st
             network=network,
             binds=sandbox.python_binds(),
         )
-        env = sandbox_environment({})
+        argv, handed = sandbox.hand_over(argv, sandbox_environment({}))
+        cwd, env, fds = "/", sandbox.HOST_ENV, [handed.fileno()]
     else:
         inside = sandbox.WORK + "/"
         argv = [sys.executable, *(a.replace(inside, work + "/", 1) for a in args)]
-        env = job_environment({})
+        cwd, env, fds, handed = work, job_environment({}), [], None
     try:
         done = subprocess.run(
-            argv, cwd=work, env=env, stdin=subprocess.DEVNULL, capture_output=True, timeout=1800
+            argv,
+            cwd=cwd,
+            env=env,
+            pass_fds=fds,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            timeout=1800,
         )
     except (OSError, subprocess.TimeoutExpired) as exc:
         return 1, f"ERROR: {exc}"
+    finally:
+        if handed is not None:
+            handed.close()
     return done.returncode, (done.stdout + done.stderr).decode("utf-8", "replace")
 
 
@@ -272,10 +282,9 @@ def run_program(run: Run, program: Program) -> Outcome:
             **sandbox.visible_devices(run.gpus, run.assigned),
             **thread_limits(run.cpu_threads),
         }
-        argv, env = _command_line(run, argv, extra, binds, workdir, boxed)
         try:
-            proc = _spawn(argv, workdir, env, run.memory_mb, run.cpu_threads)
-        except OSError as exc:
+            proc = _start(run, argv, extra, binds, workdir, boxed)
+        except (OSError, ValueError) as exc:
             return "failed", {"error": f"cannot start {argv[0]!r}: {exc}"}, {}
         logs = LogStream(_log_sender(run)) if run.api is not None else None
         out, err = Tail(proc.stdout, logs), Tail(proc.stderr, logs)
@@ -319,17 +328,18 @@ def _log_sender(run: Run) -> Callable[[str, int], bool]:
     return send
 
 
-def _command_line(
+def _start(
     run: Run,
     argv: list[str],
     extra: dict[str, str],
     binds: list[tuple[str, str]],
     workdir: str,
     boxed: bool,
-) -> tuple[list[str], dict[str, str]]:
-    """The argv to start and its environment: wrapped in the sandbox where there is one."""
+) -> Any:
+    """Start the program: in the sandbox where there is one, bwrap with an environment and
+    working directory of the worker's and the job's own handed over on a descriptor."""
     if not boxed:
-        return argv, job_environment(extra)
+        return _spawn(argv, workdir, job_environment(extra), run.memory_mb, run.cpu_threads)
     network = bool(run.job.get("requirements", {}).get("network")) and run.policy.allow_network
     wrapped = sandbox.wrap(
         argv,
@@ -339,7 +349,10 @@ def _command_line(
         network=network,
         binds=binds,
     )
-    return wrapped, sandbox_environment(extra)
+    command, handed = sandbox.hand_over(wrapped, sandbox_environment(extra))
+    with handed:
+        fds = (handed.fileno(),)
+        return _spawn(command, "/", sandbox.HOST_ENV, run.memory_mb, run.cpu_threads, fds)
 
 
 THREAD_VARIABLES = (
@@ -357,7 +370,12 @@ def thread_limits(cpu_threads: int | None) -> dict[str, str]:
 
 
 def _spawn(
-    argv: list[str], cwd: str, env: dict[str, str], memory_mb: int | None, cpu_threads: int | None
+    argv: list[str],
+    cwd: str,
+    env: dict[str, str],
+    memory_mb: int | None,
+    cpu_threads: int | None,
+    pass_fds: tuple[int, ...] = (),
 ) -> Any:
     """Start a job's program below the owner's work: at low priority, without core dumps,
     within its memory, and (Linux) on only as many CPUs as the provider allows."""
@@ -387,6 +405,7 @@ def _spawn(
             size = memory_mb * 2**20
             resource.setrlimit(resource.RLIMIT_DATA, (size, size))
 
+    options["pass_fds"] = pass_fds
     return subprocess.Popen(argv, start_new_session=True, preexec_fn=limits, **options)
 
 

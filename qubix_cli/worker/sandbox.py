@@ -17,7 +17,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from typing import Any, Sequence
+from typing import IO, Any, Sequence
 
 SYSTEM_DIRS = ("/usr", "/etc", "/opt")
 LINKS = ("/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")  # /usr links or real dirs
@@ -26,6 +26,9 @@ PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 DEV = "/dev"  # where the GPUs' device nodes are looked for
 # Device nodes that every NVIDIA GPU needs beside its own /dev/nvidiaN.
 NVIDIA_SHARED = ("nvidiactl", "nvidia-uvm", "nvidia-uvm-tools", "nvidia-modeset")
+# bwrap's own environment, on the host: the worker's choice, never anything of the job's
+# (a job's LD_PRELOAD must not reach a process outside the sandbox).
+HOST_ENV = {"PATH": PATH, "LANG": "C.UTF-8"}
 
 
 @functools.lru_cache(maxsize=1)
@@ -82,6 +85,25 @@ def wrap(
         args += ["--ro-bind", host, inside]
     args += ["--bind", work_dir, WORK, "--chdir", WORK, "--"]
     return args + argv
+
+
+def hand_over(wrapped: list[str], env: dict[str, str]) -> tuple[list[str], IO[bytes]]:
+    """bwrap's command line for `wrapped` (from `wrap`): its options and the job's
+    environment, set inside the sandbox only (`--clearenv`, `--setenv`), go in a file it
+    reads (`--args FD`, an unlinked 0600 file to pass on), so that no variable of the
+    job's is in a host process's environment or command line (every local user reads
+    /proc/PID/cmdline); the program and its arguments follow `--`. Start it
+    with HOST_ENV and a working directory the job cannot write. ValueError if an argument
+    holds a NUL byte (it would split into options of bwrap's)."""
+    end = wrapped.index("--")  # bwrap takes the program itself from its command line
+    pairs = [part for name, value in env.items() for part in ("--setenv", name, value)]
+    arguments = ["--clearenv", *pairs, *wrapped[1:end]]
+    if any("\0" in part for part in arguments):
+        raise ValueError("an environment variable of the job holds a NUL byte")
+    file = tempfile.TemporaryFile()
+    file.write(b"".join(part.encode() + b"\0" for part in arguments))
+    file.seek(0)
+    return [wrapped[0], "--args", str(file.fileno()), *wrapped[end:]], file
 
 
 def _under(path: str, root: str) -> bool:

@@ -90,3 +90,43 @@ def test_outputs_keep_their_subdirectories_and_no_link_inside_is_followed(
     assert set(reasons) == {"key", "loop", "sub/keys", "sub/pipe"}
     assert "not followed" in reasons["sub/keys"] and "not a regular file" in reasons["sub/pipe"]
     assert "stolen" not in json.dumps(done)
+
+
+def _bwraps() -> list[dict[str, Any]]:
+    """The bubblewrap processes on this machine: their environment, command line and
+    working directory on the host."""
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            if os.path.basename(os.readlink(f"/proc/{pid}/exe")) != "bwrap":
+                continue
+            found.append(
+                {
+                    "environ": Path(f"/proc/{pid}/environ").read_bytes(),
+                    "cmdline": Path(f"/proc/{pid}/cmdline").read_bytes(),
+                    "cwd": os.readlink(f"/proc/{pid}/cwd"),
+                }
+            )
+        except OSError:
+            continue
+    return found
+
+
+def test_the_jobs_environment_reaches_only_the_sandboxed_program(
+    server: ServerProcess, workers: Any, provider: dict[str, Any]
+) -> None:
+    """`LD_PRELOAD` in a job's env once ran the renter's library in bwrap itself, on the
+    host: no variable of the job's is in a host process's environment or command line,
+    and bwrap runs in a directory the job cannot write."""
+    start_provider(workers, provider)
+    secret = f"s3cret-{os.urandom(4).hex()}"
+    env = {"HF_TOKEN": secret, "LD_PRELOAD": "/job/input/evil.so"}
+    argv = ["/bin/sh", "-c", 'echo "$HF_TOKEN"; sleep 3']
+    payload, anyone = {"argv": argv, "env": env}, {"minReputation": 0}  # env: a new worker too
+    job_id = submit(server, type="command", payload=payload, requirements=anyone)
+    running = wait_for(_bwraps, timeout=30, step=0.01)
+    for process in running:
+        assert secret.encode() not in process["environ"] + process["cmdline"]
+        assert b"LD_PRELOAD" not in process["environ"] and "qubix-job-" not in process["cwd"]
+    done = finished(server, job_id)
+    assert done["result"]["stdoutTail"].startswith(f"{secret}\n"), done["result"]
