@@ -152,6 +152,13 @@ def serve(
             "this often (a worker without a record: always).",
         ),
     ] = 0.05,
+    replica_prefix: Annotated[
+        str,
+        typer.Option(
+            help="Replicas of one job come from different networks of this size: IPv4 and "
+            "IPv6 prefix lengths (32,128 for a lab on one LAN: only different addresses).",
+        ),
+    ] = "24,48",
     preempt_share: Annotated[
         float,
         typer.Option(
@@ -250,6 +257,7 @@ def serve(
         canaries=canaries,
         secrets_min_reputation=secrets_min_reputation,
         replication_floor=replication_floor,
+        replica_prefix=_replica_prefix(replica_prefix),
         preempt_share=preempt_share,
         max_price_per_hour=max_price,
         metrics_public=metrics_public,
@@ -293,6 +301,15 @@ def _version(text: str) -> str:
     if not re.fullmatch(r"\d+(\.\d+){0,3}", text):
         raise typer.BadParameter(f"--min-agent-version {text!r}: write a version such as 0.2.0")
     return text
+
+
+def _replica_prefix(text: str) -> tuple[int, int]:
+    v4, _, v6 = text.partition(",")
+    if not (v4.isdigit() and v6.isdigit() and int(v4) <= 32 and int(v6) <= 128):
+        raise typer.BadParameter(
+            f"--replica-prefix {text!r}: write IPv4 and IPv6 prefix lengths, such as 24,48"
+        )
+    return int(v4), int(v6)
 
 
 def _log_line(message: str) -> None:

@@ -12,10 +12,11 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, NamedTuple
 
+from qubix_cli.server import verdicts
 from qubix_cli.server.providers import best_vram_mb
 from qubix_cli.server.schemas import JOB_TYPES
 from qubix_cli.server.store import Doc
-from qubix_cli.server.trust import hardware_gpus, ip_mark, trust_of
+from qubix_cli.server.trust import hardware_gpus, trust_of
 
 Step = Callable[[Doc, Doc], bool]
 FREE_GPUS = "freeGpus"  # not stored: what `with_room` adds for one claim
@@ -102,14 +103,14 @@ def reputation_if_asked(provider: Doc, job: Doc) -> bool:
 
 def not_a_checker_of_itself(provider: Doc, job: Doc) -> bool:
     """A replica never goes to a worker that already ran one of the job, nor to one of the
-    same address or client IP as such a worker: they would check each other."""
-    mark = ip_mark(provider.get("clientIp"))
-    return not any(
-        r["workerId"] == provider["workerId"]
-        or r["qubicAddress"] == provider["qubicAddress"]
-        or r["ip"] == mark
-        for r in job.get("replicas", [])
-    )
+    same address, client IP or network (`--replica-prefix`) as such a worker: they would
+    check each other."""
+    return not verdicts.same_party(provider, job)
+
+
+def not_awaiting_checks(provider: Doc, job: Doc) -> bool:
+    """A job whose runs disagree runs again only once its runners answered their checks."""
+    return not verdicts.awaits_checks(job)
 
 
 def within_price(provider: Doc, job: Doc) -> bool:
@@ -179,8 +180,13 @@ ELIGIBLE: tuple[Rule, ...] = (
     ),
     Rule(
         not_a_checker_of_itself,
-        "are replicas that it, its address or its IP ran already",
-        "did not run it already (nor their address or IP)",
+        "are replicas that it, its address, its IP or its network ran already",
+        "did not run it already (nor their address, IP or network)",
+    ),
+    Rule(
+        not_awaiting_checks,
+        "are replicas that disagree, waiting for their runners' checks",
+        "are not waited for by checks of disagreeing replicas",
     ),
     Rule(
         within_price,
@@ -234,3 +240,18 @@ def with_room(provider: Doc, held: list[Doc]) -> Doc | None:
         return None
     used = sum(job["requirements"].get("gpus", 0) for job in held)
     return {**provider, FREE_GPUS: len(hardware_gpus(provider)) - used}
+
+
+LEASED = ("id", "type", "payload", "inputs", "timeoutS", "attempt", "pricePerHour")
+HONOURED = ("gpus", "network", "sandbox")  # the requirements a worker must honour itself
+
+
+def lease_view(job: Doc, expires_at: float) -> Doc:
+    """A lease shows the worker only what it needs to run the job (DESIGN.md "Dispatch"
+    step 6): never another run's result or digest, the history, the renter's account, its
+    hold, whether it is pinned, when it was made, or who else ran it. A canary's lease and
+    a renter's job's of the same type have the same fields and value shapes."""
+    view = {key: job[key] for key in LEASED if key in job}
+    view["requirements"] = {key: job["requirements"].get(key) for key in HONOURED}
+    view["leaseExpiresAt"] = expires_at
+    return view

@@ -18,7 +18,7 @@ from collections import Counter, OrderedDict
 from typing import Any, NamedTuple
 
 from qubix_cli.errors import Conflict, StorageError, TooLarge
-from qubix_cli.server import dispatch, trust
+from qubix_cli.server import dispatch, trust, verdicts
 from qubix_cli.server.accounts import Accounts, Caller, earned, money
 from qubix_cli.server.events import EventBus
 from qubix_cli.server.http import not_found
@@ -221,7 +221,7 @@ class JobQueue:
                     waiter.future.set_result(None)  # handed nothing: the worker polls again
             raise
         if checked is not None:
-            await self._give_canary(checked)
+            await self._give_canary(checked, job)
         self.events.publish("JOB_QUEUED", job)
         if taker:
             view = await self._leased(leased) if leased else None
@@ -234,7 +234,7 @@ class JobQueue:
         now = self.clock()
         job = body.model_dump()
         job.update(
-            id=f"job_{int(now * 1000):011x}{secrets.token_hex(4)}",
+            id=f"job_{secrets.token_hex(10)}",  # no creation time: it would date a canary
             payload=payload,
             status="queued",
             attempt=0,
@@ -357,6 +357,8 @@ class JobQueue:
         Now and then (always, while it is quarantined) a canary instead (trust.py)."""
         may_hold = self._may_hold(provider["workerId"])
         room = dispatch.with_room(provider, await held_by(self.store, provider) if may_hold else [])
+        if room is not None and trust.owed_check(provider) is not None:
+            return await self._canary(provider)  # its replica disagreed with another's
         job = None
         # Nothing queued (the idle fleet's usual answer): no claim to make, no canary due;
         # a submission from now on is offered to this worker while it waits.
@@ -370,6 +372,8 @@ class JobQueue:
         """Whether a canary goes to this worker instead of the renter's job it would be
         handed (DESIGN.md "Dispatch" step 2): canaries cost the fleet only when there is
         work to check, and a quarantined worker gets one for each job it waits out."""
+        if not trust.within_ceiling(provider, self.clock()):
+            return False  # enough checks this hour: a worker cannot farm them
         return self.registry.settings.canaries and trust.canary_due(provider, self.rng)
 
     async def _claim(self, provider: Doc, job_id: str | None) -> Doc | None:
@@ -385,45 +389,75 @@ class JobQueue:
             held = await held_by(tx, provider)
             room = dispatch.with_room(provider, held)
             if room is None:
-                return None if job_id else await self.view(held[0])
+                return None if job_id else await self._lease_view(held[0])
             if job_id is None:
                 queued = await tx.scan("jobs", where={"status": "queued"})
             else:
                 one = await tx.get("jobs", job_id)
                 queued = [one] if one is not None and one["status"] == "queued" else []
             due = job_id is None and self._canary_due(room)
+            if due and trust.trust_of(room)["quarantined"]:  # one for each job it waits out
+                queued = [j for j in queued if not trust.brought_canary(j, room["workerId"])]
             offered = dispatch.candidates(
                 trust.unquarantined(room) if due else room, queued, self._turns
             )
             for job in offered:
-                if not await self._running_in_full(tx, job.get("account")):
-                    break
+                if await self._running_in_full(tx, job.get("account")):
+                    continue
+                # One canary per renter's job: the second time, the job itself.
+                due = due and not trust.brought_canary(job, room["workerId"])
+                break
             else:
                 return None
             if not due:
                 job = self._lease(tx, job, provider)
                 self._turns[job.get("account") or ""] = next(self._served)
-        return await (self._canary(provider) if due else self._leased(job))
+        return await (self._canary(provider, job) if due else self._leased(job))
 
-    async def _canary(self, provider: Doc) -> Doc | None:
+    async def _canary(self, provider: Doc, like: Doc | None = None) -> Doc | None:
         """Make a canary for this worker and lease it to it in one commit (unless the worker
-        has no room). It is a `matmul` job like a renter's; only its answer is kept apart."""
+        has no room, or had its canaries for the hour). It is a `matmul` job like a
+        renter's, shaped like the renter's job `like` it stands in for (which brings this
+        worker no other), or else like the replicated job whose disagreement owes it a
+        check; only its answer is kept apart."""
         seed = self.rng.randrange(2**32)
         expected = await asyncio.to_thread(engine.expected_digest, seed, trust.CANARY_N)
-        body = JobSubmit(type="matmul", timeoutS=600, maxAttempts=1)
-        payload = {"seed": seed, "n": trust.CANARY_N}
-        job = {**self._new_job(body, payload), trust.CANARY: {"expected": expected}}
         async with self.store.transaction() as tx:
-            if dispatch.with_room(provider, await held_by(tx, provider)) is None:
+            record = await tx.get("providers", provider["workerId"])
+            if record is None or dispatch.with_room(record, await held_by(tx, record)) is None:
                 return None
+            book, owed = trust.book_of(record, self.clock()), trust.owed_check(record)
+            if owed is not None:
+                like = await tx.get("jobs", owed)
+            elif like is None or book["hourCount"] >= trust.CANARIES_PER_HOUR:
+                return None
+            elif (now := await tx.get("jobs", like["id"])) is not None:
+                brought = [*now.get(trust.CANARIED, []), record["workerId"]]
+                tx.put("jobs", {**now, trust.CANARIED: brought})
+            job = self._canary_job(like, seed, expected, owed)
             tx.put("jobs", job)
-            job = self._lease(tx, job, provider)
+            if owed is not None:
+                book["owed"] = {**book["owed"], owed: job["id"]}
+            book["hourCount"] += 1
+            tx.put("providers", {**record, trust.BOOK: book})
+            job = self._lease(tx, job, record)
         return await self._leased(job)
 
-    async def _give_canary(self, waiter: Waiter) -> None:
+    def _canary_job(self, like: Doc | None, seed: int, expected: str, owed: str | None) -> Doc:
+        """A canary as the store keeps it: the timeout, attempt and honoured requirements
+        of the job it looks like, so that its lease shows the same shapes."""
+        like = like or {}
+        body = JobSubmit(type="matmul", timeoutS=like.get("timeoutS", 3600), maxAttempts=1)
+        job = self._new_job(body, {"seed": seed, "n": trust.CANARY_N})
+        asked = like.get("requirements", {})
+        job["requirements"].update({k: asked[k] for k in dispatch.HONOURED if k in asked})
+        job["attempt"] = like.get("attempt", 0)
+        return {**job, trust.CANARY: {"expected": expected, "for": owed}}
+
+    async def _give_canary(self, waiter: Waiter, like: Doc | None = None) -> None:
         """Answer a waiting worker's long-poll with a canary (or nothing, if that fails)."""
         try:
-            view = await self._canary(waiter.provider)
+            view = await self._canary(waiter.provider, like)
         except StorageError:
             view = None  # the worker polls again
         if not waiter.future.done():
@@ -445,7 +479,10 @@ class JobQueue:
         if job["attempt"] == 1 and trust.CANARY not in job:
             self.metrics.queue_wait.observe(max(0.0, now - job["createdAt"]))
         self.events.publish("JOB_ASSIGNED", job)
-        return await self.view(job)
+        return await self._lease_view(job)
+
+    async def _lease_view(self, job: Doc) -> Doc:
+        return dispatch.lease_view(job, await self._lease_expiry(job))
 
     async def _wait_for_job(self, provider: Doc, wait_s: float) -> Doc | None:
         worker_id = provider["workerId"]
@@ -495,7 +532,8 @@ class JobQueue:
             if waiter.future.done():
                 continue
             provider = waiter.provider
-            if checked is None and dispatch.eligible(trust.unquarantined(provider), job):
+            fresh = not trust.brought_canary(job, provider["workerId"])
+            if checked is None and fresh and dispatch.eligible(trust.unquarantined(provider), job):
                 if self._canary_due(provider):
                     checked = waiter
                     continue
@@ -512,7 +550,7 @@ class JobQueue:
         worker hears of it."""
         taker, checked = self._takers(job)
         if checked is not None:
-            await self._give_canary(checked)
+            await self._give_canary(checked, job)
         if taker is None:
             return
         try:
@@ -581,6 +619,7 @@ class JobQueue:
             await self._offer(job)
         else:
             self.events.publish(f"JOB_{job['status'].upper()}", job)
+        await self._after_checks(job)
         return await self.view(job)
 
     async def _preempted(
@@ -594,6 +633,7 @@ class JobQueue:
         before = trust.trust_of(record)
         if trust.CANARY in job:
             tx.put("providers", {**record, trust.TRUST: trust.after_lost_canary(before)})
+            await self._checked(tx, record["workerId"], job, "lost")
             event = {**entry, "event": "preempted", "reason": reason}
             return await self._finish(tx, job, "failed", event, [], result={"error": reason})
         share = self.registry.settings.preempt_share
@@ -616,46 +656,96 @@ class JobQueue:
     async def _replicated(
         self, tx: Transaction, job: Doc, record: Doc, report: JobReport, entry: Doc, run: Doc
     ) -> Doc:
-        """One replica's report: queued again for another worker until two agree (a third
-        decides a disagreement); then completed with the agreed result, and every replica
-        that disagreed counts as a failed check for its worker. The runs that agreed are
-        charged; one that disagreed costs nothing."""
-        one_run = {k: run[k] for k in ("pricePerHour", "seconds")}
-        mine = {**trust.replica(record, report.status, report.result), **one_run}
-        replicas = [*job.get("replicas", []), mine]
-        agreed = trust.verdict(replicas)
-        fields = {"replicas": replicas, "result": report.result, "metrics": report.metrics}
+        """One replica's report: queued again for another party until a majority of the runs
+        that count agree (verdicts.py), then completed with the agreed result; the runs that
+        agreed are charged, a disputed job costs nothing. A disagreement punishes nobody:
+        it owes each party a canary."""
+        prefix = self.registry.settings.replica_prefix
+        mine = {**verdicts.run_of(record, report.status, report.result, prefix)}
+        mine.update(pricePerHour=run["pricePerHour"], seconds=run["seconds"])
+        answer = {"result": report.result, "metrics": report.metrics}
+        job = {
+            **job,
+            "replicas": [*job.get("replicas", []), mine],
+            verdicts.ANSWERS: {**job.get(verdicts.ANSWERS, {}), mine["digest"]: answer},
+            verdicts.PREFIX: list(prefix),
+            **answer,
+        }
         floor = self.registry.settings.replication_floor
-        if len(replicas) == 1 and self.rng.random() >= trust.replicate_rate(
-            trust.trust_of(record), floor
-        ):
+        rate = trust.replicate_rate(trust.trust_of(record), floor)
+        if len(job["replicas"]) == 1 and self.rng.random() >= rate:
             runs = [run] if report.status == "completed" else []
-            job = await self._finish(tx, job, report.status, entry, runs, **fields, verified=False)
+            job = {k: v for k, v in job.items() if k != verdicts.ANSWERS}
+            job = await self._finish(tx, job, report.status, entry, runs, verified=False)
             await self._judge(tx, job, record, report)  # a trusted worker, taken at its word
             return job
-        if agreed is None and len(replicas) < 3:
-            return self._change(tx, job, "queued", {**entry, "event": "replica"}, **fields)
-        if agreed is None:
-            failed = {"error": "the replicas disagree: no two results are the same"}
-            return await self._finish(tx, job, "failed", entry, [], **{**fields, "result": failed})
-        runs = [
-            {k: r[k] for k in ("workerId", "qubicAddress", "pricePerHour", "seconds")}
-            for r in replicas
-            if r["digest"] == agreed and report.status == "completed"
-        ]
-        job = await self._finish(tx, job, report.status, entry, runs, **fields, verified=True)
-        for one in replicas:
-            worker = await tx.get("providers", one["workerId"])
-            if worker is None:
-                continue
-            before = trust.trust_of(worker)
-            if one["digest"] == agreed:
-                after = trust.after_job(before, report.status)
+        return await self._decide(tx, job, {**entry, "event": "replica"})
+
+    async def _decide(self, tx: Transaction, job: Doc, entry: Doc) -> Doc:
+        """What a replicated job's runs decide now: verified, disputed, or queued (for one
+        more run, or for the checks its disagreeing runners now owe)."""
+        runners = [r["workerId"] for r in job["replicas"]]
+        workers = {worker_id: await tx.get("providers", worker_id) for worker_id in runners}
+        decision = verdicts.decide(job, workers, self.registry.settings.canaries)
+        done = {k: v for k, v in job.items() if k != verdicts.ANSWERS}
+        if decision.outcome == verdicts.DISPUTED:
+            failed = {"error": verdicts.DISPUTED}
+            return await self._finish(tx, done, "failed", entry, [], result=failed)
+        if decision.outcome == "verified":
+            agreed = [r for r in job["replicas"] if r["workerId"] in decision.agreed]
+            status = agreed[0].get("status", "completed")
+            answer = job.get(verdicts.ANSWERS, {}).get(str(decision.digest), {})
+            keep = ("workerId", "qubicAddress", "pricePerHour", "seconds")
+            runs = [{k: r[k] for k in keep} for r in agreed] if status == "completed" else []
+            done = await self._finish(tx, done, status, entry, runs, **answer, verified=True)
+            for worker_id in decision.agreed:
+                worker = workers[worker_id] or {}
+                after = trust.after_job(trust.trust_of(worker), status)
+                tx.put("providers", {**worker, trust.TRUST: after})
+            return done
+        for worker_id in decision.owe:
+            worker = workers[worker_id] or {}
+            book = trust.book_of(worker, self.clock())
+            book["owed"] = {**book["owed"], job["id"]: None}
+            tx.put("providers", {**worker, trust.BOOK: book})
+        checks = {**job.get(verdicts.CHECKS, {}), **dict.fromkeys(decision.owe, verdicts.OWED)}
+        return self._change(tx, job, "queued", entry, **{verdicts.CHECKS: checks})
+
+    async def _checked(self, tx: Transaction, worker_id: str, canary: Doc, state: str) -> None:
+        """A check that a disagreement owed this worker was answered (`passed`, `failed`)
+        or not (`lost`): the job it was owed for decides again."""
+        job_id = canary[trust.CANARY].get("for")
+        record = await tx.get("providers", worker_id) if job_id is not None else None
+        if job_id is None or record is None:
+            return
+        book = trust.book_of(record, self.clock())
+        book["owed"] = {k: v for k, v in book["owed"].items() if k != job_id}
+        tx.put("providers", {**record, trust.BOOK: book})
+        job = await tx.get("jobs", job_id)
+        if job is None or job.get(verdicts.CHECKS, {}).get(worker_id) != verdicts.OWED:
+            return
+        job = {**job, verdicts.CHECKS: {**job[verdicts.CHECKS], worker_id: state}}
+        if job["status"] == "assigned":
+            tx.put("jobs", job)  # its running replica's report decides
+        elif job["status"] == "queued":
+            entry = {"event": "checked", "workerId": worker_id, "canaryId": canary["id"]}
+            await self._decide(tx, job, entry)
+
+    async def _after_checks(self, job: Doc) -> None:
+        """After a commit: a job that a check decided is announced (and offered, if it runs
+        again), and the waiting workers that a disagreement owes a check are given it."""
+        owed_for = (job.get(trust.CANARY) or {}).get("for")
+        decided = await self.store.get("jobs", owed_for) if owed_for else None
+        if decided is not None and decided["history"][-1].get("canaryId") == job["id"]:
+            if decided["status"] == "queued":
+                await self._offer(decided)
             else:
-                after = trust.after_canary(before, False, None, self.clock())
-                await self._flag_since(tx, one["workerId"], before["lastPassedAt"])
-            tx.put("providers", {**worker, trust.TRUST: after})
-        return job
+                self.events.publish(f"JOB_{decided['status'].upper()}", decided)
+        for worker_id, state in job.get(verdicts.CHECKS, {}).items():
+            waiter = self._waiters.get(worker_id)
+            if state == verdicts.OWED and waiter is not None and not waiter.future.done():
+                del self._waiters[worker_id]
+                await self._give_canary(waiter)
 
     async def _judge(self, tx: Transaction, job: Doc, provider: Doc, report: JobReport) -> None:
         """What a report says of its worker: a canary is checked against its answer (a wrong
@@ -678,6 +768,9 @@ class JobQueue:
             if not passed:
                 await self._flag_since(tx, provider["workerId"], before["lastPassedAt"])
         tx.put("providers", {**record, trust.TRUST: after})
+        if trust.CANARY in job:
+            passed = after["canariesPassed"] > before["canariesPassed"]
+            await self._checked(tx, record["workerId"], job, "passed" if passed else "failed")
 
     async def _flag_since(self, tx: Transaction, worker_id: str, since: float | None) -> None:
         """Mark what the worker completed since its last passed canary as unverified, and
@@ -730,10 +823,13 @@ class JobQueue:
                 lost = trust.CANARY in job
                 after = trust.after_lost_canary(before) if lost else trust.after_job(before, "lost")
                 tx.put("providers", {**record, trust.TRUST: after})
+            if trust.CANARY in job:
+                await self._checked(tx, entry["workerId"], job, "lost")
         self.store.remember("leases", job_id, None)
         self.metrics.leases_expired.labels(reason).inc()
         if reason == TIMED_OUT:
             await self._tell_to_stop(entry["workerId"], job_id)
+        await self._after_checks(job)
         if job["status"] == "failed":
             self.events.publish("JOB_FAILED", job)
             return
@@ -786,10 +882,13 @@ def holds(job: Doc, provider: Doc) -> bool:
     return bool(job.get(HOLDER, provider["tokenHash"]) == provider["tokenHash"])
 
 
+HIDDEN = (HOLDER, trust.CANARY, trust.CANARIED, verdicts.ANSWERS, verdicts.CHECKS, verdicts.PREFIX)
+
+
 def shown(job: Doc) -> Doc:
     """A job as answers and events show it: without the lease holder's token hash, nor a
-    canary's answer (nor that it is one)."""
-    return {k: v for k, v in job.items() if k not in (HOLDER, trust.CANARY)}
+    canary's answer (nor that it is one), nor the bookkeeping of checks."""
+    return {k: v for k, v in job.items() if k not in HIDDEN}
 
 
 def _is_repeat(job: Doc, worker_id: str, report: JobReport) -> bool:

@@ -23,13 +23,13 @@ from qubix_cli.server.http import not_found, token_hash, token_matches
 from qubix_cli.server.schemas import CheckNewQuery, Heartbeat, ProviderListQuery, Register
 from qubix_cli.server.settings import Settings
 from qubix_cli.server.store import Doc, Store, Transaction, run_later
-from qubix_cli.server.trust import TRUST, hardware_gpus, trust_of
+from qubix_cli.server.trust import BOOK, TRUST, hardware_gpus, trust_of
 from qubix_cli.worker import AGENT_VERSION
 from qubix_cli.worker.update import older
 
 CHECK_NEW_DEFAULT_S = 300.0
 OFFLINE: Doc = {"status": "offline", "lastSeenAt": None}
-PRIVATE = ("tokenHash", "clientIp")  # fields of a provider's record that no answer shows
+PRIVATE = ("tokenHash", "clientIp", BOOK)  # fields of a provider's record that no answer shows
 Clock = Callable[[], float]
 
 
@@ -76,8 +76,9 @@ class Registry:
                 tokenHash=existing["tokenHash"] if existing else token_hash(new_token or ""),
                 clientIp=existing.get("clientIp", client_ip) if existing else client_ip,
             )
-            if existing is not None and TRUST in existing:
-                doc[TRUST] = existing[TRUST]  # a record is earned, never reset by re-registering
+            for kept in (TRUST, BOOK):  # a record is earned, never reset by re-registering
+                if existing is not None and kept in existing:
+                    doc[kept] = existing[kept]
             failed = existing.get("failedUpdates", []) if existing else []
             if body.updateFailed and body.updateFailed not in failed:
                 failed = [*failed[-9:], body.updateFailed]  # not offered to it again

@@ -42,6 +42,7 @@ class Settings:
     canaries: bool = True  # check workers with canaries (off: a fleet of one's own machines)
     secrets_min_reputation: float = 0.5  # jobs with `env` go to workers this trusted at least
     replication_floor: float = 0.05  # the least share of a trusted worker's jobs replicated
+    replica_prefix: tuple[int, int] = (24, 48)  # replicas come from different such networks
     preempt_share: float = 0.2  # a worker's preemptions past this share of its jobs are failures
     max_price_per_hour: float = 1000.0  # the most a provider may ask; a job's default limit
     metrics_public: bool = False  # GET /metrics without an operator's key

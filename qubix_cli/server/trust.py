@@ -17,7 +17,6 @@ from __future__ import annotations
 import hashlib
 import json
 import random
-from collections import Counter
 from typing import Any
 
 from qubix_cli.server.store import Doc
@@ -66,15 +65,6 @@ def ip_mark(client_ip: str | None) -> str:
     return hashlib.sha256((client_ip or "").encode()).hexdigest()[:16]
 
 
-def replica(provider: Doc, status: str, result: Any) -> Doc:
-    return {
-        "workerId": provider["workerId"],
-        "qubicAddress": provider["qubicAddress"],
-        "ip": ip_mark(provider.get("clientIp")),
-        "digest": answer_digest(status, result),
-    }
-
-
 TRUSTED_STREAK = 10  # checks passed in a row before a worker's replicas may be skipped
 
 
@@ -86,12 +76,6 @@ def replicate_rate(trust: Doc, floor: float) -> float:
         return 1.0
     good = float(trust["canariesPassed"] + trust["completed"])
     return max(floor, min(1.0, 10.0 / max(good, 1.0)))
-
-
-def verdict(replicas: list[Doc]) -> str | None:
-    """The digest that two replicas agree on; None while fewer than two agree."""
-    digest, count = Counter(r["digest"] for r in replicas).most_common(1)[0]
-    return digest if count >= 2 else None
 
 
 def new_trust() -> Doc:
@@ -137,6 +121,35 @@ def canary_due(provider: Doc, rng: random.Random) -> bool:
     if "matmul" not in provider.get("capabilities", []):
         return False
     return rng.random() < canary_rate(trust_of(provider))
+
+
+CANARIES_PER_HOUR = 30  # the most canaries one worker is given in an hour: checks cannot be farmed
+BOOK = "canaryBook"  # on a provider's record, never shown: {owed, hourStart, hourCount}
+CANARIED = "canaried"  # on a renter's job, never shown: the workers it brought a canary
+
+
+def book_of(provider: Doc, now: float) -> Doc:
+    """The provider's checks owed ({jobId: canary id, or None before it is made}) and the
+    canaries it was given in the hour that began at `hourStart`."""
+    book = {"owed": {}, "hourStart": now, "hourCount": 0, **provider.get(BOOK, {})}
+    if book["hourStart"] + 3600 <= now:
+        book.update(hourStart=now, hourCount=0)
+    return book
+
+
+def within_ceiling(provider: Doc, now: float) -> bool:
+    return bool(book_of(provider, now)["hourCount"] < CANARIES_PER_HOUR)
+
+
+def owed_check(provider: Doc) -> str | None:
+    """A replicated job whose runners' disagreement owes this worker a canary not yet made."""
+    owed = provider.get(BOOK, {}).get("owed", {})
+    return next((job_id for job_id, canary in owed.items() if canary is None), None)
+
+
+def brought_canary(job: Doc, worker_id: str) -> bool:
+    """Whether this renter's job already brought this worker its canary (one per job)."""
+    return worker_id in job.get(CANARIED, [])
 
 
 def reputation(trust: Doc) -> float:
