@@ -1,11 +1,13 @@
 """Catching liars: 1,000 simulated workers against a real `qubix serve` with canaries on.
 
 5 % always answer `matmul` wrongly, 5 % answer wrongly one time in ten, 2 % claim an A40
-and report a GPU engine that runs at CPU speed, the rest are honest (they compute every
-answer, in plain Python, as a worker without a GPU engine does). Renters keep `matmul`
-jobs queued (n = 16). Each worker polls and answers in turn; honest workers stop
-after `--honest-jobs` (default 150), always-cheaters after 20 jobs, one-in-ten cheaters
-after 300, hardware liars after 5, or as soon as they are caught.
+and report a GPU engine that runs at CPU speed, 4 % collude in pairs (each pair forges the
+same wrong answer, one time in three, to outvote an honest replica), the rest are honest
+(they compute every answer, in plain Python, as a worker without a GPU engine does).
+Renters keep `matmul` jobs queued (n = 16). Each worker polls and answers in turn; honest
+workers stop after `--honest-jobs` (default 150), always-cheaters after 20 jobs, one-in-ten cheaters
+and colluders after 300, hardware liars after 5, or as soon as they are caught. Each
+worker is on a network of its own (replicas come from different /24s).
 
 Printed: for each kind, the share caught and the median number of its jobs until then;
 honest workers penalised (quarantined or marked mismatch: target 0); the share of jobs
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import hashlib
 import random
 import statistics
 import time
@@ -31,8 +34,8 @@ from _server import API_KEY, Connection, Server, register_body
 from qubix_cli.qubic import identity_from_public_key
 from qubix_cli.worker.engine import expected_digest
 
-KINDS = {"honest": 0.88, "always": 0.05, "sometimes": 0.05, "liar": 0.02}
-BUDGET = {"always": 20, "sometimes": 300, "liar": 5}
+KINDS = {"honest": 0.84, "always": 0.05, "sometimes": 0.05, "liar": 0.02, "colluder": 0.04}
+BUDGET = {"always": 20, "sometimes": 300, "liar": 5, "colluder": 300}
 A40 = [{"vendor": "nvidia", "model": "NVIDIA A40", "vramMb": 46068}]
 
 
@@ -93,7 +96,7 @@ def register(http: httpx.Client, count: int, rng: random.Random) -> list[Sim]:
             "capabilities": ["matmul"],
             "gpus": A40,
         }
-        ip = {"X-Forwarded-For": f"10.{i // 65536 % 256}.{i // 256 % 256}.{i % 256}"}
+        ip = {"X-Forwarded-For": f"10.{i // 256 % 256}.{i % 256}.1"}
         answer = http.post("/api/providers/quick-register", json=body, headers=ip)
         sim.token = answer.json()["workerToken"]
         sims.append(sim)
@@ -154,7 +157,13 @@ async def work(conn: Connection, sim: Sim, rng: random.Random, honest_jobs: int)
         sim.checks += is_check
         sim.recent = [*sim.recent[-9:], is_check]
         cheat = sim.kind == "always" or (sim.kind == "sometimes" and rng.random() < 0.1)
-        digest = "0" * 64 if cheat else expected_digest(payload["seed"], payload["n"])
+        if sim.kind == "colluder" and random.Random(payload["seed"]).random() < 1 / 3:
+            pair = int(sim.name[4:]) // 2  # the pair forges the same jobs, the same way
+            digest = hashlib.sha256(f"forged {pair} {payload['seed']}".encode()).hexdigest()
+        elif cheat:
+            digest = "0" * 64
+        else:
+            digest = expected_digest(payload["seed"], payload["n"])
         engine = "cuda" if sim.kind == "liar" else "none"
         result = {"digest": digest, "engine": engine, "computeS": 0.02, "n": payload["n"]}
         body = {"attempt": leased["attempt"], "status": "completed", "result": result}

@@ -439,8 +439,9 @@ class JobSubmit(Body):
     inputs: list[Input] = Field(default_factory=list, max_length=32)
     verify: Literal["replicate"] | None = Field(
         default=None,
-        description="replicate: run it on two workers of different addresses and IPs and "
-        "compare (a third decides); only for jobs whose result is deterministic.",
+        description="replicate: run it on workers of different addresses and networks "
+        "until a majority agree (at most five runs, else it fails disputed); only for jobs "
+        "whose result is deterministic.",
     )
 
     @model_validator(mode="after")
