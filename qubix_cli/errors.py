@@ -97,5 +97,12 @@ class StorageError(Unavailable):
     code = "storage_unavailable"
 
 
+class InsufficientStorage(Unavailable):
+    """The server keeps its last free space (`--min-free-mb`) for what it must save (jobs,
+    registrations, reports): uploads are refused until space returns."""
+
+    code = "insufficient_storage"
+
+
 class ServerError(QubixError):
     """A Qubix server could not be reached or refused a request."""

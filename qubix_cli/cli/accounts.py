@@ -121,9 +121,16 @@ def quota(
         int | None, typer.Option(min=0, help="Jobs submitted a minute.")
     ] = None,
     max_running: Annotated[int | None, typer.Option(min=0, help="Jobs running at once.")] = None,
+    max_storage_mb: Annotated[
+        int | None,
+        typer.Option(min=0, help="MiB of uploaded inputs (default: serve --renter-storage-mb)."),
+    ] = None,
     no_limit: Annotated[
         list[str] | None,
-        typer.Option(help="Remove a quota: max-queued, max-per-minute or max-running."),
+        typer.Option(
+            help="Remove a quota: max-queued, max-per-minute, max-running or max-storage-mb "
+            "(that one back to the server's default)."
+        ),
     ] = None,
     server: ServerOpt = None,
     api_key: ApiKeyOpt = None,
@@ -134,12 +141,14 @@ def quota(
         "max-queued": "maxQueued",
         "max-per-minute": "maxPerMinute",
         "max-running": "maxRunning",
+        "max-storage-mb": "maxStorageMb",
     }
     body: dict[str, int | None] = {}
     for field, value in (
         ("maxQueued", max_queued),
         ("maxPerMinute", max_per_minute),
         ("maxRunning", max_running),
+        ("maxStorageMb", max_storage_mb),
     ):
         if value is not None:
             body[field] = value

@@ -26,7 +26,7 @@ from qubix_cli.server.settings import (
 console = Console(stderr=True, highlight=False, soft_wrap=True)  # paths stay whole
 
 
-class LogFormat(str, enum.Enum):
+class LogFormat(enum.StrEnum):
     text = "text"
     json = "json"
 
@@ -126,6 +126,22 @@ def serve(
     max_job_outputs_mb: Annotated[
         int, typer.Option(min=1, help="All output files of one job together, in MiB.")
     ] = 4096,
+    renter_storage_mb: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            help="The MiB of inputs a renter account may keep uploaded, unless its quota "
+            "says otherwise (qubix accounts quota NAME --max-storage-mb N); 0: no limit.",
+        ),
+    ] = 10240,
+    min_free_mb: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            help="Refuse uploads (507) while the data dir's disk has less than this free, "
+            "so that jobs, registrations and reports still fit; 0: off.",
+        ),
+    ] = 1024,
     allow_input_network: Annotated[
         list[str] | None,
         typer.Option(
@@ -253,6 +269,8 @@ def serve(
         max_input_bytes=max_input_mb * 2**20,
         max_output_bytes=max_output_mb * 2**20,
         max_job_outputs_bytes=max_job_outputs_mb * 2**20,
+        renter_storage_mb=renter_storage_mb,
+        min_free_mb=min_free_mb,
         input_networks=tuple(_network(text) for text in allow_input_network or ()),
         canaries=canaries,
         secrets_min_reputation=secrets_min_reputation,

@@ -208,10 +208,12 @@ def create_app(settings: Settings, clock: Clock = time.time) -> Coordinator:
     def changed(table: str, key: str, summary: dict[str, object] | None, here: bool) -> None:
         jobs.changed(table, key, summary, here)
         registry.changed(table, key, summary, here)
+        files.log_waiters.changed(table, key, summary, here)
 
     store.observe_change = changed
     events.forward, store.observe_event = store.share_event, events.deliver
-    files = JobFiles(store, Blobs(settings.data_dir / "blobs"), settings, clock)
+    blobs = Blobs(settings.data_dir / "blobs", settings.min_free_mb * 2**20)
+    files = JobFiles(store, blobs, settings, clock)
     api = Api(registry, jobs, files, accounts, metrics, release)
     app = Coordinator(
         routes=[

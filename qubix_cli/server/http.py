@@ -19,6 +19,7 @@ from starlette.types import Receive, Scope, Send
 from qubix_cli.errors import (
     Conflict,
     Forbidden,
+    InsufficientStorage,
     InvalidInput,
     Malformed,
     NotFound,
@@ -51,6 +52,7 @@ STATUS: tuple[tuple[type[QubixError], int], ...] = (
     (InvalidInput, 422),
     (UpgradeRequired, 426),
     (RateLimited, 429),
+    (InsufficientStorage, 507),
     (Unavailable, 503),
 )
 
@@ -108,6 +110,12 @@ def client_ip(scope: Scope, trusted_proxies: tuple[str, ...]) -> str:
         if hop not in trusted_proxies:
             return hop
     return peer
+
+
+def declared_length(headers: Mapping[str, str]) -> int:
+    """The body's size as its Content-Length says it (0 when it says nothing readable)."""
+    declared = headers.get("content-length", "")
+    return int(declared) if declared.isdigit() else 0
 
 
 def not_found(what: str) -> NotFound:

@@ -15,29 +15,51 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 from qubix_cli.errors import Conflict, InvalidInput, TooLarge
+from qubix_cli.server.accounts import Caller
 from qubix_cli.server.blobs import Blobs
 from qubix_cli.server.http import not_found
 from qubix_cli.server.jobs import find_job, holds
+from qubix_cli.server.logwaits import LogWaiters
 from qubix_cli.server.providers import Clock
 from qubix_cli.server.schemas import FINISHED, Input, LogChunk, LogsQuery
 from qubix_cli.server.settings import Settings
 from qubix_cli.server.store import Doc, Store
+from qubix_cli.server.uploads import UPLOAD_GRACE_S, Uploads
 from qubix_cli.worker.transfer import InputError, resolve_public
 
 LOG_LIMIT_BYTES = 1024 * 1024  # of one attempt's log; the rest is counted, not kept
 LOG_CHUNKS_PER_ANSWER = 64
-LOG_POLL_S = 0.25
-UPLOAD_GRACE_S = 3600.0  # an uploaded input waits this long for the job that names it
 
 
 class JobFiles:
     def __init__(self, store: Store, blobs: Blobs, settings: Settings, clock: Clock) -> None:
         self.store, self.blobs, self.settings, self.clock = store, blobs, settings, clock
+        self.uploads = Uploads(store, settings, clock)
+        self.log_waiters = LogWaiters()
 
     # -- inputs ----------------------------------------------------------------------
 
-    async def upload_input(self, chunks: AsyncIterator[bytes]) -> Doc:
-        sha256, size = await self.blobs.write(chunks, self.settings.max_input_bytes, "the input")
+    async def upload_input(
+        self, chunks: AsyncIterator[bytes], caller: Caller, expected: int
+    ) -> Doc:
+        """Store an input of the caller's account (`expected`: its announced size, or 0),
+        within the most one input may be and what the account's storage quota leaves."""
+        most = self.settings.max_input_bytes
+        allowance = await self.uploads.allowance(caller)
+        if allowance is not None and allowance < max(1, expected):
+            raise await self.uploads.refusal(caller)
+        limit = most if allowance is None else min(most, allowance)
+
+        async def admit(sha256: str, size: int) -> None:
+            await self.uploads.check(caller, sha256, size)
+
+        try:
+            sha256, size = await self.blobs.write(chunks, limit, "the input", expected, admit)
+        except TooLarge as exc:
+            if limit < most and exc.code == "upload_too_large":
+                raise await self.uploads.refusal(caller) from None
+            raise
+        await self.uploads.record(caller, sha256, size)
         return {"sha256": sha256, "size": size}
 
     async def check_inputs(self, inputs: list[Input]) -> None:
@@ -138,21 +160,26 @@ class JobFiles:
 
     async def logs(self, job_id: str, query: LogsQuery) -> Doc:
         """The chunks after `query.after` of the job's latest attempt, waiting up to
-        `query.wait` for one to come (or for the job to end)."""
-        deadline = asyncio.get_running_loop().time() + query.wait
+        `query.wait` for one to come (or for the job to end): the store is read again when
+        the job changes (`LogWaiters`)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + query.wait
         while True:
-            job = await find_job(self.store, job_id)
-            log = job.get("log") or {"attempt": job["attempt"], "droppedLines": 0}
-            chunks = await self._chunks(job_id, log["attempt"], query.after)
-            finished = job["status"] in FINISHED
-            if chunks or finished or asyncio.get_running_loop().time() >= deadline:
-                return {
+            with self.log_waiters.watch(job_id) as woken:
+                job = await find_job(self.store, job_id)
+                log = job.get("log") or {"attempt": job["attempt"], "droppedLines": 0}
+                chunks = await self._chunks(job_id, log["attempt"], query.after)
+                answer = {
                     "attempt": log["attempt"],
                     "chunks": [{"seq": c["seq"], "text": c["text"]} for c in chunks],
                     "droppedLines": log["droppedLines"],
-                    "finished": finished,
+                    "finished": job["status"] in FINISHED,
                 }
-            await asyncio.sleep(LOG_POLL_S)
+                if chunks or answer["finished"] or loop.time() >= deadline:
+                    return answer
+                await asyncio.wait({woken}, timeout=deadline - loop.time())
+                if not woken.done():
+                    return answer  # nothing changed since it was read
 
     async def _chunks(self, job_id: str, attempt: int, after: int) -> list[Doc]:
         found = await self.store.scan("logs", where={"jobId": job_id}, order_by="id")
@@ -179,9 +206,12 @@ class JobFiles:
 
     async def _collect_blobs(self) -> None:
         kept: set[str] = set()
+        named: dict[str, set[str]] = {}  # account -> the inputs its jobs name
         for job in await self.store.scan("jobs"):
-            kept |= {i["sha256"] for i in job.get("inputs", []) if not i.get("url")}
-            kept |= {a["sha256"] for a in job.get("artifacts", [])}
+            inputs = {i["sha256"] for i in job.get("inputs", []) if not i.get("url")}
+            named.setdefault(job.get("account") or "", set()).update(inputs)
+            kept |= inputs | {a["sha256"] for a in job.get("artifacts", [])}
+        kept |= await self.uploads.collect(named)
         cutoff = self.clock() - UPLOAD_GRACE_S
         for sha256, written_at in self.blobs.names():
             if sha256 not in kept and written_at < cutoff:

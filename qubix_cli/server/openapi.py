@@ -24,11 +24,12 @@ _CODES = {
     403: "Token of another worker, or a renter's key where an operator's is needed",
     404: "Not found (also another renter's job)",
     409: "Conflict",
-    413: "Body too large",
+    413: "Body too large, or past an account's storage quota (quota_exceeded)",
     422: "Invalid fields",
     426: "The agent is too old: update it (agent_too_old; the offer in details)",
     429: "Too many, or an account's quota (see Retry-After)",
     503: "Storage unavailable",
+    507: "The server's disk is at its free-space reserve: uploads wait (insufficient_storage)",
 }
 
 

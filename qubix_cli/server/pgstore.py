@@ -112,6 +112,10 @@ MIGRATIONS: list[str] = [
     "ADD at float8 NOT NULL DEFAULT 0, ADD writer text NOT NULL DEFAULT '', "
     "ADD written timestamptz NOT NULL DEFAULT clock_timestamp();"
     "CREATE INDEX qubix_volatile_written ON qubix_volatile (written);",
+    # 3: who uploaded which input (a fresh database has it from 1, which makes every table)
+    'CREATE TABLE IF NOT EXISTS "uploads" '
+    '(key text COLLATE "C" PRIMARY KEY, doc jsonb NOT NULL);'
+    'CREATE INDEX IF NOT EXISTS "uploads_account" ON "uploads" ((doc -> \'account\'));',
 ]
 
 
@@ -595,7 +599,7 @@ class PostgresStore(_Reads, VolatileState):
             else:
                 self._mark(kind, key)  # this server's is newer: the table gets it
         if self._pulled is None:
-            self._pulled = datetime.datetime.now(datetime.timezone.utc)
+            self._pulled = datetime.datetime.now(datetime.UTC)
 
     async def close(self) -> None:
         for task in list(self._tasks):

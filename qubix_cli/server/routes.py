@@ -34,6 +34,7 @@ from qubix_cli.server.http import (
     PerIp,
     bearer_token,
     client_ip,
+    declared_length,
     error_response,
     internal_error,
     json_response,
@@ -345,7 +346,7 @@ ENDPOINTS = (
         "/api/inputs",
         "upload_input",
         "Upload a file that jobs name as an input (by its SHA-256)",
-        (201, 401, 413),
+        (201, 401, 413, 503, 507),
         answer=Uploaded,
         access=RENTER,
         upload=True,
@@ -364,7 +365,7 @@ ENDPOINTS = (
         "/api/jobs/{jobId}/artifacts/{name:path}",
         "put_artifact",
         "Upload an output file, as the lease holder of that attempt",
-        (200, 401, 404, 409, 413, 422),
+        (200, 401, 404, 409, 413, 422, 503, 507),
         query=ArtifactQuery,
         answer=OneArtifact,
         access=WORKER,
@@ -394,7 +395,7 @@ ENDPOINTS = (
         "/api/jobs/{jobId}/logs",
         "get_logs",
         "A job's output so far (long-poll for more with wait)",
-        (200, 401, 404, 422),
+        (200, 401, 404, 422, 429),
         query=LogsQuery,
         answer=Logs,
         access=RENTER,
@@ -552,6 +553,7 @@ class Api:
         self.store = registry.store
         self.heartbeats = Heartbeats(registry, jobs, metrics, release)
         self._polls = PerIp("check-new long-polls", LONG_POLLS_PER_IP)
+        self._log_polls = PerIp("log long-polls", LONG_POLLS_PER_IP)
         self.long_polls = LongPolls()
         self._streams = PerIp("event streams", STREAMS_PER_IP)
 
@@ -725,7 +727,9 @@ class Api:
     # -- inputs, outputs, logs ------------------------------------------------------
 
     async def upload_input(self, request: Request) -> Response:
-        return json_response(await self.files.upload_input(request.stream()), 201)
+        expected = declared_length(request.headers)
+        uploaded = await self.files.upload_input(request.stream(), self._caller(request), expected)
+        return json_response(uploaded, 201)
 
     async def job_input(self, request: Request) -> Response:
         provider = await self.registry.worker_for_token(require_token(request.headers))
@@ -761,7 +765,9 @@ class Api:
         query = read_query(request, LogsQuery)
         job_id = request.path_params["jobId"]
         await self.jobs.get(job_id, self._caller(request))  # another renter's: not found
-        logs = await self.long_polls.wait(request, self.files.logs(job_id, query))
+        ip = self._ip(request.scope)
+        with self._log_polls.hold(ip) if query.wait else contextlib.nullcontext():
+            logs = await self.long_polls.wait(request, self.files.logs(job_id, query))
         return json_response(logs) if logs is not None else Response(status_code=204)
 
     # -- accounts, keys, the ledger ------------------------------------------------------

@@ -718,6 +718,11 @@ class QuotaChange(Body):
     maxQueued: QuotaValue | None = Field(default=None, description="Jobs queued at once.")
     maxPerMinute: QuotaValue | None = Field(default=None, description="Jobs submitted a minute.")
     maxRunning: QuotaValue | None = Field(default=None, description="Jobs running at once.")
+    maxStorageMb: QuotaValue | None = Field(
+        default=None,
+        description="MiB of uploaded inputs (null: the server's default, --renter-storage-mb "
+        "for a renter, no limit for an operator).",
+    )
 
 
 class Credit(Body):
@@ -744,6 +749,7 @@ class Quota(Answer):
     maxQueued: int | None
     maxPerMinute: int | None
     maxRunning: int | None
+    maxStorageMb: int | None = None
 
 
 class Account(Answer):

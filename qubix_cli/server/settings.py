@@ -38,6 +38,8 @@ class Settings:
     max_input_bytes: int = 1024 * 2**20  # one uploaded input
     max_output_bytes: int = 1024 * 2**20  # one output file of a job
     max_job_outputs_bytes: int = 4096 * 2**20  # all output files of one job
+    renter_storage_mb: int = 10240  # a renter's inputs unless its quota says; 0: no limit
+    min_free_mb: int = 1024  # uploads are refused (507) below this much free disk; 0: off
     input_networks: tuple[str, ...] = ()  # networks URL inputs may be in besides public
     canaries: bool = True  # check workers with canaries (off: a fleet of one's own machines)
     secrets_min_reputation: float = 0.5  # jobs with `env` go to workers this trusted at least

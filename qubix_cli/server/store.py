@@ -55,6 +55,7 @@ TABLES = {
     "logs": Table("id", ("jobId",)),  # a running job's output, a chunk a document
     "accounts": Table("name"),
     "ledger": Table("id", ("account", "qubicAddress", "jobId")),  # append-only
+    "uploads": Table("id", ("account",)),  # who uploaded which input: storage quotas
 }
 # Volatile state, per kind: key -> document. Kept in memory, saved now and then.
 VOLATILE = ("liveness", "leases", "cancels", "registrations", "keyUse", "submissions")
@@ -511,7 +512,7 @@ class JournalStore(_Scans, VolatileState):
                 raise OSError(errno.ENOSPC, "short write")
         except OSError as exc:
             os.ftruncate(self._fd, self._journal_bytes)  # leave no torn line behind
-            raise _disk_error(exc) from exc
+            raise disk_error(exc) from exc
         self._journal_bytes += len(line)
         self._seq += 1
         for (table, key), doc in writes.items():
@@ -532,7 +533,7 @@ class JournalStore(_Scans, VolatileState):
             try:
                 await asyncio.to_thread(os.fsync, self._fd)
             except OSError as exc:
-                error = _disk_error(exc)
+                error = disk_error(exc)
                 self._lost = error.message
                 self._undo_pending()
                 raise error from exc
@@ -682,7 +683,8 @@ def _ignore_event(event: Doc) -> None:
     pass
 
 
-def _disk_error(exc: OSError) -> StorageError:
+def disk_error(exc: OSError) -> StorageError:
+    """A failed write of the data dir as its answer says it (503, nothing saved)."""
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
         return StorageError("the server's disk is full; nothing was saved. Try again later.")
     return StorageError(f"the server could not save this change ({exc.strerror}); try again")

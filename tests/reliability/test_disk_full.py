@@ -88,3 +88,45 @@ def test_a_full_disk_refuses_writes_loses_nothing_and_recovers(small_disk: Path)
         http.close()
         server.stop()
     assert "Traceback" not in server.output()
+
+
+def _upload(http: httpx.Client, size: int) -> httpx.Response:
+    return http.post("/api/inputs", content=b"x" * size, headers=auth(API_KEY))
+
+
+def test_an_upload_that_fills_the_disk_is_503_and_one_under_the_reserve_is_507(
+    small_disk: Path,
+) -> None:
+    assert _mount(small_disk, "2m", "remount").returncode == 0
+    data = small_disk / "data"
+    for reserve in ("0", "1"):
+        server = ServerProcess(data, 30.0, "--min-free-mb", reserve)
+        server.log = small_disk.parent / f"server-{reserve}.log"  # not on the small disk
+        server.start()
+        http = httpx.Client(base_url=server.url, timeout=10)
+        try:
+            if reserve == "0":  # no reserve: the disk fills, and that is the storage's failure
+                full = _upload(http, 3 * 2**20)
+                assert full.status_code == 503, full.text
+                assert full.json()["error"] == "storage_unavailable"
+                assert "disk is full" in full.json()["message"]
+            else:  # under the reserve: refused before a byte is written
+                under = _upload(http, 1536 * 1024)
+                assert under.status_code == 507, under.text
+                assert under.json()["error"] == "insufficient_storage"
+                assert _upload(http, 16 * 1024).status_code == 201  # above it, still fine
+            assert not list(data.glob("blobs/.upload-*"))  # nothing half-written stays
+            registered = http.post(
+                "/api/providers/quick-register", json=register_body(f"w-{reserve}")
+            )
+            assert registered.status_code == 201, registered.text
+            job = http.post(
+                "/api/jobs",
+                json={"type": "sleep", "payload": {"seconds": 0}},
+                headers=auth(API_KEY),
+            )
+            assert job.status_code == 201, job.text
+        finally:
+            http.close()
+            server.stop()
+        assert "Traceback" not in server.output()

@@ -342,6 +342,7 @@ def test_past_the_queued_quota_a_submission_is_429_and_nothing_is_stored(
         "maxQueued": 2,
         "maxPerMinute": None,
         "maxRunning": None,
+        "maxStorageMb": None,
     }
     assert submit(client, alice).status_code == 201
     assert submit(client, alice).status_code == 201

@@ -63,8 +63,14 @@ def test_db_migrate_creates_the_schema_once_and_refuses_a_newer_one(cluster: Clu
         qubix("db", "migrate", "--database", url),
         qubix("db", "migrate", "--database", url),
     )
-    assert first.returncode == 0 and "schema version 2 (applied 1, 2)" in first.stdout, first
+    assert first.returncode == 0 and "schema version 3 (applied 1, 2, 3)" in first.stdout, first
     assert again.returncode == 0 and "nothing to apply" in again.stdout
+    with psycopg.connect(url, autocommit=True) as conn:  # a database from before uploads
+        conn.execute('DROP TABLE "uploads"; DELETE FROM qubix_migrations WHERE version = 3')
+    older = qubix("db", "migrate", "--database", url)
+    assert older.returncode == 0 and "(applied 3)" in older.stdout, older
+    with psycopg.connect(url, autocommit=True) as conn:
+        assert conn.execute('SELECT count(*) FROM "uploads"').fetchone() == (0,)
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute("INSERT INTO qubix_migrations (version) VALUES (99)")
     newer = qubix("db", "migrate", "--database", url)
