@@ -18,7 +18,7 @@ from collections import Counter, OrderedDict
 from typing import Any, NamedTuple
 
 from qubix_cli.errors import Conflict, StorageError, TooLarge
-from qubix_cli.server import dispatch, trust, verdicts
+from qubix_cli.server import dispatch, failures, trust, verdicts
 from qubix_cli.server.accounts import Accounts, Caller, earned, money
 from qubix_cli.server.events import EventBus
 from qubix_cli.server.http import not_found
@@ -43,6 +43,7 @@ AGENT_LOST = "agent lost"
 PROVIDER_REMOVED = "provider removed"
 TIMED_OUT = "timeout"
 HOLDER = "leaseHolder"  # the hash of the token that took the lease: never shown
+SECRET = "***"  # what answers show for each value of a job's env: only its lease has them
 RESTART_GRACE_S = 60.0
 
 
@@ -212,7 +213,7 @@ class JobQueue:
         if payload.get("env") and "minReputation" not in body.requirements.model_fields_set:
             # A renter's secrets go only to workers with a record, unless it says otherwise.
             job["requirements"]["minReputation"] = least
-        taker, checked = self._takers(job)
+        taker, checked = self._takers(job, None)
         try:
             leased = await self._create(job, taker.provider if taker else None, caller)
         except BaseException:
@@ -520,7 +521,7 @@ class JobQueue:
             if waiter is not None and not waiter.future.done():
                 waiter.future.set_result(None)
 
-    def _takers(self, job: Doc) -> tuple[Waiter | None, Waiter | None]:
+    def _takers(self, job: Doc, passed_over: str | None) -> tuple[Waiter | None, Waiter | None]:
         """The waiting worker that has waited longest of those that may run `job`, and
         before it, at most one that gets a canary instead (its canary was due), both taken
         off the waiters so that no other job is offered to them meanwhile. (Waiters are
@@ -529,7 +530,7 @@ class JobQueue:
         taker: Waiter | None = None
         checked: Waiter | None = None
         for waiter in self._waiters.values():
-            if waiter.future.done():
+            if waiter.future.done() or waiter.provider["workerId"] == passed_over:
                 continue
             provider = waiter.provider
             fresh = not trust.brought_canary(job, provider["workerId"])
@@ -545,10 +546,11 @@ class JobQueue:
                 del self._waiters[taken.provider["workerId"]]
         return taker, checked
 
-    async def _offer(self, job: Doc) -> None:
-        """Hand a requeued job straight to a waiting worker: the lease is durable before the
-        worker hears of it."""
-        taker, checked = self._takers(job)
+    async def _offer(self, job: Doc, passed_over: str | None = None) -> None:
+        """Hand a requeued job straight to a waiting worker (other than the one that just
+        handed it back, which may not have let go of it yet: it finds it when it polls
+        again): the lease is durable before the worker hears of it."""
+        taker, checked = self._takers(job, passed_over)
         if checked is not None:
             await self._give_canary(checked, job)
         if taker is None:
@@ -581,7 +583,8 @@ class JobQueue:
         return answer
 
     async def complete(self, job_id: str, provider: Doc, report: JobReport) -> Doc:
-        """Accept the report of the lease holder once; the same report again changes nothing."""
+        """Accept the report of the lease holder once; the same report again changes nothing.
+        A failure of the worker's runs the job again (free); one of the job's is charged."""
         worker_id = provider["workerId"]
         async with self.store.transaction() as tx:
             job = await find_job(tx, job_id)
@@ -607,16 +610,20 @@ class JobQueue:
             run = self._run(job, record)
             if report.status == "preempted":
                 job = await self._preempted(tx, job, record, report, entry)
+            elif trust.CANARY not in job and failures.on_worker(report.status, report.result):
+                error = failures.error_of(report.result)
+                failed = {**entry, "event": "worker_failed", "error": error}
+                job = await self._retry(tx, job, failed, error)
             elif job.get("verify") == "replicate":
                 job = await self._replicated(tx, job, record, report, entry, run)
             else:
-                runs = [run] if report.status == "completed" else []
-                job = await self._finish(tx, job, report.status, entry, runs, **fields)
+                fields.update(failures.of_job(report.status))
+                job = await self._finish(tx, job, report.status, entry, [run], **fields)
                 await self._judge(tx, job, provider, report)
         self.store.remember("leases", job_id, None)
         if job["status"] == "queued":
             self.events.publish("JOB_REQUEUED", job)
-            await self._offer(job)
+            await self._offer(job, passed_over=worker_id)
         else:
             self.events.publish(f"JOB_{job['status'].upper()}", job)
         await self._after_checks(job)
@@ -674,9 +681,9 @@ class JobQueue:
         floor = self.registry.settings.replication_floor
         rate = trust.replicate_rate(trust.trust_of(record), floor)
         if len(job["replicas"]) == 1 and self.rng.random() >= rate:
-            runs = [run] if report.status == "completed" else []
             job = {k: v for k, v in job.items() if k != verdicts.ANSWERS}
-            job = await self._finish(tx, job, report.status, entry, runs, verified=False)
+            by = failures.of_job(report.status)
+            job = await self._finish(tx, job, report.status, entry, [run], **by, verified=False)
             await self._judge(tx, job, record, report)  # a trusted worker, taken at its word
             return job
         return await self._decide(tx, job, {**entry, "event": "replica"})
@@ -690,15 +697,18 @@ class JobQueue:
         done = {k: v for k, v in job.items() if k != verdicts.ANSWERS}
         if decision.outcome == verdicts.DISPUTED:
             failed = {"error": verdicts.DISPUTED}
-            return await self._finish(tx, done, "failed", entry, [], result=failed)
+            free = {failures.FAILED_BY: failures.WORKER}
+            return await self._finish(tx, done, "failed", entry, [], result=failed, **free)
         if decision.outcome == "verified":
             agreed = [r for r in job["replicas"] if r["workerId"] in decision.agreed]
             status = agreed[0].get("status", "completed")
             answer = job.get(verdicts.ANSWERS, {}).get(str(decision.digest), {})
             keep = ("workerId", "qubicAddress", "pricePerHour", "seconds")
-            runs = [{k: r[k] for k in keep} for r in agreed] if status == "completed" else []
+            runs = [{k: r[k] for k in keep} for r in agreed]  # a job's own failure is charged
+            answer = {**answer, **failures.of_job(status)}
             done = await self._finish(tx, done, status, entry, runs, **answer, verified=True)
-            for worker_id in decision.agreed:
+            # A job's own failure, however agreed, says nothing of who ran it.
+            for worker_id in decision.agreed if status == "completed" else ():
                 worker = workers[worker_id] or {}
                 after = trust.after_job(trust.trust_of(worker), status)
                 tx.put("providers", {**worker, trust.TRUST: after})
@@ -750,13 +760,16 @@ class JobQueue:
     async def _judge(self, tx: Transaction, job: Doc, provider: Doc, report: JobReport) -> None:
         """What a report says of its worker: a canary is checked against its answer (a wrong
         one quarantines the worker and flags its results since its last passed canary);
-        a renter's job counts as completed or failed."""
+        a renter's job counts when it completed (one that failed by its own doing says
+        nothing of its worker, failures.py)."""
         record = await tx.get("providers", provider["workerId"])
         if record is None:
             return
         now, before = self.clock(), trust.trust_of(record)
         if trust.CANARY not in job:
-            after = trust.after_job(before, report.status)
+            if report.status != "completed":
+                return  # a renter's job that failed by its own doing says nothing of its worker
+            after = trust.after_job(before, "completed")
         else:
             result = report.result if isinstance(report.result, dict) else {}
             passed = report.status == "completed" and (
@@ -775,8 +788,10 @@ class JobQueue:
     async def _flag_since(self, tx: Transaction, worker_id: str, since: float | None) -> None:
         """Mark what the worker completed since its last passed canary as unverified, and
         give back what their renters paid for them."""
-        where = {"workerId": worker_id, "status": "completed"}
-        for done in await tx.scan("jobs", where):
+        done_here = await tx.scan("jobs", {"workerId": worker_id, "status": "completed"})
+        failed = await tx.scan("jobs", {"workerId": worker_id, "status": "failed"})
+        charged = [j for j in failed if j.get(failures.FAILED_BY) == failures.JOB]
+        for done in [*done_here, *charged]:
             if trust.CANARY in done or "unverified" in done:
                 continue
             if since is None or done["updatedAt"] > since:
@@ -811,13 +826,13 @@ class JobQueue:
                 return  # reported or cancelled meanwhile
             entry = {"event": "lease_expired", "reason": reason, "workerId": job["workerId"]}
             entry["attempt"] = attempt
-            # replicas and jobs handed back are not retries
-            runs = attempt - len(job.get("replicas", [])) - job.get("preemptions", 0)
-            if reason == TIMED_OUT or runs >= job["maxAttempts"]:
-                job = await self._finish(tx, job, "failed", entry, [], result={"error": reason})
-            else:
-                job = self._change(tx, job, "queued", entry)
             record = await tx.get("providers", entry["workerId"])
+            if reason == TIMED_OUT:  # the job's own: charged for its time, as a report is
+                ran = [self._run(job, record)] if record is not None else []
+                failed = {"result": {"error": reason}, **failures.of_job("failed")}
+                job = await self._finish(tx, job, "failed", entry, ran, **failed)
+            else:
+                job = await self._retry(tx, job, entry, reason)
             if record is not None and reason == AGENT_LOST:
                 before = trust.trust_of(record)
                 lost = trust.CANARY in job
@@ -835,6 +850,16 @@ class JobQueue:
             return
         self.events.publish("JOB_REQUEUED", job)
         await self._offer(job)
+
+    async def _retry(self, tx: Transaction, job: Doc, entry: Doc, error: str) -> Doc:
+        """The worker's or the coordinator's failure (failures.py): free, and the job is
+        queued again as its next attempt until `maxAttempts` (replicas and hand-backs are
+        not retries); then it fails."""
+        runs = job["attempt"] - len(job.get("replicas", [])) - job.get("preemptions", 0)
+        if runs < job["maxAttempts"]:
+            return self._change(tx, job, "queued", entry)
+        failed = {"result": {"error": error}, failures.FAILED_BY: failures.WORKER}
+        return await self._finish(tx, job, "failed", entry, [], **failed)
 
     # -- state -----------------------------------------------------------------------
 
@@ -888,7 +913,11 @@ HIDDEN = (HOLDER, trust.CANARY, trust.CANARIED, verdicts.ANSWERS, verdicts.CHECK
 def shown(job: Doc) -> Doc:
     """A job as answers and events show it: without the lease holder's token hash, nor a
     canary's answer (nor that it is one), nor the bookkeeping of checks."""
-    return {k: v for k, v in job.items() if k not in HIDDEN}
+    view = {k: v for k, v in job.items() if k not in HIDDEN}
+    payload = job.get("payload")
+    if isinstance(payload, dict) and isinstance(payload.get("env"), dict):
+        view["payload"] = {**payload, "env": dict.fromkeys(payload["env"], SECRET)}
+    return view
 
 
 def _is_repeat(job: Doc, worker_id: str, report: JobReport) -> bool:

@@ -7,6 +7,7 @@ import base64
 import binascii
 import math
 import re
+import urllib.parse
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal, get_args
 
@@ -297,13 +298,31 @@ EnvVars = Annotated[
 ]
 
 
+def _http_url(value: str | None) -> str | None:
+    """A URL whose host and port can be read (urlsplit and `.port` raise on the rest)."""
+    if value is None:
+        return None
+    try:
+        parts = urllib.parse.urlsplit(value)
+        port = parts.port
+    except ValueError as exc:
+        raise ValueError(f"not a valid URL: {exc}") from None
+    if not parts.hostname:
+        raise ValueError("not a valid URL: it names no host")
+    if port == 0:
+        raise ValueError("not a valid URL: port 0")
+    return value
+
+
 class Input(Body):
     """A file the job finds in `$QUBIX_INPUT` by its name: one uploaded to this server
     (`POST /api/inputs` gives its `sha256`), or one the worker fetches from `url`."""
 
     name: FileName
     sha256: Sha256
-    url: str | None = Field(default=None, max_length=2048, pattern=r"^https?://[^\s]+$")
+    url: Annotated[str | None, AfterValidator(_http_url)] = Field(
+        default=None, max_length=2048, pattern=r"^https?://[^\s]+$"
+    )
 
 
 def _pinned(value: str | None) -> str | None:
@@ -323,7 +342,6 @@ class PythonPayload(Body):
         default=None, max_length=64 * 1024, description="name==version lines, --hash allowed."
     )
     env: EnvVars
-    timeoutS: int | None = Field(default=None, ge=1, le=7 * 86_400)
 
     @model_validator(mode="after")
     def _one_script(self) -> PythonPayload:
@@ -337,7 +355,6 @@ class CommandPayload(Body):
         min_length=1, max_length=256
     )
     env: EnvVars
-    timeoutS: int | None = Field(default=None, ge=1, le=7 * 86_400)
 
 
 class MatmulPayload(Body):
@@ -449,6 +466,11 @@ class JobSubmit(Body):
         names = [i.name for i in self.inputs]
         if len(set(names)) != len(names):
             raise ValueError("two inputs have the same name")
+        if "timeoutS" in self.payload:
+            raise ValueError(
+                "payload.timeoutS is not a field: a job has one timeout, its own timeoutS "
+                "(beside type and payload)"
+            )
         script = self.payload.get("scriptInput")
         if isinstance(script, str) and script not in names:
             raise ValueError(f"scriptInput {script!r} is not the name of one of the inputs")
@@ -664,6 +686,9 @@ class Job(JobSubmit):
     why: QueueWhy | None = Field(default=None, description="While queued: why it waits.")
     verified: bool | None = Field(default=None, description="Replicas agreed on the result.")
     unverified: str | None = Field(default=None, description="Why its result is in doubt.")
+    failedBy: Literal["job", "worker"] | None = Field(
+        default=None, description="Once failed: its own doing (charged) or not (free)."
+    )
     log: dict[str, int] | None = Field(default=None, description="storedBytes, droppedLines")
 
 

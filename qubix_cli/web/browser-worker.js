@@ -25,7 +25,14 @@ let pollWaitS = 25;
 let jobsDone = 0;
 let poller = null; // the long-poll's AbortController
 
-class JobError extends Error {}
+// A failure of the job's own (a shader that does not compile: charged), or, with `by`
+// "worker", of this browser's (free, and the job runs again): docs/billing.md.
+class JobError extends Error {
+  constructor(message, by = "job") {
+    super(message);
+    this.by = by;
+  }
+}
 
 function say(state, extra = {}) {
   postMessage({ type: "state", state, jobsDone, ...extra });
@@ -41,7 +48,7 @@ async function adapter() {
 async function gpu() {
   if (device) return device;
   const found = await adapter();
-  if (!found) throw new JobError("WebGPU has no adapter any more");
+  if (!found) throw new JobError("WebGPU has no adapter any more", "worker");
   const requiredLimits = Object.fromEntries(LIMITS.map((name) => [name, found.limits[name]]));
   device = await found.requestDevice({ requiredLimits });
   device.lost.then(() => { device = null; });
@@ -225,14 +232,17 @@ async function runJob(lease) {
   current = { id: job.id, attempt, type: job.type, abort: (outcome) => stop(outcome) };
   say("running", { jobId: job.id, jobType: job.type });
   heartbeat(); // renew the lease at once, as the native agent does
-  const timer = setTimeout(() => stop(["failed", { error: `abandoned after ${limitS} s: a browser job runs at most that long` }]), limitS * 1000);
+  const ownLimit = limitS === job.timeoutS; // its own timeout, not this browser's cap
+  const abandoned = { error: `abandoned after ${limitS} s: a browser job runs at most that long`, failedBy: ownLimit ? "job" : "worker" };
+  const timer = setTimeout(() => stop(["failed", abandoned]), limitS * 1000);
   const work = (async () => {
     const runner = RUNNERS[job.type];
-    if (!runner) return ["failed", { error: `this browser does not run ${job.type} jobs` }];
+    if (!runner) return ["failed", { error: `this browser does not run ${job.type} jobs`, failedBy: "worker" }];
     try {
       return ["completed", await runner(job)];
     } catch (error) {
-      return ["failed", { error: error instanceof JobError ? error.message : `WebGPU failed: ${error.message || error}` }];
+      const ours = error instanceof JobError;
+      return ["failed", { error: ours ? error.message : `WebGPU failed: ${error.message || error}`, failedBy: ours ? error.by : "worker" }];
     }
   })();
   const [status, result] = await Promise.race([work, stopped]);

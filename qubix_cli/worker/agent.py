@@ -557,7 +557,10 @@ class Agent:
         )
         outcome: jobs.Outcome = (
             "failed",
-            {"error": f"the job asks for {wanted} GPUs and fewer are free here"},
+            {
+                "error": f"the job asks for {wanted} GPUs and fewer are free here",
+                "failedBy": "worker",
+            },
             {},
         )
         try:
@@ -565,7 +568,7 @@ class Agent:
                 outcome = jobs.run_job(run)
         except Exception as exc:  # a job must never take the worker down with it
             log.exception("job %s crashed", job_id)
-            outcome = "failed", {"error": f"worker error: {exc}"}, {}
+            outcome = "failed", {"error": f"worker error: {exc}", "failedBy": "worker"}, {}
         if job_id in self.preempting:  # handed back: not a failure, no attempt spent
             why = (self.pause or {}).get("reason") or PAUSED_REASON
             outcome = "preempted", {"reason": why}, outcome[2]

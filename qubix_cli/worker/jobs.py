@@ -91,13 +91,14 @@ def run_job(run: Run) -> Outcome:
     if kind in capabilities(run.policy):
         status, result, metrics = JOB_TYPES[kind].runner(run)
     else:
-        status, result, metrics = "failed", {"error": f"this worker does not run {kind!r}"}, {}
+        error = f"this worker does not run {kind!r}"
+        status, result, metrics = "failed", {"error": error, "failedBy": "worker"}, {}
     metrics["durationS"] = round(time.monotonic() - started, 3)
     return status, result, metrics
 
 
 def _cancelled_result() -> Outcome:
-    return "failed", {"error": "cancelled"}, {}
+    return "failed", {"error": "cancelled", "failedBy": "worker"}, {}
 
 
 def wait_unless(seconds: float, stop: Cancelled) -> bool:
@@ -260,7 +261,7 @@ def run_program(run: Run, program: Program) -> Outcome:
     output to the coordinator, keep the last 64 KiB of stdout and stderr, and upload what
     it left in its output dir."""
     payload = run.job["payload"]
-    timeout_s = float(payload.get("timeoutS") or run.job.get("timeoutS") or 3600)
+    timeout_s = float(run.job.get("timeoutS") or 3600)
     workdir = tempfile.mkdtemp(prefix="qubix-job-")
     boxed = sandbox.available()
     try:
@@ -272,7 +273,7 @@ def run_program(run: Run, program: Program) -> Outcome:
                 fetch_inputs(run.api, run.job, inputs, run.networks)
             argv, extra, binds = program(run, workdir, boxed)
         except (InputError, ValueError, OSError) as exc:
-            return "failed", {"error": str(exc)}, {}
+            return "failed", {"error": str(exc), "failedBy": "worker"}, {}
         seen = sandbox.WORK if boxed else workdir
         extra = {
             **payload.get("env", {}),
@@ -285,7 +286,8 @@ def run_program(run: Run, program: Program) -> Outcome:
         try:
             proc = _start(run, argv, extra, binds, workdir, boxed)
         except (OSError, ValueError) as exc:
-            return "failed", {"error": f"cannot start {argv[0]!r}: {exc}"}, {}
+            error = f"cannot start {argv[0]!r}: {exc}"
+            return "failed", {"error": error, "failedBy": "worker"}, {}
         logs = LogStream(_log_sender(run)) if run.api is not None else None
         out, err = Tail(proc.stdout, logs), Tail(proc.stderr, logs)
         code, peak_rss_kb, reason = _supervise(proc, timeout_s, run.cancelled)
@@ -304,10 +306,12 @@ def run_program(run: Run, program: Program) -> Outcome:
             "sandbox": "bubblewrap" if boxed else "none",
             "gpus": run.assigned,
         }
-        if reason:
-            result["error"] = reason
-            return "failed", result, metrics
-        return ("completed" if code == 0 else "failed"), result, metrics
+        if reason:  # out of its time (the job's doing), or the worker stopping (its own)
+            by = "worker" if reason == "cancelled" else "job"
+            return "failed", {**result, "error": reason, "failedBy": by}, metrics
+        if code != 0:
+            return "failed", {**result, "failedBy": "job"}, metrics
+        return "completed", result, metrics
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 

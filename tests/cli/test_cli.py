@@ -192,3 +192,21 @@ def test_registration_text_refuses_c1_and_bidi_controls(server: ServerProcess) -
         assert answer.status_code == 422, (text, answer.text)
         assert answer.json()["details"][0]["field"] == "body.name"
     assert httpx.get(server.url + "/api/providers/w2").status_code == 404
+
+
+def test_jobs_list_and_show_give_the_names_of_env_variables_never_their_values(
+    server: ServerProcess,
+) -> None:
+    secret = "hf_" + "t0ken" * 8
+    payload = {"argv": ["env"], "env": {"HF_TOKEN": secret}}
+    body = {"type": "command", "payload": payload, "requirements": {"minReputation": 0}}
+    headers = {"Authorization": f"Bearer {API_KEY}"}
+    made = httpx.post(f"{server.url}/api/jobs", json=body, headers=headers)
+    assert made.status_code == 201, made.text
+    listed = qubix("jobs", "list", "--json", server=server.url)
+    shown = qubix("jobs", "show", made.json()["job"]["id"], "--json", server=server.url)
+    for done in (listed, shown):
+        assert done.returncode == 0, done.stderr
+        assert secret not in done.stdout + done.stderr
+    assert json.loads(shown.stdout)["payload"]["env"] == {"HF_TOKEN": "***"}
+    assert secret not in made.text + server.output()

@@ -451,7 +451,9 @@ def test_the_charge_is_the_lease_price_times_the_servers_time_and_the_hold_is_re
     assert charge["qubicAddress"] == register_body()["qubicAddress"]
 
 
-def test_failed_lost_and_cancelled_work_costs_nothing(app_client: TestClient, clock: Clock) -> None:
+def test_the_workers_failures_lost_and_cancelled_work_cost_nothing(
+    app_client: TestClient, clock: Clock
+) -> None:
     client = app_client
     alice = account(client, "alice")
     credit(client, "alice", 100)
@@ -460,15 +462,16 @@ def test_failed_lost_and_cancelled_work_costs_nothing(app_client: TestClient, cl
     failed = submit(client, alice, **limit).json()["job"]
     lease(client, "worker-1", token)
     clock.now += 600
+    # No program ran (no exit code): the worker's failure (tests/server/test_failures.py).
     report(client, failed["id"], token, 1, status="failed", result={"error": "boom"})
     cancelled = submit(client, alice, **limit).json()["job"]
     client.post(f"/api/jobs/{cancelled['id']}/cancel", headers=auth(alice))
     lost = submit(client, alice, **limit).json()["job"]
     lease(client, "worker-1", token)
-    clock.now += 10_000  # its lease expires
+    clock.now += 200  # its lease expires (3 intervals), well before its timeout
     client.portal.call(client.app.state.jobs.expire_leases)  # type: ignore[attr-defined]
     shown = client.get(f"/api/jobs/{lost['id']}", headers=auth(alice)).json()["job"]
-    assert shown["status"] == "failed"
+    assert (shown["status"], shown["failedBy"]) == ("failed", "worker")
     after = balance(client, "alice")
     assert (after["balance"], after["held"]) == (100.0, 0.0)
     kinds = [e["kind"] for e in client.get("/api/ledger", headers=KEY).json()["entries"]]

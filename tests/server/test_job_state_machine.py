@@ -47,7 +47,7 @@ class Expected:
     holder: str | None = None
     lease_expires: float | None = None
     leased_at: float = 0.0
-    report: tuple[str, int, str] | None = None  # the accepted (worker, attempt, status)
+    report: tuple[str, int, str, str] | None = None  # accepted (worker, attempt, status, by)
 
 
 class JobMachine(RuleBasedStateMachine):
@@ -139,11 +139,13 @@ class JobMachine(RuleBasedStateMachine):
         job_id=jobs,
         stale=st.booleans(),
         status=st.sampled_from(["completed", "failed"]),
+        by=st.sampled_from(["job", "worker"]),
     )
-    def report(self, worker: str, job_id: str, stale: bool, status: str) -> None:
+    def report(self, worker: str, job_id: str, stale: bool, status: str, by: str) -> None:
         expected = self.model[job_id]
         attempt = max(1, expected.attempt - 1) if stale else max(1, expected.attempt)
-        body = {"attempt": attempt, "status": status, "result": {"by": worker, "attempt": attempt}}
+        result = {"by": worker, "attempt": attempt, "failedBy": by}
+        body = {"attempt": attempt, "status": status, "result": result}
         answer = self.client.post(
             f"/api/jobs/{job_id}/complete", json=body, headers=self.tokens[worker]
         )
@@ -151,11 +153,15 @@ class JobMachine(RuleBasedStateMachine):
             worker,
             attempt,
         )
-        repeat = expected.report == (worker, attempt, status)
+        repeat = expected.report == (worker, attempt, status, by)
         if holds or repeat:
             assert answer.status_code == 200, answer.text
-            if holds:
-                expected.status, expected.report = status, (worker, attempt, status)
+            if holds and status == "failed" and by == "worker":  # free, and it runs again
+                retried = expected.attempt < expected.max_attempts
+                expected.status = "queued" if retried else "failed"
+                expected.holder = expected.lease_expires = None
+            elif holds:
+                expected.status, expected.report = status, (worker, attempt, status, by)
                 expected.holder = expected.lease_expires = None
         else:
             assert answer.status_code == 409, answer.text

@@ -178,3 +178,21 @@ def test_stored_inputs_are_private(client: Any, tmp_path: Path) -> None:
     sha = uploaded.json()["sha256"]
     assert blobs.stat().st_mode & 0o777 == 0o700
     assert (blobs / sha[:2]).stat().st_mode & 0o777 == 0o700
+
+
+@pytest.mark.parametrize(
+    "url", ["http://[::1/x", "http://h:99999/x", "http://h:abc/x", "http:///x", "https://h:0/x"]
+)
+def test_an_input_url_whose_host_or_port_cannot_be_read_is_a_422(
+    client: TestClient, url: str
+) -> None:
+    body = {
+        "type": "command",
+        "payload": {"argv": ["true"]},
+        "inputs": [{"name": "a", "sha256": "a" * 64, "url": url}],
+    }
+    answer = client.post("/api/jobs", json=body, headers=KEY)
+    assert answer.status_code == 422, answer.text
+    assert answer.json()["details"][0]["field"] == "body.inputs.0.url"
+    assert "not a valid URL" in answer.json()["message"]
+    assert client.get("/api/jobs", headers=KEY).json()["total"] == 0

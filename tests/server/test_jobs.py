@@ -305,7 +305,8 @@ def test_job_events(client: TestClient) -> None:
         report(client, job["id"], token, 1)
         failed = submit(client)
         lease(client, "worker-1", token)
-        report(client, failed["id"], token, 1, status="failed")
+        own = {"exitCode": 3, "failedBy": "job"}  # its own failure: it ends failed
+        report(client, failed["id"], token, 1, status="failed", result=own)
         cancelled = submit(client)
         client.post(f"/api/jobs/{cancelled['id']}/cancel", headers=KEY)
         for _ in range(8):
@@ -445,7 +446,8 @@ def test_a_job_past_its_timeout_fails_whatever_the_heartbeats_say(make_client: A
     assert cancels == [job["id"]]  # the worker is told to stop it
     failed = client.get(f"/api/jobs/{job['id']}", headers=KEY).json()["job"]
     assert (failed["status"], failed["result"]) == ("failed", {"error": "timeout"})
-    assert failed["history"][-1]["workerId"] == "worker-1"  # counted against the worker
+    assert failed["history"][-1]["workerId"] == "worker-1"
+    assert failed["failedBy"] == "job"  # its own timeout: charged, and not the worker's fault
     assert time.monotonic() - deadline + 10 >= 1.2  # not before timeoutS plus an interval
 
 
@@ -522,3 +524,39 @@ def test_bad_requirements_are_refused(client: TestClient, body: dict[str, Any]) 
     response = client.post("/api/jobs", json=body, headers=KEY)
     assert response.status_code == 422, response.text
     assert client.get("/api/jobs", headers=KEY).json()["total"] == 0
+
+
+@pytest.mark.parametrize("kind", ["command", "python"])
+def test_a_payload_timeout_is_refused_in_favour_of_the_jobs_own(
+    client: TestClient, kind: str
+) -> None:
+    payload = {"argv": ["sleep", "20"]} if kind == "command" else {"script": "pass"}
+    body = {"type": kind, "payload": {**payload, "timeoutS": 60}, "timeoutS": 3}
+    answer = client.post("/api/jobs", json=body, headers=KEY)
+    assert answer.status_code == 422, answer.text
+    assert "its own timeoutS" in answer.json()["message"]
+    assert client.get("/api/jobs", headers=KEY).json()["total"] == 0
+    del body["payload"]["timeoutS"]
+    assert client.post("/api/jobs", json=body, headers=KEY).status_code == 201
+
+
+def test_env_values_are_shown_only_in_the_workers_lease(client: TestClient) -> None:
+    token = register(client, capabilities=["command"])
+    secret = "hf_" + "s3cr3t" * 6
+    payload = {"argv": ["true"], "env": {"HF_TOKEN": secret, "MODE": "fast"}}
+    masked = {"HF_TOKEN": "***", "MODE": "***"}
+    with client.websocket_connect("/api/events", headers=KEY) as ws:
+        body = {"type": "command", "payload": payload, "requirements": {"minReputation": 0}}
+        made = client.post("/api/jobs", json=body, headers=KEY)
+        leased = lease(client, "worker-1", token)
+        assert leased is not None and leased["job"]["payload"]["env"] == payload["env"]
+        seen = [
+            made.text,
+            client.get("/api/jobs", headers=KEY).text,
+            client.get(f"/api/jobs/{made.json()['job']['id']}", headers=KEY).text,
+            client.post(f"/api/jobs/{made.json()['job']['id']}/cancel", headers=KEY).text,
+            *(str(ws.receive_json()) for _ in range(3)),  # queued, assigned, cancelled
+        ]
+    assert made.json()["job"]["payload"]["env"] == masked
+    assert all(secret not in text for text in seen), seen
+    assert client.get("/api/jobs", headers=KEY).json()["jobs"][0]["payload"]["env"] == masked

@@ -69,8 +69,12 @@ def test_a_second_signal_cancels_the_job_and_reports_it_failed(
     worker.signal(signal.SIGINT)
     assert worker.wait() == 0
     assert time.monotonic() - started < 10
-    done = job(server, job_id)
-    assert done["status"] == "failed" and done["result"] == {"error": "cancelled"}
+    done = job(server, job_id)  # the worker's own doing: free, and queued for another
+    assert (done["status"], done["attempt"]) == ("queued", 1)
+    assert (done["history"][-1]["event"], done["history"][-1]["error"]) == (
+        "worker_failed",
+        "cancelled",
+    )
 
 
 def test_an_idle_worker_stops_at_once_on_sigterm(server: ServerProcess, workers: Any) -> None:

@@ -246,7 +246,8 @@ def test_a_worker_refuses_a_user_job_it_cannot_sandbox(monkeypatch: pytest.Monke
     monkeypatch.setattr(sandbox, "available", lambda: False)
     job_doc = {"id": "job_1", "type": "command", "payload": {"argv": ["/bin/true"]}}
     status, result, _ = jobs.run_job(jobs.Run(job_doc, lambda: False))
-    assert status == "failed" and result == {"error": "this worker does not run 'command'"}
+    assert status == "failed"
+    assert result == {"error": "this worker does not run 'command'", "failedBy": "worker"}
     allowed = jobs.Policy(allow_unsandboxed=True)
     assert jobs.run_job(jobs.Run(job_doc, lambda: False, policy=allowed))[0] == "completed"
 
