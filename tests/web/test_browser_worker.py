@@ -107,7 +107,7 @@ def test_the_page_runs_a_matmul_and_a_wgsl_job_and_both_check(
         maxAttempts=1,
     )
     finished = done(web_server, broken)
-    assert finished["status"] == "failed"
+    assert (finished["status"], finished["failedBy"]) == ("failed", "job")  # its own: charged
     assert "does not compile" in finished["result"]["error"]
     expect(page.locator("#status")).to_contain_text("3 job(s) done")
     earned = httpx.get(f"{web_server.url}/api/earnings/{ADDRESS}").json()["allTime"]
@@ -236,7 +236,7 @@ def test_a_job_past_its_time_is_abandoned_and_a_cancelled_one_stopped(
         web_server, type="wgsl", payload=WGSL, requirements=ON_SOFTWARE, timeoutS=2, maxAttempts=1
     )
     finished = done(web_server, slow, timeout=30)
-    assert finished["status"] == "failed"
+    assert (finished["status"], finished["failedBy"]) == ("failed", "job")  # its own timeout
     assert finished["result"]["error"].startswith("abandoned after 2 s")
     expect(page.locator("#doing")).to_contain_text("Idle")
     cancelled = submit(web_server, type="wgsl", payload=WGSL, requirements=ON_SOFTWARE)
