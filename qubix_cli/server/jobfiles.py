@@ -166,9 +166,10 @@ class JobFiles:
         deadline = loop.time() + query.wait
         while True:
             with self.log_waiters.watch(job_id) as woken:
-                job = await find_job(self.store, job_id)
+                job, found = await self.log_waiters.read(job_id, self._log_state)
                 log = job.get("log") or {"attempt": job["attempt"], "droppedLines": 0}
-                chunks = await self._chunks(job_id, log["attempt"], query.after)
+                wanted = [c for c in found if c["attempt"] == log["attempt"]]
+                chunks = [c for c in wanted if c["seq"] > query.after][:LOG_CHUNKS_PER_ANSWER]
                 answer = {
                     "attempt": log["attempt"],
                     "chunks": [{"seq": c["seq"], "text": c["text"]} for c in chunks],
@@ -181,10 +182,10 @@ class JobFiles:
                 if not woken.done():
                     return answer  # nothing changed since it was read
 
-    async def _chunks(self, job_id: str, attempt: int, after: int) -> list[Doc]:
-        found = await self.store.scan("logs", where={"jobId": job_id}, order_by="id")
-        wanted = [c for c in found if c["attempt"] == attempt and c["seq"] > after]
-        return wanted[:LOG_CHUNKS_PER_ANSWER]
+    async def _log_state(self, job_id: str) -> tuple[Doc, list[Doc]]:
+        """The job and every chunk of its log, as the store has them now."""
+        job = await find_job(self.store, job_id)
+        return job, await self.store.scan("logs", where={"jobId": job_id}, order_by="id")
 
     # -- retention -------------------------------------------------------------------
 

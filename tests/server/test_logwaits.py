@@ -108,3 +108,20 @@ def test_a_log_appended_on_one_replica_wakes_a_poll_on_another(
             send(a, made["id"], token, "from a\n")
             assert polled.result().json()["chunks"] == [{"seq": 0, "text": "from a\n"}]
         assert len(reads) == 2  # when it began, and when a's append was told
+
+
+def test_polls_woken_by_one_log_part_share_one_read(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    made, token, _ = running(client)
+    url = f"/api/jobs/{made['id']}/logs"
+    app: Any = client.app
+    wait_for(lambda: getattr(app.state.store, "_listening", True))
+    with ThreadPoolExecutor(3) as pool:
+        polls = [pool.submit(client.get, url, params={"wait": 30}, headers=KEY) for _ in range(3)]
+        wait_for(lambda: waiting(client) == 3)
+        reads = count_log_reads(client, monkeypatch)
+        send(client, made["id"], token, "to all\n")
+        for poll in polls:
+            assert poll.result().json()["chunks"] == [{"seq": 0, "text": "to all\n"}]
+    assert len(reads) == 1  # one read for the three
