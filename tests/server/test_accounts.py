@@ -4,7 +4,6 @@ apart, revocation, quotas, budgets and holds, prices, fair shares and the ledger
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,31 +16,8 @@ from qubix_cli.server.routes import ENDPOINTS
 from qubix_cli.server.settings import Settings
 from tests.conftest import NO_LIMITS, auth, register
 from tests.helpers import API_KEY, KEY, register_body
+from tests.server.conftest import Clock
 from tests.server.test_jobs import lease, report
-
-
-class Clock:
-    """The server's time, moved on by the test (and by a microsecond at each reading, so
-    that jobs are made in order)."""
-
-    def __init__(self) -> None:
-        self.now = 1_800_000_000.0
-
-    def __call__(self) -> float:
-        self.now += 1e-6
-        return self.now
-
-
-@pytest.fixture
-def clock() -> Clock:
-    return Clock()
-
-
-@pytest.fixture
-def app_client(tmp_path: Path, clock: Clock) -> Iterator[TestClient]:
-    settings = Settings(data_dir=tmp_path / "data", api_key=API_KEY, canaries=False, **NO_LIMITS)  # type: ignore[arg-type]
-    with TestClient(create_app(settings, clock)) as c:
-        yield c
 
 
 def account(client: TestClient, name: str, role: str = "renter") -> str:

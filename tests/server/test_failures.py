@@ -3,36 +3,20 @@ job runs again, and what it does to the worker's record (docs/billing.md, docs/t
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
-import pytest
 from starlette.testclient import TestClient
 
 from qubix_cli.server import failures
-from qubix_cli.server.app import create_app
-from qubix_cli.server.settings import Settings
-from tests.conftest import NO_LIMITS, auth
+from tests.conftest import auth
 from tests.helpers import API_KEY, KEY
-from tests.server.test_accounts import Clock, account, balance, credit, priced_worker, submit
+from tests.server.conftest import Clock
+from tests.server.test_accounts import account, balance, credit, priced_worker, submit
 from tests.server.test_jobs import lease, report
 from tests.server.test_trust import provider_trust, replicating
 
 OWN_EXIT = {"exitCode": 3, "stdoutTail": "", "stderrTail": "", "failedBy": "job"}
 PRICED = {"requirements": {"maxPricePerHour": 10}, "timeoutS": 3600}
-
-
-@pytest.fixture
-def clock() -> Clock:
-    return Clock()
-
-
-@pytest.fixture
-def app_client(tmp_path: Path, clock: Clock) -> Iterator[TestClient]:
-    settings = Settings(data_dir=tmp_path / "data", api_key=API_KEY, canaries=False, **NO_LIMITS)  # type: ignore[arg-type]
-    with TestClient(create_app(settings, clock)) as c:
-        yield c
 
 
 def shown(client: TestClient, job_id: str, key: str = API_KEY) -> dict[str, Any]:

@@ -15,16 +15,12 @@ from qubix_cli.server.app import create_app
 from qubix_cli.server.settings import Settings
 from tests.conftest import NO_LIMITS, auth, register
 from tests.helpers import API_KEY, KEY
-from tests.server.test_accounts import Clock, account
+from tests.server.conftest import Clock
+from tests.server.test_accounts import account
 from tests.server.test_accounts import submit as submit_as
 from tests.server.test_jobs import lease, report, submit
 
 KIB = 1024
-
-
-@pytest.fixture
-def clock() -> Clock:
-    return Clock()
 
 
 @pytest.fixture
