@@ -29,6 +29,13 @@ def charges(client: TestClient, job_id: str) -> list[dict[str, Any]]:
     return [e for e in entries if e["kind"] == "charge"]
 
 
+def renter_and_worker(client: TestClient, price: float) -> tuple[str, str]:
+    """Alice's key, with 100 on her balance, and the token of `worker-1` asking `price`."""
+    alice = account(client, "alice")
+    credit(client, "alice", 100)
+    return alice, priced_worker(client, "worker-1", price)
+
+
 def expire(client: TestClient) -> None:
     client.portal.call(client.app.state.jobs.expire_leases)  # type: ignore[attr-defined]
 
@@ -37,9 +44,7 @@ def test_a_job_that_failed_by_its_own_doing_is_charged_like_a_completed_one(
     app_client: TestClient, clock: Clock
 ) -> None:
     client = app_client
-    alice = account(client, "alice")
-    credit(client, "alice", 100)
-    token = priced_worker(client, "worker-1", 10.0)
+    alice, token = renter_and_worker(client, 10.0)
     job = submit(client, alice, **PRICED).json()["job"]
     lease(client, "worker-1", token)
     clock.now += 900
@@ -54,9 +59,7 @@ def test_a_failure_of_the_workers_is_free_and_runs_again_until_max_attempts(
     app_client: TestClient, clock: Clock
 ) -> None:
     client = app_client
-    alice = account(client, "alice")
-    credit(client, "alice", 100)
-    token = priced_worker(client, "worker-1", 10.0)
+    alice, token = renter_and_worker(client, 10.0)
     job = submit(client, alice, **PRICED, maxAttempts=2).json()["job"]
     lease(client, "worker-1", token)
     clock.now += 600
@@ -82,9 +85,7 @@ def test_a_job_that_ran_past_its_timeout_is_charged_for_its_timeout(
     app_client: TestClient, clock: Clock
 ) -> None:
     client = app_client
-    alice = account(client, "alice")
-    credit(client, "alice", 100)
-    token = priced_worker(client, "worker-1", 36.0)
+    alice, token = renter_and_worker(client, 36.0)
     job = submit(client, alice, requirements={"maxPricePerHour": 36}, timeoutS=60).json()["job"]
     lease(client, "worker-1", token)
     clock.now += 100  # past its 60 s and a heartbeat interval, whatever the heartbeats say
@@ -102,9 +103,7 @@ def test_a_lost_lease_ends_failed_by_the_worker_for_free_after_max_attempts(
     app_client: TestClient, clock: Clock
 ) -> None:
     client = app_client
-    alice = account(client, "alice")
-    credit(client, "alice", 100)
-    token = priced_worker(client, "worker-1", 10.0)
+    alice, token = renter_and_worker(client, 10.0)
     job = submit(client, alice, **PRICED, maxAttempts=1).json()["job"]
     lease(client, "worker-1", token)
     clock.now += 200  # its lease (3 intervals) expires long before its timeout
@@ -126,9 +125,7 @@ def test_a_renters_failures_leave_the_workers_record_as_it_was(
     app_client: TestClient, clock: Clock
 ) -> None:
     client = app_client
-    alice = account(client, "alice")
-    credit(client, "alice", 100)
-    token = priced_worker(client, "worker-1", 0.0)
+    alice, token = renter_and_worker(client, 0.0)
     for _ in range(3):
         job = submit(client, alice).json()["job"]
         lease(client, "worker-1", token)
