@@ -52,15 +52,20 @@ async def settled(postgres: Postgres, polls: int, most_s: float = 20.0) -> None:
         before = now
 
 
-async def quiet(postgres: Postgres, client: httpx.AsyncClient, probes: int) -> None:
+async def measure(label: str, postgres: Postgres, client: httpx.AsyncClient, probes: int) -> None:
+    """/healthz's latency, and the transactions a second besides its own, printed."""
     before = postgres.transactions()
     started = time.perf_counter()
     taken = await probe(client, probes)
     rate = (postgres.transactions() - before - probes) / (time.perf_counter() - started)
     print(
-        f"no polls waiting: /healthz p50 {percentile(taken, 50):.1f} ms, "
+        f"{label}: /healthz p50 {percentile(taken, 50):.1f} ms, "
         f"p99 {percentile(taken, 99):.1f} ms; other transactions {rate:.0f}/s"
     )
+
+
+async def quiet(postgres: Postgres, client: httpx.AsyncClient, probes: int) -> None:
+    await measure("no polls waiting", postgres, client, probes)
 
 
 async def loaded(
@@ -81,14 +86,7 @@ async def loaded(
     waiting = [asyncio.ensure_future(wait(n)) for n in range(polls)]
     await settled(postgres, polls)
     assert not any(w.done() for w in waiting), [w.result().text for w in waiting if w.done()][:1]
-    before = postgres.transactions()
-    started = time.perf_counter()
-    taken = await probe(client, probes)
-    rate = (postgres.transactions() - before - probes) / (time.perf_counter() - started)
-    print(
-        f"{polls} log long-polls waiting: /healthz p50 {percentile(taken, 50):.1f} ms, "
-        f"p99 {percentile(taken, 99):.1f} ms; other transactions {rate:.0f}/s"
-    )
+    await measure(f"{polls} log long-polls waiting", postgres, client, probes)
     body = {"attempt": 1, "text": "hello\n"}
     cpu, before = server.cpu_s(), postgres.transactions()
     posted = await client.post(url, json=body, headers=worker)
