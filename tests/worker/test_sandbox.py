@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 import pytest
 
-from qubix_cli.worker import jobs, sandbox
+from qubix_cli.worker import jobs, process, sandbox
 from tests.helpers import ServerProcess, job, submit, wait_for
 from tests.worker.fakes import nvidia
 
@@ -147,7 +147,7 @@ def test_a_timeout_leaves_no_process_behind_even_detached_ones(
     wait_for(lambda: sleeps <= set(_leftovers(mark)), timeout=20)  # all three were running
     done = finished(server, job_id)
     assert "timed out" in done["result"]["error"]
-    assert len(done["result"]["stdoutTail"]) == jobs.TAIL_BYTES  # the output is capped
+    assert len(done["result"]["stdoutTail"]) == process.TAIL_BYTES  # the output is capped
     wait_for(lambda: _leftovers(mark) == [], timeout=5)
 
 
