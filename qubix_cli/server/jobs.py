@@ -613,7 +613,7 @@ class JobQueue:
             elif trust.CANARY not in job and failures.on_worker(report.status, report.result):
                 error = failures.error_of(report.result)
                 failed = {**entry, "event": "worker_failed", "error": error}
-                job = await self._retry(tx, job, failed, error)
+                job = await self._retry(tx, job, failed, report.result)
             elif job.get("verify") == "replicate":
                 job = await self._replicated(tx, job, record, report, entry, run)
             else:
@@ -832,7 +832,7 @@ class JobQueue:
                 failed = {"result": {"error": reason}, **failures.of_job("failed")}
                 job = await self._finish(tx, job, "failed", entry, ran, **failed)
             else:
-                job = await self._retry(tx, job, entry, reason)
+                job = await self._retry(tx, job, entry, {"error": reason})
             if record is not None and reason == AGENT_LOST:
                 before = trust.trust_of(record)
                 lost = trust.CANARY in job
@@ -851,14 +851,15 @@ class JobQueue:
         self.events.publish("JOB_REQUEUED", job)
         await self._offer(job)
 
-    async def _retry(self, tx: Transaction, job: Doc, entry: Doc, error: str) -> Doc:
+    async def _retry(self, tx: Transaction, job: Doc, entry: Doc, result: Any) -> Doc:
         """The worker's or the coordinator's failure (failures.py): free, and the job is
         queued again as its next attempt until `maxAttempts` (replicas and hand-backs are
-        not retries); then it fails."""
+        not retries); then it fails with `result`, the last failure's whole (the history
+        keeps only its error, shortened)."""
         runs = job["attempt"] - len(job.get("replicas", [])) - job.get("preemptions", 0)
         if runs < job["maxAttempts"]:
             return self._change(tx, job, "queued", entry)
-        failed = {"result": {"error": error}, failures.FAILED_BY: failures.WORKER}
+        failed = {"result": result, failures.FAILED_BY: failures.WORKER}
         return await self._finish(tx, job, "failed", entry, [], **failed)
 
     # -- state -----------------------------------------------------------------------

@@ -171,7 +171,9 @@ def test_a_tampered_upload_fails_the_job_before_it_runs(
     (server.data_dir / "blobs" / sha[:2] / sha).write_text("damaged!")
     restarted = Worker(tmp_path, server.url, "w2")
     try:
-        wait_for(lambda: job(server, job_id)["status"] == "failed", timeout=30)
+        # The worker's failure, free and retried until maxAttempts: a lone worker takes the
+        # requeued job at its next poll.
+        wait_for(lambda: job(server, job_id)["status"] == "failed", timeout=120)
         assert (
             "it was changed or damaged, so the job does not run"
             in job(server, job_id)["result"]["error"]
