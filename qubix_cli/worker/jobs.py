@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Tuple
 
-from qubix_cli.worker import engine, process, sandbox, state
+from qubix_cli.worker import engine, jobuser, process, sandbox, state
 from qubix_cli.worker.client import Client, Transient
 from qubix_cli.worker.envs import Envs, pinned_requirements
 from qubix_cli.worker.logstream import LogStream
@@ -214,23 +214,25 @@ def _build(run: Run, args: list[str], work: str, network: bool) -> tuple[int, st
             network=network,
             binds=sandbox.python_binds(),
         )
-        argv, handed = sandbox.hand_over(argv, sandbox_environment({}))
+        jobuser.give(work)
+        argv, handed, before = sandbox.hand_over(argv, sandbox_environment({}))
         cwd, env, fds = "/", sandbox.HOST_ENV, [handed.fileno()]
     else:
         inside = sandbox.WORK + "/"
         argv = [sys.executable, *(a.replace(inside, work + "/", 1) for a in args)]
-        cwd, env, fds, handed = work, job_environment({}), [], None
+        cwd, env, fds, handed, before = work, job_environment({}), [], None, None
     try:
         done = subprocess.run(
             argv,
             cwd=cwd,
             env=env,
             pass_fds=fds,
+            preexec_fn=before,
             stdin=subprocess.DEVNULL,
             capture_output=True,
             timeout=1800,
         )
-    except (OSError, subprocess.TimeoutExpired) as exc:
+    except (OSError, subprocess.SubprocessError) as exc:
         return 1, f"ERROR: {exc}"
     finally:
         if handed is not None:
@@ -263,7 +265,9 @@ def run_program(run: Run, program: Program) -> Outcome:
             if run.api is not None:
                 fetch_inputs(run.api, run.job, inputs, run.networks)
             argv, extra, binds = program(run, workdir, boxed)
-        except (InputError, ValueError, OSError) as exc:
+            if boxed:
+                jobuser.give(workdir)  # a root worker's job runs as its own user
+        except (InputError, ValueError, OSError, subprocess.SubprocessError) as exc:
             return "failed", {"error": str(exc), "failedBy": "worker"}, {}
         seen = sandbox.WORK if boxed else workdir
         extra = {
@@ -276,7 +280,7 @@ def run_program(run: Run, program: Program) -> Outcome:
         }
         try:
             proc = _start(run, argv, extra, binds, workdir, boxed)
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError, subprocess.SubprocessError) as exc:
             error = f"cannot start {argv[0]!r}: {exc}"
             return "failed", {"error": error, "failedBy": "worker"}, {}
         logs = LogStream(_log_sender(run)) if run.api is not None else None
@@ -344,10 +348,11 @@ def _start(
         network=network,
         binds=binds,
     )
-    command, handed = sandbox.hand_over(wrapped, sandbox_environment(extra))
+    command, handed, before = sandbox.hand_over(wrapped, sandbox_environment(extra))
     with handed:
         fds = (handed.fileno(),)
-        return process.spawn(command, "/", sandbox.HOST_ENV, run.memory_mb, run.cpu_threads, fds)
+        limits = (run.memory_mb, run.cpu_threads)
+        return process.spawn(command, "/", sandbox.HOST_ENV, *limits, fds, before)
 
 
 def run_matmul(run: Run) -> Outcome:

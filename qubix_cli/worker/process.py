@@ -48,9 +48,11 @@ def spawn(
     memory_mb: int | None,
     cpu_threads: int | None,
     pass_fds: tuple[int, ...] = (),
+    before: Callable[[], None] | None = None,
 ) -> Any:
     """Start a job's program below the owner's work: at low priority, without core dumps,
-    within its memory, and (Linux) on only as many CPUs as the provider allows."""
+    within its memory, and (Linux) on only as many CPUs as the provider allows; `before`
+    runs in the child last, before exec (the sandbox's: it drops to the job's user)."""
     options: dict[str, Any] = {
         "cwd": cwd,
         "env": env,
@@ -76,6 +78,8 @@ def spawn(
         if memory_mb:
             size = memory_mb * 2**20
             resource.setrlimit(resource.RLIMIT_DATA, (size, size))
+        if before is not None:
+            before()
 
     options["pass_fds"] = pass_fds
     return subprocess.Popen(argv, start_new_session=True, preexec_fn=limits, **options)

@@ -1,11 +1,13 @@
 """The sandbox for renters' code on Linux: bubblewrap (`bwrap`).
 
-Inside it a job sees the system read-only (/usr, /etc, /opt and the /bin, /lib links), a
-private writable work dir (`/job`, its current directory and $HOME) and a private /tmp,
-a fresh /dev with only the device nodes of the GPUs it was given, its own PID namespace
-(the whole tree dies when the sandbox does) and, unless it asked for the network and
+Inside it a job sees the system read-only (/usr, /opt, the /bin and /lib links, and only
+the parts of /etc that programs need: never shadow, ssh/ or sudoers), a private writable
+work dir (`/job`, its current directory and $HOME) and a private /tmp, a fresh /dev with
+only the device nodes of the GPUs it was given, its own PID namespace (the whole tree
+dies when the sandbox does) and, unless it asked for the network and
 the provider allows it, no network at all. The provider's home, the worker's state dir
-and everything else on the machine are simply not there.
+and everything else on the machine are simply not there. A worker that runs as root runs
+the sandbox as an unprivileged host user (worker/jobuser.py): no job process is root.
 """
 
 from __future__ import annotations
@@ -19,7 +21,19 @@ import sys
 import tempfile
 from typing import IO, Any, Sequence
 
-SYSTEM_DIRS = ("/usr", "/etc", "/opt")
+from qubix_cli.worker import jobuser
+
+SYSTEM_DIRS = ("/usr", "/opt")
+# What of /etc a job sees: names resolution, users and groups by name, TLS roots, the
+# dynamic linker's cache, alternatives, Python's and the GPU stacks' (ICD) config. Never
+# shadow, gshadow, ssh/, sudoers, the machine id or the provider's pip config.
+ETC = (
+    "resolv.conf", "hosts", "host.conf", "nsswitch.conf", "gai.conf", "services",
+    "protocols", "passwd", "group", "localtime", "timezone", "os-release", "mime.types",
+    "ssl", "ca-certificates", "ca-certificates.conf", "pki", "crypto-policies",
+    "ld.so.cache", "ld.so.conf", "ld.so.conf.d", "alternatives", "fonts", "python3*",
+    "OpenCL", "vulkan", "glvnd", "nvidia",
+)  # fmt: skip
 LINKS = ("/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")  # /usr links or real dirs
 WORK = "/job"
 PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -34,19 +48,27 @@ HOST_ENV = {"PATH": PATH, "LANG": "C.UTF-8"}
 @functools.lru_cache(maxsize=1)
 def available() -> bool:
     """Whether bwrap is on PATH and can really make a sandbox here (some systems forbid
-    the user namespaces it needs): checked once, by running `true` in one."""
+    the user namespaces it needs): checked once, by running `true` in one, as a job."""
     if shutil.which("bwrap") is None:
         return False
     try:
         with tempfile.TemporaryDirectory(prefix="qubix-sandbox-") as empty:
-            done = subprocess.run(
-                wrap(["true"], work_dir=empty, hide=[], devices=[], network=False),
-                stdin=subprocess.DEVNULL,
-                capture_output=True,
-                timeout=20,
-                check=False,
-            )
-    except (OSError, subprocess.TimeoutExpired):
+            jobuser.give(empty)
+            wrapped = wrap(["true"], work_dir=empty, hide=[], devices=[], network=False)
+            command, handed, launch = hand_over(wrapped, {})
+            with handed:
+                done = subprocess.run(
+                    command,
+                    cwd="/",
+                    env=HOST_ENV,
+                    pass_fds=(handed.fileno(),),
+                    preexec_fn=launch,
+                    stdin=subprocess.DEVNULL,
+                    capture_output=True,
+                    timeout=20,
+                    check=False,
+                )
+    except (OSError, subprocess.SubprocessError):
         return False
     return done.returncode == 0
 
@@ -66,7 +88,7 @@ def wrap(
     args = [shutil.which("bwrap") or "bwrap", "--unshare-all", "--die-with-parent", "--new-session"]
     if network:
         args.append("--share-net")
-    for path in SYSTEM_DIRS:
+    for path in SYSTEM_DIRS + etc_paths():
         args += ["--ro-bind-try", path, path]
     for path in LINKS:
         if os.path.islink(path):
@@ -87,14 +109,24 @@ def wrap(
     return args + argv
 
 
-def hand_over(wrapped: list[str], env: dict[str, str]) -> tuple[list[str], IO[bytes]]:
+def etc_paths() -> tuple[str, ...]:
+    """The paths of ETC on this machine (a pattern may name several)."""
+    found = (sorted(glob.glob(os.path.join("/etc", name))) for name in ETC)
+    return tuple(path for paths in found for path in paths)
+
+
+def hand_over(
+    wrapped: list[str], env: dict[str, str]
+) -> tuple[list[str], IO[bytes], jobuser.Launch]:
     """bwrap's command line for `wrapped` (from `wrap`): its options and the job's
     environment, set inside the sandbox only (`--clearenv`, `--setenv`), go in a file it
     reads (`--args FD`, an unlinked 0600 file to pass on), so that no variable of the
     job's is in a host process's environment or command line (every local user reads
     /proc/PID/cmdline); the program and its arguments follow `--`. Start it
-    with HOST_ENV and a working directory the job cannot write. ValueError if an argument
-    holds a NUL byte (it would split into options of bwrap's)."""
+    with HOST_ENV, a working directory the job cannot write, and the returned Launch run
+    in the child before exec (the job's user: worker/jobuser.py). ValueError if an
+    argument holds a NUL byte (it would split into options of bwrap's)."""
+    wrapped, launch = jobuser.prepare(wrapped)
     end = wrapped.index("--")  # bwrap takes the program itself from its command line
     pairs = [part for name, value in env.items() for part in ("--setenv", name, value)]
     arguments = ["--clearenv", *pairs, *wrapped[1:end]]
@@ -103,7 +135,7 @@ def hand_over(wrapped: list[str], env: dict[str, str]) -> tuple[list[str], IO[by
     file = tempfile.TemporaryFile()
     file.write(b"".join(part.encode() + b"\0" for part in arguments))
     file.seek(0)
-    return [wrapped[0], "--args", str(file.fileno()), *wrapped[end:]], file
+    return [wrapped[0], "--args", str(file.fileno()), *wrapped[end:]], file, launch
 
 
 def _under(path: str, root: str) -> bool:

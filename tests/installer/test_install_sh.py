@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import pwd
 import subprocess
 import sys
 import time
@@ -17,6 +18,7 @@ import pytest
 
 from qubix_cli import __version__
 from qubix_cli.installer.render import render
+from qubix_cli.worker.jobuser import JOB_USER
 from tests.helpers import ADDRESS, KEY, ServerProcess, register_body
 
 
@@ -83,9 +85,13 @@ def test_install_run_a_job_upgrade_and_uninstall(server: ServerProcess, tmp_path
     script = tmp_path / "qubix-installer-linux.sh"
     script.write_bytes(render("linux", server.url).content)  # the address comes from the env
     no_sandbox = path_without(tmp_path, "bwrap", "sudo", "apt-get", "dnf")
+    fresh = os.geteuid() == 0 and subprocess.run(["userdel", JOB_USER], check=False).returncode == 0
     try:
         first = run_installer(script, home, path=no_sandbox, address_env=ADDRESS)
         assert first.returncode == 0, first.stdout + first.stderr
+        if os.geteuid() == 0:  # as root it makes the user that renters' jobs run as
+            assert pwd.getpwnam(JOB_USER).pw_uid != 0
+            assert (f"creating the user {JOB_USER}" in first.stdout) == fresh, first.stdout
         assert "is online at" in first.stdout
         # No bubblewrap and no way to install it: it says how, and runs no renters' code.
         assert "bubblewrap is not installed" in first.stdout

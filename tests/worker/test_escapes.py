@@ -130,3 +130,66 @@ def test_the_jobs_environment_reaches_only_the_sandboxed_program(
         assert b"LD_PRELOAD" not in process["environ"] and "qubix-job-" not in process["cwd"]
     done = finished(server, job_id)
     assert done["result"]["stdoutTail"].startswith(f"{secret}\n"), done["result"]
+
+
+# What of /etc a job must never see, and some of what programs need from it.
+SECRET_ETC = ("shadow", "gshadow", "ssh", "sudoers", "sudoers.d", "machine-id")
+NEEDED_ETC = ("passwd", "group", "hosts", "ld.so.cache", "ssl")
+LOOK_AT_ETC = "for f in {}; do [ -e /etc/$f ] && echo seen:$f; done; true".format(
+    " ".join(SECRET_ETC + NEEDED_ETC)
+)
+
+
+def _seen_in_etc(done: dict[str, Any]) -> set[str]:
+    assert done["status"] == "completed", done
+    out = done["result"]["stdoutTail"]
+    return {line[5:] for line in out.splitlines() if line.startswith("seen:")}
+
+
+def test_a_job_sees_only_the_parts_of_etc_that_programs_need(
+    server: ServerProcess, workers: Any, provider: dict[str, Any]
+) -> None:
+    """As the provider runs it (the zipapp, an unprivileged user): /etc was bound whole,
+    with its SSH host keys and, for a root worker, /etc/shadow."""
+    start_provider(workers, provider)
+    seen = _seen_in_etc(finished(server, sh(server, LOOK_AT_ETC)))
+    assert seen == {name for name in NEEDED_ETC if os.path.exists(f"/etc/{name}")}
+
+
+def _uids_of(marker: str) -> set[int]:
+    """The host uids of the processes whose command line holds `marker`."""
+    uids = set()
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            if marker.encode() in Path(f"/proc/{pid}/cmdline").read_bytes():
+                status = Path(f"/proc/{pid}/status").read_text()
+                uids.add(
+                    int(
+                        next(
+                            line for line in status.splitlines() if line.startswith("Uid:")
+                        ).split()[1]
+                    )
+                )
+        except OSError:
+            continue
+    return uids
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="a worker that runs as root")
+def test_a_root_worker_runs_jobs_as_an_unprivileged_host_user(
+    server: ServerProcess, workers: Any
+) -> None:
+    """A root worker's job ran as uid 0 in a namespace mapping 0 to 0: root on the host,
+    with every file's reach. Now its processes have the job user's uid on the host, no
+    groups, and the same part of /etc."""
+    workers("w1")  # as root, as the suite runs
+    marker = f"qubix-mark-{os.urandom(4).hex()}"
+    script = f"id -G; touch /job/output/made; {LOOK_AT_ETC}; exec sleep 3 # {marker}"
+    job_id = sh(server, script)
+    uids = wait_for(lambda: _uids_of(marker), timeout=30, step=0.01)
+    job_user = pwd.getpwnam("qubix-job")
+    assert uids == {job_user.pw_uid}, uids
+    done = finished(server, job_id)
+    assert _seen_in_etc(done) == {n for n in NEEDED_ETC if os.path.exists(f"/etc/{n}")}
+    assert [a["name"] for a in done["artifacts"]] == ["made"]  # its own dir is writable
+    assert done["result"]["stdoutTail"].split()[0] != "0"  # not in root's group either

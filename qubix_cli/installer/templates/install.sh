@@ -180,6 +180,14 @@ not renters' code. To run renters' jobs in a sandbox: $(bwrap_hint), then run th
   fi
 fi
 
+# A root worker runs renters' jobs as an unprivileged user of their own, never as root.
+if [ "$(id -u)" = 0 ] && [ "$(uname -s)" = Linux ] && ! id qubix-job >/dev/null 2>&1; then
+  say "creating the user qubix-job, which renters' jobs run as (never as root)"
+  PATH="$PATH:/usr/sbin:/sbin" useradd --system --user-group --no-create-home \
+    --home-dir /nonexistent --shell /usr/sbin/nologin qubix-job ||
+    fail "could not create the user qubix-job with useradd: renters' jobs must not run as root"
+fi
+
 # 3. A private virtual environment, with psutil if it can be had
 mkdir -p "$QUBIX_DIR"
 chmod 700 "$QUBIX_DIR"
