@@ -191,7 +191,8 @@ def parser(prog: str = "qubix_worker") -> argparse.ArgumentParser:
     run.add_argument(
         "--allow-network-jobs",
         action="store_true",
-        help="Give the network to jobs that ask for it (by default no job has any).",
+        help="Give jobs that ask for it the public internet, through an HTTP proxy that "
+        "refuses loopback, private and link-local addresses (by default no job has any).",
     )
     run.add_argument(
         "--env-cache-gb",

@@ -17,11 +17,11 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Tuple
 
-from qubix_cli.worker import engine, jobuser, process, sandbox, state
+from qubix_cli.worker import egress, engine, jobuser, process, sandbox, state
 from qubix_cli.worker.client import Client, Transient
 from qubix_cli.worker.envs import Envs, pinned_requirements
 from qubix_cli.worker.logstream import LogStream
-from qubix_cli.worker.transfer import InputError, fetch_inputs, upload_outputs
+from qubix_cli.worker.transfer import InputError, fetch_inputs, resolve_public, upload_outputs
 
 Outcome = Tuple[str, Any, Dict[str, Any]]
 Cancelled = Callable[[], bool]
@@ -256,7 +256,7 @@ def run_program(run: Run, program: Program) -> Outcome:
     payload = run.job["payload"]
     timeout_s = float(run.job.get("timeoutS") or 3600)
     workdir = tempfile.mkdtemp(prefix="qubix-job-")
-    boxed = sandbox.available()
+    boxed, proxy = sandbox.available(), None
     try:
         inputs, outputs = os.path.join(workdir, "input"), os.path.join(workdir, "output")
         os.mkdir(inputs)
@@ -278,6 +278,10 @@ def run_program(run: Run, program: Program) -> Outcome:
             **sandbox.visible_devices(run.gpus, run.assigned),
             **process.thread_limits(run.cpu_threads),
         }
+        if boxed and network_asked(run):  # the public internet only, through the proxy
+            proxy = egress.Proxy(lambda host, port: resolve_public(host, port, run.networks))
+            argv, extra = egress.command(sys.executable, argv), {**extra, **egress.environment()}
+            binds = [*binds, *sandbox.python_binds(), (proxy.dir, egress.INSIDE)]
         try:
             proc = _start(run, argv, extra, binds, workdir, boxed)
         except (OSError, ValueError, subprocess.SubprocessError) as exc:
@@ -308,7 +312,14 @@ def run_program(run: Run, program: Program) -> Outcome:
             return "failed", {**result, "failedBy": "job"}, metrics
         return "completed", result, metrics
     finally:
+        if proxy is not None:
+            proxy.close()
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+def network_asked(run: Run) -> bool:
+    """Whether the job gets the network: it asked, and the provider allows it."""
+    return bool(run.job.get("requirements", {}).get("network")) and run.policy.allow_network
 
 
 def _log_sender(run: Run) -> Callable[[str, int], bool]:
@@ -339,14 +350,13 @@ def _start(
     working directory of the worker's and the job's own handed over on a descriptor."""
     if not boxed:
         return process.spawn(argv, workdir, job_environment(extra), run.memory_mb, run.cpu_threads)
-    network = bool(run.job.get("requirements", {}).get("network")) and run.policy.allow_network
     wrapped = sandbox.wrap(
         argv,
         work_dir=workdir,
         hide=_hidden(),
         devices=sandbox.device_nodes(run.gpus, run.assigned),
-        network=network,
-        binds=binds,
+        network=False,  # a network job's way out is its proxy (worker/egress.py)
+        binds=list(dict.fromkeys(binds)),
     )
     command, handed, before = sandbox.hand_over(wrapped, sandbox_environment(extra))
     with handed:

@@ -55,7 +55,7 @@ def resolve_public(host: str, port: int, allowed: Iterable[str] = ()) -> str:
         if not address_allowed(address, allowed):
             raise InputError(
                 f"{host} resolves to {address}, a loopback, private, link-local or "
-                "multicast address: inputs are fetched from public addresses only"
+                "multicast address: inputs and network jobs reach public addresses only"
             )
     return addresses[0]
 

@@ -100,27 +100,6 @@ def test_a_job_cannot_write_outside_its_work_dir(
     assert [t for t in targets if t.exists()] == []
 
 
-def test_a_job_has_no_network_unless_it_asks_and_the_provider_allows(
-    server: ServerProcess, workers: Any
-) -> None:
-    port = int(server.url.rsplit(":", 1)[1])
-    connect = (
-        f"import socket; s = socket.create_connection(('127.0.0.1', {port}), timeout=5); "
-        "print('connected')"
-    )
-    workers("closed")
-    done = finished(server, command(server, [PYTHON, "-c", connect]))
-    assert done["status"] == "failed" and "connected" not in done["result"]["stdoutTail"]
-    assert "Error" in done["result"]["stderrTail"]
-
-    asks = {"requirements": {"network": True}}
-    waiting = command(server, [PYTHON, "-c", connect], **asks)
-    workers("open", "--allow-network-jobs")
-    done = finished(server, waiting)
-    assert done["workerId"] == "open"  # never leased to the worker that gives no network
-    assert done["status"] == "completed" and done["result"]["stdoutTail"] == "connected\n"
-
-
 def _leftovers(mark: str) -> list[str]:
     """The command lines of the processes on this machine that name `mark`."""
     found = []
