@@ -282,14 +282,20 @@ def run_program(run: Run, program: Program) -> Outcome:
             proxy = egress.Proxy(lambda host, port: resolve_public(host, port, run.networks))
             argv, extra = egress.command(sys.executable, argv), {**extra, **egress.environment()}
             binds = [*binds, *sandbox.python_binds(), (proxy.dir, egress.INSIDE)]
+        status = sandbox.Status() if boxed else None
         try:
-            proc = _start(run, argv, extra, binds, workdir, boxed)
+            proc = _start(run, argv, extra, binds, workdir, status)
         except (OSError, ValueError, subprocess.SubprocessError) as exc:
             error = f"cannot start {argv[0]!r}: {exc}"
             return "failed", {"error": error, "failedBy": "worker"}, {}
         logs = LogStream(_log_sender(run)) if run.api is not None else None
         out, err = process.Tail(proc.stdout, logs), process.Tail(proc.stderr, logs)
         code, peak_rss_kb, reason = process.supervise(proc, timeout_s, run.cancelled)
+        if status is not None and not status.ran() and not reason:
+            said = (err.text().strip().splitlines() or ["no reason given"])[-1]
+            if not said.startswith("bwrap: execvp"):  # not the job's own missing program
+                error = f"the sandbox could not start the job: {said}"
+                return "failed", {"error": error, "failedBy": "worker"}, {}
         result: dict[str, Any] = {
             "exitCode": code,
             "stdoutTail": out.text(),
@@ -344,11 +350,12 @@ def _start(
     extra: dict[str, str],
     binds: list[tuple[str, str]],
     workdir: str,
-    boxed: bool,
+    status: sandbox.Status | None,
 ) -> Any:
-    """Start the program: in the sandbox where there is one, bwrap with an environment and
-    working directory of the worker's and the job's own handed over on a descriptor."""
-    if not boxed:
+    """Start the program: in the sandbox where there is one (`status` hears from it), bwrap
+    with an environment and working directory of the worker's and the job's own handed
+    over on a descriptor."""
+    if status is None:
         return process.spawn(argv, workdir, job_environment(extra), run.memory_mb, run.cpu_threads)
     wrapped = sandbox.wrap(
         argv,
@@ -357,12 +364,16 @@ def _start(
         devices=sandbox.device_nodes(run.gpus, run.assigned),
         network=False,  # a network job's way out is its proxy (worker/egress.py)
         binds=list(dict.fromkeys(binds)),
+        status=status,
     )
     command, handed, before = sandbox.hand_over(wrapped, sandbox_environment(extra))
     with handed:
-        fds = (handed.fileno(),)
+        fds = (handed.fileno(), status.fd)
         limits = (run.memory_mb, run.cpu_threads)
-        return process.spawn(command, "/", sandbox.HOST_ENV, *limits, fds, before)
+        try:
+            return process.spawn(command, "/", sandbox.HOST_ENV, *limits, fds, before)
+        finally:
+            status.spawned()
 
 
 def run_matmul(run: Run) -> Outcome:

@@ -88,12 +88,14 @@ def prepare(wrapped: list[str]) -> tuple[list[str], Launch]:
     user = job_user()
     if user is None:
         return wrapped, Launch(None, [])
-    out, mounts = list(wrapped), list[tuple[str, str]]()
+    out = list(wrapped)
+    mounts: list[tuple[str, str]] = []
     end = out.index("--") if "--" in out else len(out)
     for i in range(end - 1):
-        if out[i] in _BIND_OPTIONS and not reachable(out[i + 1], user[0]):
-            place = _place(len(mounts), os.path.isdir(out[i + 1]))
-            mounts.append((out[i + 1], place))
+        source = out[i + 1] if out[i] in _BIND_OPTIONS else ""
+        if os.path.exists(source) and not reachable(source, user[0]):  # bwrap tells of others
+            place = _place(len(mounts), os.path.isdir(source))
+            mounts.append((source, place))
             out[i + 1] = place
     return out, Launch(user, mounts)
 

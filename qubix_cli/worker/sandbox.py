@@ -80,11 +80,13 @@ def wrap(
     devices: list[str],
     network: bool,
     binds: Sequence[tuple[str, str]] = (),
+    status: Status | None = None,
 ) -> list[str]:
     """The bwrap command line that runs `argv` in the sandbox: `work_dir` is bound
     writable on /job; `hide` are host paths that must not be seen even if they lie in a
     system dir (the provider's home, the worker's state dir); `devices` are bound in;
-    `binds` are (host path, path inside) bound read-only (a Python, an environment)."""
+    `binds` are (host path, path inside) bound read-only (a Python, an environment);
+    `status` hears whether the program ran."""
     args = [shutil.which("bwrap") or "bwrap", "--unshare-all", "--die-with-parent", "--new-session"]
     if network:
         args.append("--share-net")
@@ -105,8 +107,35 @@ def wrap(
         args += ["--dev-bind", node, os.path.join("/dev", os.path.relpath(node, DEV))]
     for host, inside in binds:
         args += ["--ro-bind", host, inside]
+    if status is not None:
+        args += ["--json-status-fd", str(status.fd)]
     args += ["--bind", work_dir, WORK, "--chdir", WORK, "--"]
     return args + argv
+
+
+class Status:
+    """bwrap's word on one sandbox (`--json-status-fd`): it tells the program's exit code
+    only if the program ran, so a sandbox that could not be set up (a mount that failed)
+    is told from a job that failed. Pass `fd` to bwrap, then call `spawned`."""
+
+    def __init__(self) -> None:
+        self._read, self.fd = os.pipe()
+
+    def spawned(self) -> None:
+        os.close(self.fd)  # bwrap holds the other end now
+
+    def ran(self) -> bool:
+        """Whether the program ran to an exit of its own (read once bwrap has ended)."""
+        os.set_blocking(self._read, False)
+        data = b""
+        try:
+            while chunk := os.read(self._read, 65536):
+                data += chunk
+        except BlockingIOError:
+            pass
+        finally:
+            os.close(self._read)
+        return b'"exit-code"' in data
 
 
 def etc_paths() -> tuple[str, ...]:

@@ -221,6 +221,25 @@ def test_the_assigned_gpus_device_nodes_are_bound_in_and_no_others(
     assert result["stdoutTail"].split() == ["nvidia-uvm", "nvidia2", "nvidiactl", "2"]
 
 
+def test_a_sandbox_that_cannot_be_set_up_is_the_workers_failure_not_the_jobs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """bwrap failing before the program starts (here a bind source the worker lost: a
+    Python it removed, say) once failed the job as the job's own doing, charged to the
+    renter. The job never ran: it is the worker's failure, and the job's next attempt."""
+    gone = tmp_path / "gone-python"
+    monkeypatch.setattr(sandbox, "python_binds", lambda: [(str(gone), str(gone))])
+    job_doc = {"id": "job_1", "type": "python", "payload": {"script": "print('ran')"}}
+    status, result, _ = jobs.run_job(jobs.Run(job_doc, lambda: False))
+    assert status == "failed" and result["failedBy"] == "worker", result
+    assert "the sandbox could not start the job" in result["error"], result
+    assert "gone-python" in result["error"]
+    # A program of the job's that does not exist is still the job's own failure.
+    job_doc = {"id": "job_2", "type": "command", "payload": {"argv": ["/no/such/program"]}}
+    status, result, _ = jobs.run_job(jobs.Run(job_doc, lambda: False))
+    assert status == "failed" and result["failedBy"] == "job", result
+
+
 def test_a_worker_refuses_a_user_job_it_cannot_sandbox(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(sandbox, "available", lambda: False)
     job_doc = {"id": "job_1", "type": "command", "payload": {"argv": ["/bin/true"]}}
