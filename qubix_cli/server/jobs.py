@@ -921,11 +921,26 @@ def shown(job: Doc) -> Doc:
     return view
 
 
+# The history events a report leaves, and the status of the report each stands for (None:
+# the entry's own; a replica's is in the job's runs).
+REPORT_EVENTS: dict[str, str | None] = {
+    "reported": None,
+    "replica": None,
+    "worker_failed": "failed",
+    "preempted": "preempted",
+}
+
+
 def _is_repeat(job: Doc, worker_id: str, report: JobReport) -> bool:
-    last = job["history"][-1]
-    return (
-        last["event"] == "reported"
-        and last["workerId"] == worker_id
-        and (last["attempt"], last["status"]) == (report.attempt, report.status)
-        and job["result"] == report.result
-    )
+    """Whether the job's last report is this one again (its answer was lost on the way,
+    and the worker's outbox sends it once more): same worker, attempt and status, however
+    the report left the job (done, queued again, a replica of several)."""
+    last = next((e for e in reversed(job["history"]) if e["event"] in REPORT_EVENTS), None)
+    if last is None or (last.get("workerId"), last.get("attempt")) != (worker_id, report.attempt):
+        return False
+    if last["event"] == "replica":
+        runs = [r for r in job.get("replicas", []) if r["workerId"] == worker_id]
+        return bool(runs) and runs[-1]["status"] == report.status
+    if last["event"] == "reported":
+        return bool(last["status"] == report.status and job["result"] == report.result)
+    return REPORT_EVENTS[last["event"]] == report.status

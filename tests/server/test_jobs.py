@@ -560,3 +560,31 @@ def test_env_values_are_shown_only_in_the_workers_lease(client: TestClient) -> N
     assert made.json()["job"]["payload"]["env"] == masked
     assert all(secret not in text for text in seen), seen
     assert client.get("/api/jobs", headers=KEY).json()["jobs"][0]["payload"]["env"] == masked
+
+
+@pytest.mark.parametrize(
+    ("body", "extra"),
+    [
+        ({"status": "preempted", "result": {"reason": "paused"}}, {}),
+        ({"status": "failed", "result": {"error": "no disk", "failedBy": "worker"}}, {}),
+        ({"status": "completed", "result": {"ok": True}}, {"verify": "replicate"}),
+    ],
+    ids=["handed-back", "worker-failed", "replica"],
+)
+def test_a_repeated_report_that_queued_its_job_again_answers_200_and_changes_nothing(
+    client: TestClient, body: dict[str, Any], extra: dict[str, Any]
+) -> None:
+    """A worker whose answer was lost sends its report again (its outbox does): a report
+    that handed the job back, failed it by the worker's doing or was one replica of
+    several was refused 409 the second time (only `reported` was known as a repeat)."""
+    token = register(client)
+    job = submit(client, **extra)
+    assert lease(client, "worker-1", token) is not None
+    first = report(client, job["id"], token, 1, **body)
+    assert first.status_code == 200, first.text
+    assert first.json()["job"]["status"] == "queued"
+    again = report(client, job["id"], token, 1, **body)
+    assert again.status_code == 200, again.text
+    assert again.json()["job"]["history"] == first.json()["job"]["history"]
+    other = {**body, "status": "failed" if body["status"] != "failed" else "completed"}
+    assert report(client, job["id"], token, 1, **other).status_code == 409  # not a repeat
