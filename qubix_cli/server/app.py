@@ -174,7 +174,7 @@ def create_app(settings: Settings, clock: Clock = time.time) -> Coordinator:
     """Build the coordinator on the data directory in `settings`; `clock` tells the time
     to the registry and the job queue (tests pass one of their own)."""
     store = open_store(settings)
-    events = EventBus()
+    events = EventBus(clock)
     registry = Registry(store, events, settings, clock)
     api_key = settings.api_key or load_or_create_api_key(settings.data_dir)[0]
 

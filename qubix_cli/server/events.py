@@ -35,7 +35,8 @@ class EventBus:
     What is published here is also handed to `forward` (the other servers on the same
     database), and what they publish arrives in `deliver`."""
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        self.clock = clock  # the coordinator's: events are stamped with its time
         self._subscribers: set[Subscription] = set()
         self.forward: Callable[[Event], None] = _nowhere
 
@@ -43,7 +44,7 @@ class EventBus:
         job = data if type_.startswith("JOB_") else None
         if job is not None:
             data = {field: job.get(field) for field in JOB_FIELDS}
-        event = {"type": type_, "data": data, "at": time.time()}
+        event = {"type": type_, "data": data, "at": self.clock()}
         ids = {"event": type_, "workerId": data.get("workerId")}
         if job is not None:
             ids.update(jobId=data["id"], status=data["status"], attempt=data["attempt"])

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -148,7 +147,7 @@ class Heartbeats:
         self.metrics.heartbeats.inc()
         return {
             "ok": True,
-            "serverTime": time.time(),
+            "serverTime": self.registry.clock(),
             "heartbeatIntervalS": self.settings.heartbeat_interval_s,
             "pollWaitS": self.settings.poll_wait_s,
             "cancelJobIds": cancels,
@@ -619,7 +618,7 @@ class Api:
         return json_response(
             {
                 "ok": True,
-                "serverTime": time.time(),
+                "serverTime": self.registry.clock(),
                 "workerVersion": self.release.version,
                 "updateKey": self.release.public_key,
                 "leads": self.registry.store.leads(),
@@ -642,7 +641,7 @@ class Api:
         query = read_query(request, CheckNewQuery)
         with self._polls.hold(self._ip(request.scope)) if query.wait else contextlib.nullcontext():
             providers = await self.long_polls.wait(request, self.registry.check_new(query)) or []
-        return json_response({"providers": providers, "serverTime": time.time()})
+        return json_response({"providers": providers, "serverTime": self.registry.clock()})
 
     async def list_providers(self, request: Request) -> Response:
         page, cursor = await self.registry.search(read_query(request, ProviderListQuery))
@@ -952,4 +951,6 @@ class Api:
                     await websocket.close(code=1008, reason="this key is not valid")
                     return
                 sub.sees = caller.may_see
-                await websocket.send_json({"type": "AUTHENTICATED", "data": {}, "at": time.time()})
+                await websocket.send_json(
+                    {"type": "AUTHENTICATED", "data": {}, "at": self.registry.clock()}
+                )

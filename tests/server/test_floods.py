@@ -16,6 +16,7 @@ from qubix_cli.server.app import create_app
 from qubix_cli.server.settings import Settings
 from tests.conftest import auth, register
 from tests.helpers import API_KEY, KEY, register_body
+from tests.server.conftest import Clock
 
 
 def _register(client: TestClient, worker_id: str, **headers: str) -> Any:
@@ -166,3 +167,18 @@ def test_ended_registration_windows_are_dropped(tmp_path: Path) -> None:
         now[0] += 61
         client.portal.call(app.state.registry.forget)
         assert client.portal.call(store.recall, "registrations", "testclient") is None
+
+
+def test_check_new_answers_the_time_of_the_clock_it_compares_with(
+    app_client: TestClient, clock: Clock
+) -> None:
+    """`serverTime` came from the wall clock while registrations were stamped by the
+    coordinator's own: with another clock, `since=serverTime` found 0 of 1 new providers.
+    Heartbeats and events tell that same time."""
+    since = app_client.get("/api/providers/check-new?wait=0").json()["serverTime"]
+    assert abs(since - clock.now) < 1
+    clock.now += 5
+    register(app_client, "newcomer")
+    found = app_client.get(f"/api/providers/check-new?since={since}&wait=0").json()
+    assert [p["workerId"] for p in found["providers"]] == ["newcomer"]
+    assert abs(found["serverTime"] - clock.now) < 1
