@@ -205,38 +205,31 @@ def _build(run: Run, args: list[str], work: str, network: bool) -> tuple[int, st
     """One step of building an environment: this worker's Python with `args`, in the
     sandbox with `work` on its work dir (the network only when `network`), or, unsandboxed, in
     `work` itself."""
-    if sandbox.available():
-        argv = sandbox.wrap(
-            [sys.executable, *args],
-            work_dir=work,
-            hide=_hidden(),
-            devices=[],
-            network=network,
-            binds=sandbox.python_binds(),
-        )
-        jobuser.give(work)
-        argv, handed, before = sandbox.hand_over(argv, sandbox_environment({}))
-        cwd, env, fds = "/", sandbox.HOST_ENV, [handed.fileno()]
-    else:
-        inside = sandbox.WORK + "/"
-        argv = [sys.executable, *(a.replace(inside, work + "/", 1) for a in args)]
-        cwd, env, fds, handed, before = work, job_environment({}), [], None, None
     try:
-        done = subprocess.run(
-            argv,
-            cwd=cwd,
-            env=env,
-            pass_fds=fds,
-            preexec_fn=before,
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            timeout=1800,
-        )
+        if sandbox.available():
+            argv = sandbox.wrap(
+                [sys.executable, *args],
+                work_dir=work,
+                hide=_hidden(),
+                devices=[],
+                network=network,
+                binds=sandbox.python_binds(),
+            )
+            jobuser.give(work)
+            done = sandbox.run(argv, sandbox_environment({}), timeout_s=1800)
+        else:
+            inside = sandbox.WORK + "/"
+            argv = [sys.executable, *(a.replace(inside, work + "/", 1) for a in args)]
+            done = subprocess.run(
+                argv,
+                cwd=work,
+                env=job_environment({}),
+                stdin=subprocess.DEVNULL,
+                capture_output=True,
+                timeout=1800,
+            )
     except (OSError, subprocess.SubprocessError) as exc:
         return 1, f"ERROR: {exc}"
-    finally:
-        if handed is not None:
-            handed.close()
     return done.returncode, (done.stdout + done.stderr).decode("utf-8", "replace")
 
 

@@ -63,7 +63,7 @@ class Launch:
 
     def __init__(self, user: tuple[int, int] | None, mounts: list[tuple[str, str]]) -> None:
         self.user, self.mounts = user, mounts
-        self._libc: Any = ctypes.CDLL(None, use_errno=True) if mounts else None
+        self._libc: Any = _libc() if mounts else None
 
     def __call__(self) -> None:  # in the child, after fork: plain system calls only
         if self.mounts:
@@ -80,6 +80,11 @@ class Launch:
         if getattr(self._libc, name)(*args) != 0:
             number = ctypes.get_errno()
             raise OSError(number, f"{name}: {os.strerror(number)}")
+
+
+@functools.lru_cache(maxsize=1)
+def _libc() -> Any:
+    return ctypes.CDLL(None, use_errno=True)
 
 
 def prepare(wrapped: list[str]) -> tuple[list[str], Launch]:

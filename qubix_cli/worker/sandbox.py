@@ -55,22 +55,10 @@ def available() -> bool:
         with tempfile.TemporaryDirectory(prefix="qubix-sandbox-") as empty:
             jobuser.give(empty)
             wrapped = wrap(["true"], work_dir=empty, hide=[], devices=[], network=False)
-            command, handed, launch = hand_over(wrapped, {})
-            with handed:
-                done = subprocess.run(
-                    command,
-                    cwd="/",
-                    env=HOST_ENV,
-                    pass_fds=(handed.fileno(),),
-                    preexec_fn=launch,
-                    stdin=subprocess.DEVNULL,
-                    capture_output=True,
-                    timeout=20,
-                    check=False,
-                )
+            done = run(wrapped, {}, timeout_s=20)
     except (OSError, subprocess.SubprocessError):
         return False
-    return done.returncode == 0
+    return bool(done.returncode == 0)
 
 
 def wrap(
@@ -136,6 +124,24 @@ class Status:
         finally:
             os.close(self._read)
         return b'"exit-code"' in data
+
+
+def run(wrapped: list[str], env: dict[str, str], timeout_s: float) -> Any:
+    """Run `wrapped` (from `wrap`) to its end as `hand_over` says, its output captured: the
+    completed process. OSError or SubprocessError (a timeout) if it cannot."""
+    command, handed, launch = hand_over(wrapped, env)
+    with handed:
+        return subprocess.run(
+            command,
+            cwd="/",
+            env=HOST_ENV,
+            pass_fds=(handed.fileno(),),
+            preexec_fn=launch,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            timeout=timeout_s,
+            check=False,
+        )
 
 
 def etc_paths() -> tuple[str, ...]:
