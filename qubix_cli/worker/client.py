@@ -6,8 +6,9 @@ from __future__ import annotations
 import http.client
 import json
 import socket
+import threading
 import urllib.parse
-from typing import Any
+from typing import Any, Callable
 
 USER_AGENT = "qubix-worker"
 
@@ -81,6 +82,32 @@ class Client:
             return response.status, json.loads(raw) if raw else None
         except ValueError:
             return response.status, None
+
+    def request_unless(
+        self, method: str, path: str, stop: Callable[[], bool], tick_s: float
+    ) -> tuple[int, Any]:
+        """`request` in a helper thread, cut short (`abort`) once `stop()` is true, which
+        is looked at every `tick_s` (a signal handler aborts it at once). Cut short, it
+        answers (204, None) unless the answer came first."""
+        outcome: dict[str, Any] = {}
+
+        def send() -> None:
+            try:
+                outcome["answer"] = self.request(method, path)
+            except Transient as exc:
+                outcome["error"] = exc
+
+        thread = threading.Thread(target=send, name="poll", daemon=True)
+        thread.start()
+        while thread.is_alive():
+            thread.join(tick_s)
+            if stop():
+                self.abort()
+                thread.join()
+        if "error" in outcome and not stop():
+            raise outcome["error"]
+        answer: tuple[int, Any] = outcome.get("answer", (204, None))
+        return answer
 
     def abort(self) -> None:
         """Cut an in-flight request short (from another thread): it raises `Transient`."""

@@ -22,8 +22,6 @@ from typing import Any, Callable, List, Tuple
 
 from qubix_cli.worker.sandbox import vendor_index
 
-MAX_N = 4096
-
 PTX = b"""
 .version 6.0
 .target sm_50

@@ -276,6 +276,21 @@ def cpu_threads(prefs: dict[str, Any], threads: int) -> int | None:
     return max(1, threads * percent // 100)
 
 
+def offered(report: dict[str, Any], prefs: dict[str, Any]) -> tuple[dict[str, Any], int | None]:
+    """The machine as the worker offers it: the hardware report less the GPUs the provider
+    keeps for itself (`maxGpus`: neither offered nor used) and with only the CPU threads
+    jobs may use; and that many threads (None without a limit)."""
+    most = prefs.get("maxGpus")
+    if isinstance(most, int) and 0 <= most < len(report["gpus"]):
+        report = {**report, "gpus": report["gpus"][:most]}
+    cpu = report["cpu"]
+    threads = cpu_threads(prefs, int(cpu.get("threads") or 1))
+    if threads is not None:
+        limited = {"threads": threads, "cores": min(cpu["cores"], threads)}
+        report = {**report, "cpu": {**cpu, **limited}}
+    return report, threads
+
+
 def load(state_dir: str) -> dict[str, Any]:
     """The preferences kept in the state dir ({} if none, unreadable or unusable: the
     worker then works as if it had none, and says why once it checks them)."""

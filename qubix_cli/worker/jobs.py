@@ -1,5 +1,7 @@
-"""Running jobs: `sleep`, `benchmark` and the renter's own code (`command`), which runs
-in the sandbox (worker/sandbox.py) wherever there is one.
+"""Running jobs: `sleep`, `benchmark`, the verifiable `matmul` (worker/engine.py), and the
+renter's own code: a program (`command`) or a Python script with the environment of its
+pinned requirements (`python`), run in the sandbox (worker/sandbox.py) wherever there is
+one.
 
 Each runner takes a `Run` (the job, its GPUs, what the provider allows, a `cancelled()`
 check) and returns (status, result, metrics).

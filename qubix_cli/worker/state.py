@@ -60,6 +60,15 @@ def load_credentials(state_dir: str) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
+def saved_token(state_dir: str, worker_id: str, server: str) -> str | None:
+    """The stored token, if it was issued to `worker_id` by `server`."""
+    saved = load_credentials(state_dir)
+    if saved and saved.get("workerId") == worker_id and saved.get("server") == server:
+        token = saved.get("token")
+        return token if isinstance(token, str) else None
+    return None
+
+
 def save_credentials(state_dir: str, worker_id: str, server: str, token: str) -> None:
     body = {"workerId": worker_id, "server": server, "token": token}
     write_private(os.path.join(state_dir, CREDENTIALS), json.dumps(body).encode())

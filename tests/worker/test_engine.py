@@ -217,10 +217,10 @@ def test_a_job_whose_report_cannot_be_kept_still_frees_its_slot(
 
     monkeypatch.setattr(worker.outbox, "put", gone)
     job = {"id": "job_1", "type": "sleep", "payload": {"seconds": 0}}
-    worker.running["job_1"] = []
-    worker._run(job, 1, [], [])
-    assert worker.running == {} and worker.jobs_done == 1
-    worker._finish_running()  # returns at once
+    worker.slots.running["job_1"] = []
+    worker.slots._run(job, 1, [], [])
+    assert worker.slots.running == {} and worker.slots.done == 1
+    worker.slots.wait_all()  # returns at once
 
 
 def test_a_flooding_job_s_log_holds_whole_lines_only(tmp_path: Any) -> None:
